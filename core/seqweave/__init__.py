@@ -1,0 +1,53 @@
+"""seqweave: weave any registered encoder with any registered decoder into one seq2seq model.
+
+Quick tour::
+
+    import seqweave as sw
+    m = sw.EncoderDecoder.from_pretrained("path/to/bert2bert")       # a transformers folder, or ours
+    m = sw.EncoderDecoder.from_pretrained_parts("enc", "dec", decoder_start_token_id=101, pad_token_id=0)
+    m = sw.EncoderDecoder(sw.build_encoder("bert", hidden_size=256), sw.build_decoder("bert", hidden_size=256))
+    out = m(input_ids, attention_mask=mask, labels=labels); out.loss.backward()
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .cache import Cache
+from .composer import EncoderDecoder, LoadReport, build_decoder, build_encoder, shift_tokens_right
+from .config import ArchitectureConfig, CompositionConfig, GenerationSettings, PartConfig, load_config
+from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
+from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
+from .protocols import Decoder, Encoder
+from .registry import Architecture, PluginInfo, Registry, Role, default_registry, hookimpl, hookspec
+
+__all__ = [
+    "Architecture",
+    "ArchitectureConfig",
+    "Cache",
+    "CheckpointError",
+    "CompositionConfig",
+    "ConfigError",
+    "Decoder",
+    "DecoderOutput",
+    "Encoder",
+    "EncoderDecoder",
+    "EncoderOutput",
+    "GenerationSettings",
+    "LoadReport",
+    "PartConfig",
+    "PluginError",
+    "PluginInfo",
+    "Registry",
+    "Role",
+    "Seq2SeqOutput",
+    "SeqweaveError",
+    "__version__",
+    "build_decoder",
+    "build_encoder",
+    "default_registry",
+    "hookimpl",
+    "hookspec",
+    "load_config",
+    "shift_tokens_right",
+]

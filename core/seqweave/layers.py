@@ -1,0 +1,355 @@
+"""Transformer building blocks shared by every architecture.
+
+No architecture is named here. BERT, RoBERTa and GPT-2 (and any third-party plugin)
+differ only in how they set these blocks up: post- or pre-LayerNorm, the activation,
+the embeddings and the head. Shapes use ``[b, t, d]`` notation: batch, time, model width;
+``h`` heads of width ``hd``; ``s`` source (key) length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .cache import LayerCache
+
+__all__ = [
+    "ACTIVATIONS",
+    "Attention",
+    "Embeddings",
+    "FeedForward",
+    "LMHead",
+    "TransformerLayer",
+    "activation",
+    "additive_mask",
+]
+
+
+def _gelu_new(x: torch.Tensor) -> torch.Tensor:
+    # The tanh approximation, written as transformers writes it (``NewGELUActivation``).
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+#: Activation functions by the names Hugging Face configs use (``hidden_act``, ``activation_function``).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_python": F.gelu,
+    "gelu_new": _gelu_new,
+    "gelu_fast": _gelu_new,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": _quick_gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return the activation called ``name``; raise :class:`ConfigError` naming the allowed ones."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ConfigError(f"unknown activation {name!r}; allowed: {', '.join(sorted(ACTIVATIONS))}") from None
+
+
+def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Turn a boolean mask (True = attend) into the additive float mask SDPA takes.
+
+    Masked positions get the dtype's minimum, not ``-inf``, as transformers does: a row
+    with every key masked then attends uniformly instead of producing NaN.
+    """
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
+
+
+class Attention(nn.Module):
+    """Multi-head attention for self-attention (fused ``qkv``) or cross-attention (``q`` + fused ``kv``).
+
+    One ``forward`` serves self-attention, cached self-attention and cross-attention
+    whose keys/values are computed once per source and kept in the cache.
+
+    Args:
+        dim: model width ``d``.
+        num_heads: number of heads ``h``; must divide ``dim``.
+        source_dim: width of the sequence attended to (cross-attention only).
+        cross: build a cross-attention block.
+        scale: the factor applied to ``q @ k^T``; defaults to ``1 / sqrt(hd)``.
+        dropout: dropout on the attention probabilities (training only).
+        bias: whether the projections have biases.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        source_dim: int | None = None,
+        cross: bool = False,
+        scale: float | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_heads <= 0 or dim % num_heads:
+            raise ConfigError(f"the number of attention heads ({num_heads}) must divide the hidden size ({dim})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = scale if scale is not None else self.head_dim**-0.5
+        self.dropout = dropout
+        self.cross = cross
+        if cross:
+            self.q_proj = nn.Linear(dim, dim, bias=bias)
+            self.kv_proj = nn.Linear(source_dim or dim, 2 * dim, bias=bias)
+        else:
+            self.qkv_proj = nn.Linear(dim, 3 * dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [b, h, t, hd]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        source: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from ``x`` [b, t, d] to itself or to ``source`` [b, s, d_src].
+
+        Args:
+            x: the queries' input.
+            mask: additive float mask broadcastable to [b, h, t, s], or None.
+            source: the sequence cross-attention attends to; may be None when the
+                cache already holds its keys/values.
+            cache: this layer's cache; self-attention writes the new keys/values into it
+                in place, cross-attention reads (or fills) the per-source keys/values.
+            is_causal: let SDPA apply a causal mask itself (only with ``mask=None``).
+            need_weights: also return the attention probabilities [b, h, t, s].
+
+        Returns:
+            The output [b, t, d] and the probabilities (or None).
+        """
+        if self.cross:
+            q = self._heads(self.q_proj(x))
+            if cache is not None and cache.cross is not None:
+                k, v = cache.cross
+            else:
+                assert source is not None, "cross-attention needs a source or a filled cache"
+                k, v = (self._heads(t) for t in self.kv_proj(source).chunk(2, dim=-1))
+                if cache is not None:
+                    cache.cross = (k, v)
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            if cache is not None:
+                k, v = cache.append(k, v)
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, h, t, s]
+            if is_causal:
+                t, s = scores.shape[-2:]
+                keep = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
+                scores = scores + additive_mask(keep, scores.dtype)
+            if mask is not None:
+                scores = scores + mask
+            weights = F.dropout(scores.softmax(dim=-1), p, self.training)
+            out = weights @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal, scale=self.scale)
+        b, _, t, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
+
+
+class FeedForward(nn.Module):
+    """``fc_out(act(fc_in(x)))``: the position-wise feed-forward block."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: str, *, bias: bool = True) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(dim, hidden_dim, bias=bias)
+        self.fc_out = nn.Linear(hidden_dim, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
+class TransformerLayer(nn.Module):
+    """Self-attention, optional cross-attention and feed-forward, each with a residual.
+
+    With ``norm_first=False`` (post-LayerNorm, BERT) each sub-block is
+    ``norm(x + drop(f(x)))``; with ``norm_first=True`` (pre-LayerNorm, GPT-2) it is
+    ``x + drop(f(norm(x)))``. The norms are called ``attn_norm``, ``cross_norm`` and
+    ``ffn_norm`` in both cases: which side of the block they sit on is the config's business.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        act: str,
+        *,
+        norm_first: bool,
+        eps: float,
+        cross_attention: bool = False,
+        source_dim: int | None = None,
+        attn_scale: float | None = None,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = Attention(dim, num_heads, scale=attn_scale, dropout=attn_dropout, bias=bias)
+        self.attn_norm = nn.LayerNorm(dim, eps=eps)
+        self.cross_attn: Attention | None = None
+        self.cross_norm: nn.LayerNorm | None = None
+        if cross_attention:
+            self.cross_attn = Attention(
+                dim, num_heads, source_dim=source_dim, cross=True, scale=attn_scale, dropout=attn_dropout, bias=bias
+            )
+            self.cross_norm = nn.LayerNorm(dim, eps=eps)
+        self.ffn = FeedForward(dim, ffn_dim, act, bias=bias)
+        self.ffn_norm = nn.LayerNorm(dim, eps=eps)
+        self.drop = nn.Dropout(dropout)
+
+    def _residual(self, x: torch.Tensor, norm: nn.Module, f: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.norm_first:
+            y, w = f(norm(x))
+            return x + self.drop(y), w
+        y, w = f(x)
+        return norm(x + self.drop(y)), w
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        source: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Return the layer output [b, t, d] and the self- and cross-attention probabilities (or None)."""
+        x, self_w = self._residual(
+            x,
+            self.attn_norm,
+            lambda h: self.self_attn(h, mask, cache=cache, is_causal=is_causal, need_weights=need_weights),
+        )
+        cross_w = None
+        if self.cross_attn is not None and (source is not None or (cache is not None and cache.cross is not None)):
+            x, cross_w = self._residual(
+                x,
+                self.cross_norm,
+                lambda h: self.cross_attn(h, source_mask, source=source, cache=cache, need_weights=need_weights),
+            )
+        x, _ = self._residual(x, self.ffn_norm, lambda h: (self.ffn(h), None))
+        return x, self_w, cross_w
+
+
+class Embeddings(nn.Module):
+    """Token + position (+ token type) embeddings, then optional LayerNorm, then dropout.
+
+    Args:
+        vocab_size: rows of the token table.
+        dim: model width.
+        max_positions: rows of the position table.
+        type_vocab_size: rows of the token-type table; 0 for none. Token types are always 0 here.
+        norm_eps: add a LayerNorm with this epsilon; None for no LayerNorm.
+        dropout: dropout after the sum (and norm).
+        padding_idx: the pad token id, passed to ``nn.Embedding`` (its row gets no gradient).
+        positions: ``"absolute"`` counts positions 0, 1, ... from the start of the sequence;
+            ``"after_padding"`` counts ``padding_idx + 1, ...`` over non-pad tokens only and
+            gives pad tokens position ``padding_idx`` (RoBERTa's scheme).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        max_positions: int,
+        *,
+        type_vocab_size: int = 0,
+        norm_eps: float | None = None,
+        dropout: float = 0.0,
+        padding_idx: int | None = None,
+        positions: Literal["absolute", "after_padding"] = "absolute",
+    ) -> None:
+        super().__init__()
+        if positions == "after_padding" and padding_idx is None:
+            raise ConfigError("positions='after_padding' needs a padding_idx (the pad token id)")
+        self.tokens = nn.Embedding(vocab_size, dim, padding_idx=padding_idx)
+        self.positions = nn.Embedding(max_positions, dim)
+        self.token_types = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm_eps is not None else None
+        self.drop = nn.Dropout(dropout)
+        self.padding_idx = padding_idx
+        self.position_scheme = positions
+
+    def position_ids(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        """Position ids [b, t] (or [1, t]) for ``input_ids`` [b, t] that follow ``past_length`` cached tokens."""
+        if self.position_scheme == "after_padding":
+            keep = input_ids.ne(self.padding_idx).int()
+            return ((keep.cumsum(1) + past_length) * keep).long() + self.padding_idx
+        t = input_ids.shape[1]
+        return torch.arange(past_length, past_length + t, device=input_ids.device).unsqueeze(0)
+
+    def forward(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        """Embed ``input_ids`` [b, t] into [b, t, d]."""
+        x = self.tokens(input_ids)
+        if self.token_types is not None:  # token type 0 everywhere; summed in transformers' order
+            x = x + self.token_types.weight[0]
+        x = x + self.positions(self.position_ids(input_ids, past_length))
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.drop(x)
+
+
+class LMHead(nn.Module):
+    """Projects hidden states to vocabulary logits, optionally after a transform.
+
+    The transform (dense, activation, LayerNorm) is BERT's ``BertPredictionHeadTransform``;
+    without it the head is a plain (usually tied) projection as in GPT-2.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        vocab_size: int,
+        *,
+        transform_act: str | None = None,
+        norm_eps: float = 1e-12,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dense: nn.Linear | None = None
+        self.norm: nn.LayerNorm | None = None
+        if transform_act is not None:
+            self.dense = nn.Linear(dim, dim)
+            self.act = activation(transform_act)
+            self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.proj = nn.Linear(dim, vocab_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            x = self.norm(self.act(self.dense(x)))
+        return self.proj(x)

@@ -1,0 +1,64 @@
+"""What the composer needs of an encoder and a decoder.
+
+Any ``nn.Module`` with these attributes and this ``forward`` composes, whether a
+registered plugin built it or someone wrote it by hand. Modules built from the
+registry also carry ``architecture`` (the registered name) and ``config`` (the
+architecture's pydantic config), which saving in Hugging Face layout needs.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .cache import Cache
+from .outputs import DecoderOutput, EncoderOutput
+
+__all__ = ["Decoder", "Encoder"]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Maps source tokens to hidden states."""
+
+    hidden_size: int
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """``input_ids`` [b, s] and ``attention_mask`` [b, s] (1 = token, 0 = padding) to [b, s, d]."""
+        ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """Maps target tokens and the encoder's hidden states to next-token logits.
+
+    ``cross_attention_hidden_size`` is the width of the encoder states the decoder's
+    cross-attention takes; the composer projects the encoder output when it differs.
+    """
+
+    hidden_size: int
+    vocab_size: int
+    cross_attention_hidden_size: int
+    num_layers: int
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> DecoderOutput:
+        """``input_ids`` [b, t] (continuing ``cache`` if given) to logits [b, t, vocab]."""
+        ...

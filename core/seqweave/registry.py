@@ -1,0 +1,217 @@
+"""The plugin registry: architectures come from pluggy plugins found through entry points.
+
+A plugin is any module or object with a ``seqweave_register_architectures`` hook
+implementation. Built-in plugins are registered exactly as third-party ones are: through
+the ``seqweave`` entry-point group of their distribution.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pluggy
+from torch import nn
+
+from .config import ArchitectureConfig, format_validation_error
+from .errors import ConfigError, PluginError
+from .weights import WeightMap
+
+__all__ = [
+    "Architecture",
+    "PluginInfo",
+    "Registry",
+    "Role",
+    "default_registry",
+    "hookimpl",
+    "hookspec",
+]
+
+ENTRY_POINT_GROUP = "seqweave"
+Role = Literal["encoder", "decoder"]
+ROLES: tuple[Role, ...] = ("encoder", "decoder")
+REQUIRED_CONFIG_ATTRIBUTES = ("hidden_size", "vocab_size", "initializer_range", "tie_word_embeddings")
+
+hookspec = pluggy.HookspecMarker("seqweave")
+hookimpl = pluggy.HookimplMarker("seqweave")
+
+
+class _Hookspecs:
+    @hookspec
+    def seqweave_register_architectures(self, register: Callable[[Architecture], None]) -> None:
+        """Call ``register(architecture)`` once for each architecture this plugin provides."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the core needs to know about one architecture.
+
+    Attributes:
+        name: the name configs use; the Hugging Face ``model_type`` (``"bert"``).
+        config: the pydantic model of the architecture's own fields, with Hugging Face names.
+        build: ``build(config, role)`` returns a module satisfying the Encoder or Decoder
+            protocol; called on the ``meta`` device when weights are loaded afterwards.
+        weight_map: ``weight_map(config, role)`` returns the two-way map between the
+            module's state dict and the Hugging Face checkpoint layout for that role.
+        roles: which roles the architecture can play.
+        reference: for each role, the transformers class that is its reference
+            implementation (``"BertLMHeadModel"``); the contract tests compare against it.
+        description: one line for ``seqweave plugins``.
+    """
+
+    name: str
+    config: type[ArchitectureConfig]
+    build: Callable[[Any, Role], nn.Module]
+    weight_map: Callable[[Any, Role], WeightMap]
+    roles: tuple[Role, ...] = ROLES
+    reference: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def make_config(self, values: Mapping[str, Any] | None = None, *, source: str = "config") -> ArchitectureConfig:
+        """Validate ``values`` into this architecture's config; :class:`ConfigError` names the field."""
+        from pydantic import ValidationError
+
+        try:
+            return self.config.model_validate(dict(values or {}))
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, source)) from None
+
+    def build_module(self, config: ArchitectureConfig, role: Role) -> nn.Module:
+        """Build the module for ``role`` and tag it with its architecture and config."""
+        if role not in self.roles:
+            raise ConfigError(
+                f"architecture {self.name!r} cannot be used as {role}; it supports: {', '.join(self.roles)}"
+            )
+        module = self.build(config, role)
+        module.architecture = self.name  # the registered name
+        module.config = config
+        module.seqweave_architecture = self  # what saving in Hugging Face layout needs
+        return module
+
+
+@dataclass
+class PluginInfo:
+    """What ``seqweave plugins`` reports about one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    architectures: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class Registry:
+    """Architectures by name, and the plugins that provided them.
+
+    Args:
+        load_entry_points: load every plugin of the ``seqweave`` entry-point group now.
+    """
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self._pm = pluggy.PluginManager("seqweave")
+        self._pm.add_hookspecs(_Hookspecs)
+        self._architectures: dict[str, Architecture] = {}
+        self._owners: dict[str, PluginInfo] = {}
+        self.plugins: list[PluginInfo] = []
+        if load_entry_points:
+            self.load_entry_points()
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        """Load every plugin of ``group``; a plugin that fails is recorded with its error, not raised."""
+        for ep in importlib.metadata.entry_points(group=group):
+            dist = ep.dist
+            info = PluginInfo(ep.name, dist.name if dist else None, dist.version if dist else None)
+            try:
+                self._register(ep.load(), info)
+            except Exception as e:  # any failure of third-party code is reported, not fatal
+                info.error = f"{type(e).__name__}: {e}"
+                self.plugins.append(info)
+
+    def register(
+        self, plugin: object, name: str | None = None, *, distribution: str | None = None, version: str | None = None
+    ) -> PluginInfo:
+        """Register a plugin object or module (for plugins that are not installed distributions).
+
+        Raises:
+            PluginError: the plugin registers an invalid architecture or a name already taken.
+        """
+        info = PluginInfo(name or getattr(plugin, "__name__", type(plugin).__name__), distribution, version)
+        self._register(plugin, info)
+        return info
+
+    def _register(self, plugin: object, info: PluginInfo) -> None:
+        found: list[Architecture] = []
+        self._pm.register(plugin, name=f"{info.name}:{id(plugin)}")
+        try:
+            caller = self._pm.subset_hook_caller(
+                "seqweave_register_architectures",
+                remove_plugins=[p for p in self._pm.get_plugins() if p is not plugin],
+            )
+            caller(register=found.append)
+            for arch in found:
+                self._check(arch, info)
+        except BaseException:
+            self._pm.unregister(plugin)
+            raise
+        for arch in found:
+            self._architectures[arch.name] = arch
+            self._owners[arch.name] = info
+            info.architectures.append(arch.name)
+        self.plugins.append(info)
+
+    def _check(self, arch: Architecture, info: PluginInfo) -> None:
+        where = f"plugin {info.name!r}" + (f" ({info.distribution} {info.version})" if info.distribution else "")
+        if not isinstance(arch, Architecture):
+            raise PluginError(f"{where} registered {arch!r}, which is not a seqweave.Architecture")
+        if not re.fullmatch(r"[a-z][a-z0-9_\-]*", arch.name):
+            raise PluginError(f"{where}: architecture name {arch.name!r} must be lowercase letters, digits, - or _")
+        if arch.name in self._architectures:
+            other = self._owners[arch.name]
+            raise PluginError(
+                f"{where} registers architecture {arch.name!r}, already registered by plugin "
+                f"{other.name!r} ({other.distribution or 'not installed'}); uninstall one of the two"
+            )
+        if not (isinstance(arch.config, type) and issubclass(arch.config, ArchitectureConfig)):
+            raise PluginError(f"{where}: {arch.name}.config must subclass seqweave.ArchitectureConfig")
+        bad = [r for r in arch.roles if r not in ROLES]
+        if bad or not arch.roles:
+            raise PluginError(f"{where}: {arch.name}.roles must be a non-empty subset of {ROLES}, got {arch.roles}")
+        default = arch.config()
+        lacking = [a for a in REQUIRED_CONFIG_ATTRIBUTES if not hasattr(default, a)]
+        if lacking:
+            raise PluginError(f"{where}: {arch.name}.config lacks {', '.join(lacking)}")
+
+    def get(self, name: str) -> Architecture:
+        """The architecture called ``name``.
+
+        Raises:
+            ConfigError: no plugin registers ``name``; the message lists those that exist.
+        """
+        try:
+            return self._architectures[name]
+        except KeyError:
+            known = ", ".join(sorted(self._architectures)) or "none"
+            failed = [p for p in self.plugins if p.error]
+            hint = f"; plugins that failed to load: {', '.join(p.name for p in failed)}" if failed else ""
+            raise ConfigError(f"unknown architecture {name!r}; registered: {known}{hint}") from None
+
+    def names(self) -> list[str]:
+        """Registered architecture names, sorted."""
+        return sorted(self._architectures)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._architectures
+
+    def owner(self, name: str) -> PluginInfo:
+        """The plugin that registered architecture ``name``."""
+        return self._owners[name]
+
+
+@functools.cache
+def default_registry() -> Registry:
+    """The registry of installed plugins, loaded on first use."""
+    return Registry()

@@ -1,0 +1,194 @@
+"""Encoder and decoder stacks built from the shared layers.
+
+A plugin builds one of these from its config: it chooses the embeddings, the layer
+settings, an optional final LayerNorm and the head. Anything else that satisfies
+:mod:`seqweave.protocols` composes just as well.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cache import Cache
+from .layers import Embeddings, LMHead, TransformerLayer, additive_mask
+from .outputs import DecoderOutput, EncoderOutput
+
+__all__ = ["TransformerDecoder", "TransformerEncoder", "causal_mask"]
+
+
+def causal_mask(
+    t: int, past: int, attention_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Additive mask [b or 1, 1, t, past + t]: query i sees keys up to ``past + i`` that are not padding."""
+    keep = torch.ones(t, past + t, dtype=torch.bool, device=device).tril(past)[None, None]
+    if attention_mask is not None:
+        keep = keep & attention_mask.bool()[:, None, None, :]
+    return additive_mask(keep, dtype)
+
+
+def _padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if attention_mask is None else additive_mask(attention_mask.bool()[:, None, None, :], dtype)
+
+
+class _Stack(nn.Module):
+    def __init__(self, embeddings: Embeddings, layers: list[TransformerLayer], final_norm: nn.LayerNorm | None):
+        super().__init__()
+        self.embeddings = embeddings
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
+        self.hidden_size = embeddings.tokens.embedding_dim
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        *,
+        is_causal: bool = False,
+        source: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
+        hidden, attns, cross = [], [], []
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                hidden.append(x)
+            x, w, cw = layer(
+                x,
+                mask,
+                source=source,
+                source_mask=source_mask,
+                cache=cache.layers[i] if cache is not None else None,
+                is_causal=is_causal,
+                need_weights=output_attentions,
+            )
+            attns.append(w)
+            cross.append(cw)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if output_hidden_states:
+            hidden.append(x)
+        return (
+            x,
+            tuple(hidden) if output_hidden_states else None,
+            tuple(attns) if output_attentions else None,
+            tuple(cross) if output_attentions and source is not None else None,
+        )
+
+
+class TransformerEncoder(_Stack):
+    """Bidirectional encoder: embeddings, layers, optional final norm and optional pooler.
+
+    The pooler (a dense layer on the first token) is not used by the composite; it is
+    kept only so that a checkpoint's pooler weights survive a load and a save.
+    """
+
+    def __init__(
+        self,
+        embeddings: Embeddings,
+        layers: list[TransformerLayer],
+        *,
+        final_norm: nn.LayerNorm | None = None,
+        pooler: nn.Linear | None = None,
+    ) -> None:
+        super().__init__(embeddings, layers, final_norm)
+        self.pooler = pooler
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Encode ``input_ids`` [b, s] (``attention_mask`` [b, s]: 1 token, 0 padding) into [b, s, d]."""
+        x = self.embeddings(input_ids)
+        x, hidden, attns, _ = self._run(
+            x,
+            _padding_mask(attention_mask, x.dtype),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return EncoderOutput(x, hidden, attns)
+
+
+class TransformerDecoder(_Stack):
+    """Causal decoder with cross-attention in every layer and a language-model head."""
+
+    def __init__(
+        self,
+        embeddings: Embeddings,
+        layers: list[TransformerLayer],
+        head: LMHead,
+        *,
+        final_norm: nn.LayerNorm | None = None,
+        tie_word_embeddings: bool = True,
+    ) -> None:
+        super().__init__(embeddings, layers, final_norm)
+        self.head = head
+        self.vocab_size = head.proj.out_features
+        self.cross_attention_hidden_size = layers[0].cross_attn.kv_proj.in_features if layers else self.hidden_size
+        self.tie_word_embeddings = tie_word_embeddings
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the head's projection with the token embeddings, if the config asks for it."""
+        if self.tie_word_embeddings:
+            self.head.proj.weight = self.embeddings.tokens.weight
+
+    def new_cache(self, capacity: int = 0) -> Cache:
+        """An empty cache for this decoder with room for ``capacity`` positions."""
+        return Cache(self.num_layers, capacity)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> DecoderOutput:
+        """Logits [b, t, vocab] for ``input_ids`` [b, t].
+
+        Args:
+            input_ids: target tokens; with a cache, only the new ones.
+            attention_mask: [b, past + t], 1 for tokens and 0 for padding, or None.
+            encoder_hidden_states: [b, s, d_src]; may be None when the cache holds the
+                cross-attention keys/values.
+            encoder_attention_mask: [b, s] source padding mask, or None.
+            cache: continue from (and write to) this cache.
+        """
+        past = cache.length if cache is not None else 0
+        x = self.embeddings(input_ids, past)
+        t = input_ids.shape[1]
+        is_causal = False
+        if attention_mask is None and past == 0 and not output_attentions:
+            mask = None
+            is_causal = t > 1
+        elif attention_mask is None and t == 1:
+            mask = None  # one new query sees every cached key
+        else:
+            mask = causal_mask(t, past, attention_mask, x.dtype, x.device)
+        x, hidden, attns, cross = self._run(
+            x,
+            mask,
+            is_causal=is_causal,
+            source=encoder_hidden_states,
+            source_mask=_padding_mask(encoder_attention_mask, x.dtype),
+            cache=cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        if cache is not None:
+            cache.advance(t)
+        return DecoderOutput(self.head(x), cache, hidden, attns, cross)

@@ -1,0 +1,313 @@
+"""Checkpoint files, the two-way weight map, and loading weights into modules built on ``meta``.
+
+A weight map is data: a list of rules, each naming one of our tensors and the Hugging
+Face tensor(s) it comes from. The same rules read a checkpoint (:meth:`WeightMap.from_hf`)
+and write one (:meth:`WeightMap.to_hf`), so ``to_hf(from_hf(sd)) == sd``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+__all__ = ["Rule", "WeightMap", "init_weights", "load_module_weights", "read_state_dict", "rule"]
+
+logger = logging.getLogger("seqweave")
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One of our tensors and where it lives in a Hugging Face checkpoint.
+
+    Attributes:
+        ours: our parameter name, e.g. ``layers.0.self_attn.qkv_proj.weight``.
+        hf: the Hugging Face tensor names, concatenated along dim 0 (after the transpose)
+            into ours, e.g. the query, key and value weights into one fused ``qkv``.
+        transpose: the Hugging Face tensors are stored transposed (GPT-2's ``Conv1D``).
+        new_ok: the tensor may be absent from a single-model checkpoint used for a warm
+            start (cross-attention, a head, a pooler); it is then created and initialised.
+    """
+
+    ours: str
+    hf: tuple[str, ...]
+    transpose: bool = False
+    new_ok: bool = False
+
+
+def rule(ours: str, *hf: str, transpose: bool = False, new_ok: bool = False) -> Rule:
+    """Shorthand for :class:`Rule`; ``hf`` defaults to ``ours``."""
+    return Rule(ours, hf or (ours,), transpose, new_ok)
+
+
+@dataclass(frozen=True)
+class WeightMap:
+    """A two-way map between our state dict and a Hugging Face one.
+
+    Attributes:
+        rules: concrete rules (layer indices already filled in).
+        ignore: regular expressions of Hugging Face names that may be present in a
+            checkpoint and are dropped on load: tied copies, unused heads, old buffers.
+        base_prefix: where the head-model layout puts the base model (``"bert."``), so
+            that a bare base-model checkpoint can fill a head model and vice versa.
+    """
+
+    rules: tuple[Rule, ...]
+    ignore: tuple[str, ...] = ()
+    base_prefix: str = ""
+    _ignore_re: re.Pattern | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        rules: Iterable[Rule],
+        per_layer: Iterable[Rule] = (),
+        num_layers: int = 0,
+        *,
+        ignore: Iterable[str] = (),
+        base_prefix: str = "",
+    ) -> WeightMap:
+        """Expand ``per_layer`` rules (with ``{}`` for the layer index) over ``num_layers`` layers."""
+        per_layer = tuple(per_layer)
+        expanded = [
+            Rule(r.ours.format(i), tuple(h.format(i) for h in r.hf), r.transpose, r.new_ok)
+            for i in range(num_layers)
+            for r in per_layer
+        ]
+        return cls((*rules, *expanded), tuple(ignore), base_prefix)
+
+    def prefixed(self, ours: str, hf: str) -> WeightMap:
+        """The same map with ``ours`` and ``hf`` put before every name (for a composite's parts)."""
+        return WeightMap(
+            tuple(replace(r, ours=ours + r.ours, hf=tuple(hf + h for h in r.hf)) for r in self.rules),
+            tuple(re.escape(hf) + p for p in self.ignore),
+        )
+
+    def __add__(self, other: WeightMap) -> WeightMap:
+        return WeightMap(self.rules + other.rules, self.ignore + other.ignore)
+
+    def is_ignored(self, name: str) -> bool:
+        if not self.ignore:
+            return False
+        pattern = self._ignore_re
+        if pattern is None:
+            pattern = re.compile("|".join(f"(?:{p})" for p in self.ignore))
+            object.__setattr__(self, "_ignore_re", pattern)
+        return pattern.fullmatch(name) is not None
+
+    def normalize_prefix(self, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Make a single-model checkpoint's names match this map's layout.
+
+        A head-model map (names under ``base_prefix``) reading a bare base model gets the
+        prefix added; a base-model map reading a head model gets it stripped.
+        """
+        p = self.base_prefix
+        if not p:
+            return dict(sd)
+        wants_prefix = any(h.startswith(p) for r in self.rules for h in r.hf)
+        has_prefix = any(k.startswith(p) for k in sd)
+        if wants_prefix and not has_prefix:
+            return {p + k: v for k, v in sd.items()}
+        if not wants_prefix and has_prefix:
+            return {k.removeprefix(p): v for k, v in sd.items()}
+        return dict(sd)
+
+    def from_hf(self, sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[Rule], list[str]]:
+        """Map a Hugging Face state dict to ours.
+
+        Returns:
+            Our tensors, the rules whose tensors are absent, and the checkpoint names that
+            no rule uses and no ``ignore`` pattern covers.
+        """
+        ours: dict[str, torch.Tensor] = {}
+        missing: list[Rule] = []
+        used: set[str] = set()
+        for r in self.rules:
+            if not all(h in sd for h in r.hf):
+                missing.append(r)
+                continue
+            parts = [sd[h].T if r.transpose else sd[h] for h in r.hf]
+            ours[r.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            used.update(r.hf)
+        unexpected = [k for k in sd if k not in used and not self.is_ignored(k)]
+        return ours, missing, unexpected
+
+    def to_hf(self, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map our state dict to Hugging Face names (contiguous tensors, ready for safetensors)."""
+        out: dict[str, torch.Tensor] = {}
+        for r in self.rules:
+            parts = sd[r.ours].chunk(len(r.hf), dim=0) if len(r.hf) > 1 else (sd[r.ours],)
+            for h, t in zip(r.hf, parts, strict=True):
+                out[h] = (t.T if r.transpose else t).contiguous()
+        return out
+
+    def hf_names(self, ours: str) -> tuple[str, ...]:
+        """The Hugging Face names behind one of our tensors (for error messages)."""
+        for r in self.rules:
+            if r.ours == ours:
+                return r.hf
+        return (ours,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))  # memory-mapped: tensors are read as they are used
+    except Exception as e:  # safetensors raises its own types for corrupt headers and truncation
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        # weights_only: tensors and plain containers only, no code from the checkpoint runs
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from None
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {type(sd).__name__}")
+    return dict(sd)
+
+
+def _read_index(path: Path, read) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a valid shard index ({e})") from None
+    sd: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = path.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"{path}: names shard {shard!r}, which is missing")
+        sd.update(read(shard_path))
+    return sd
+
+
+def weights_file(folder: Path) -> Path:
+    """The weights file of a checkpoint folder: safetensors first, pickles only without them."""
+    for name in (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX):
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"{folder}: no weights file; expected one of {SAFETENSORS}, {SAFETENSORS_INDEX}, {PICKLE}, {PICKLE_INDEX}"
+    )
+
+
+def read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """Read a checkpoint folder's tensors; return them and the file they came from."""
+    path = weights_file(folder)
+    if path.name == SAFETENSORS:
+        return _read_safetensors(path), path
+    if path.name == SAFETENSORS_INDEX:
+        return _read_index(path, _read_safetensors), path
+    if path.name == PICKLE:
+        return _read_pickle(path), path
+    return _read_index(path, _read_pickle), path
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+def init_weights(module: nn.Module, std: float, names: set[str] | None = None) -> None:
+    """Initialise parameters as transformers does: normal(0, std) weights, zero biases, unit norms.
+
+    Args:
+        module: the module whose parameters to initialise.
+        std: the standard deviation (the config's ``initializer_range``).
+        names: only these parameter names (relative to ``module``); all if None.
+    """
+    with torch.no_grad():
+        for prefix, sub in module.named_modules():
+            for leaf, p in sub.named_parameters(recurse=False):
+                full = f"{prefix}.{leaf}" if prefix else leaf
+                if names is not None and full not in names:
+                    continue
+                if isinstance(sub, nn.LayerNorm):
+                    p.fill_(1.0 if leaf == "weight" else 0.0)
+                elif leaf == "bias":
+                    p.zero_()
+                else:
+                    p.normal_(0.0, std)
+                    if isinstance(sub, nn.Embedding) and sub.padding_idx is not None:
+                        p[sub.padding_idx].zero_()
+
+
+def _materialize(module: nn.Module, name: str, dtype: torch.dtype, device: torch.device | str) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name)
+    old = getattr(owner, leaf)
+    setattr(owner, leaf, nn.Parameter(torch.empty(old.shape, dtype=dtype, device=device)))
+
+
+def _tie(module: nn.Module) -> None:
+    for sub in module.modules():
+        if hasattr(sub, "tie_weights"):
+            sub.tie_weights()
+
+
+def load_module_weights(
+    module: nn.Module,
+    ours: Mapping[str, torch.Tensor],
+    *,
+    source: Path | str,
+    weight_map: WeightMap,
+    new: Iterable[str] = (),
+    std: float = 0.02,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Put ``ours`` into ``module`` (built on ``meta``) without copying, and create ``new`` tensors.
+
+    Args:
+        module: the module, its parameters on the meta device.
+        ours: our state dict, as :meth:`WeightMap.from_hf` made it.
+        source: the file the tensors came from (for error messages).
+        weight_map: the map, to name Hugging Face tensors in errors.
+        new: parameter names absent from the checkpoint, to create and initialise.
+        std: the standard deviation for new tensors.
+        dtype: cast floating tensors to this dtype; None keeps the checkpoint's.
+        device: where the tensors end up.
+
+    Raises:
+        CheckpointError: a tensor's shape differs from what the config implies.
+    """
+    expected = dict(module.named_parameters())
+    for name, t in ours.items():
+        want = expected[name].shape
+        if t.shape != want:
+            hf = ", ".join(weight_map.hf_names(name))
+            raise CheckpointError(
+                f"{source}: tensor {hf} has shape {list(t.shape)}, but the config implies "
+                f"{list(want)} (for {name}); does config.json match the weights?"
+            )
+    if dtype is None:
+        dtype = next((t.dtype for t in ours.values() if t.is_floating_point()), torch.get_default_dtype())
+    cast = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in ours.items()}
+    module.load_state_dict(cast, strict=False, assign=True)
+    _tie(module)  # assign=True replaced the tied parameter objects: tie them again
+    new = set(new)
+    for name in new:
+        _materialize(module, name, dtype, device)
+    if new:
+        init_weights(module, std, new)
+        _tie(module)
+    left = [n for n, p in module.named_parameters() if p.is_meta]
+    assert not left, f"weight map leaves parameters unset: {left}"
