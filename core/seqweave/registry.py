@@ -61,6 +61,8 @@ class Architecture:
         reference: for each role, the transformers class that is its reference
             implementation (``"BertLMHeadModel"``); the contract tests compare against it.
         description: one line for ``seqweave plugins``.
+        tiny_config: field values for a tiny model of this architecture; the contract
+            tests build one for every registered architecture with them.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Architecture:
     roles: tuple[Role, ...] = ROLES
     reference: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    tiny_config: Mapping[str, Any] = field(default_factory=dict)
 
     def make_config(self, values: Mapping[str, Any] | None = None, *, source: str = "config") -> ArchitectureConfig:
         """Validate ``values`` into this architecture's config; :class:`ConfigError` names the field."""

@@ -107,6 +107,7 @@ def bert_family(
     head_names: dict[str, str],
     reference: dict[str, str],
     description: str,
+    tiny_config: dict[str, object],
 ) -> sw.Architecture:
     """The :class:`seqweave.Architecture` of a BERT-like model.
 
@@ -120,6 +121,7 @@ def bert_family(
             keys ``dense``, ``norm``, ``bias``, ``proj`` (the projection's weight).
         reference: the transformers class for each role.
         description: one line for ``seqweave plugins``.
+        tiny_config: fields of a tiny model, for the contract tests.
     """
 
     def build(cfg: BertConfig, role: sw.Role) -> nn.Module:
@@ -192,6 +194,7 @@ def bert_family(
         weight_map=weight_map,
         reference=reference,
         description=description,
+        tiny_config=tiny_config,
     )
 
 
@@ -204,6 +207,8 @@ BERT = bert_family(
     head_names={"dense": "transform.dense", "norm": "transform.LayerNorm", "bias": "bias", "proj": "decoder"},
     reference={"encoder": "BertModel", "decoder": "BertLMHeadModel"},
     description="BERT (post-LayerNorm, absolute positions); decoder = BertLMHeadModel",
+    tiny_config={"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "intermediate_size": 37, "max_position_embeddings": 64},
 )
 
 

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random models made by the test, in both seqweave and transformers.
+
+Nothing here touches the network: configs come from each architecture's ``tiny_config``,
+weights are random and saved to a temporary folder that both sides load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import seqweave as sw  # noqa: E402
+
+REGISTRY = sw.default_registry()
+ARCHITECTURES = REGISTRY.names()
+ENCODERS = [n for n in ARCHITECTURES if "encoder" in REGISTRY.get(n).roles]
+DECODERS = [n for n in ARCHITECTURES if "decoder" in REGISTRY.get(n).roles]
+ROLES = [(n, r) for n in ARCHITECTURES for r in REGISTRY.get(n).roles]
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Give every parameter a visible random value (default inits make logits too small to compare)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype) * std
+            is_norm_scale = name.endswith("weight") and p.dim() == 1
+            p.copy_(1.0 + noise if is_norm_scale else noise)
+    return model
+
+
+def hf_config(architecture: str, role: str, **overrides):
+    """A transformers config of the architecture's tiny size for ``role``."""
+    import transformers
+
+    values = {**REGISTRY.get(architecture).tiny_config, **overrides}
+    if role == "decoder":
+        values.update(is_decoder=True, add_cross_attention=True)
+    return transformers.AutoConfig.for_model(architecture, **values)
+
+
+def hf_composite(
+    folder: Path,
+    encoder: str = "bert",
+    decoder: str = "bert",
+    *,
+    encoder_overrides: dict | None = None,
+    decoder_overrides: dict | None = None,
+    seed: int = 0,
+    **top,
+):
+    """Save a random transformers ``EncoderDecoderModel`` to ``folder``; return the model (eval mode)."""
+    from transformers import EncoderDecoderConfig, EncoderDecoderModel
+
+    cfg = EncoderDecoderConfig.from_encoder_decoder_configs(
+        hf_config(encoder, "encoder", **(encoder_overrides or {})),
+        hf_config(decoder, "decoder", **(decoder_overrides or {})),
+        **{"decoder_start_token_id": 2, "pad_token_id": 0, **top},
+    )
+    torch.manual_seed(seed)
+    model = randomize(EncoderDecoderModel(cfg), seed).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def source_batch(vocab: int, pad: int, seed: int = 0, shape=(3, 7)):
+    """Source ids with padding on two rows, and the attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, shape, generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, shape[1] - 2 :] = 0
+    mask[2, 3:] = 0
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+def label_batch(vocab: int, seed: int = 1, shape=(3, 5)):
+    """Labels with -100 at the end of one row, as a padded target batch has."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(3, vocab, shape, generator=g)
+    labels[0, 3:] = -100
+    return labels
+
+
+@pytest.fixture
+def registry() -> sw.Registry:
+    return REGISTRY
