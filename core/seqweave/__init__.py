@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from .cache import Cache
 from .composer import EncoderDecoder, LoadReport, build_decoder, build_encoder, shift_tokens_right
 from .config import ArchitectureConfig, CompositionConfig, GenerationSettings, PartConfig, load_config
+from .generation import GenerateOptions, Generated
 from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
 from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
 from .protocols import Decoder, Encoder
@@ -33,6 +34,8 @@ __all__ = [
     "Encoder",
     "EncoderDecoder",
     "EncoderOutput",
+    "GenerateOptions",
+    "Generated",
     "GenerationSettings",
     "LoadReport",
     "PartConfig",

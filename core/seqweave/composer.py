@@ -7,23 +7,27 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, generation
 from .cache import Cache
 from .config import CompositionConfig, GenerationSettings, PartConfig, load_config
 from .errors import CheckpointError, ConfigError
+from .generation import GenerateOptions, Generated
 from .hub import resolve
 from .outputs import EncoderOutput, Seq2SeqOutput
 from .registry import Architecture, Registry, Role, default_registry
 from .weights import SAFETENSORS, WeightMap, init_weights, load_module_weights, read_state_dict, rule
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["EncoderDecoder", "LoadReport", "build_decoder", "build_encoder", "shift_tokens_right"]
 
@@ -63,6 +67,14 @@ def _build(name: str, role: Role, values: Mapping[str, Any], registry: Registry 
     if hasattr(module, "tie_weights"):
         module.tie_weights()
     return module
+
+
+_NOT_OPTIONS = ("self", "input_ids", "attention_mask", "streamer", "cuda_graph", "static_cache")
+
+
+def _given(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The generation options a call to ``generate`` set (None means: use the default)."""
+    return {k: v for k, v in arguments.items() if k not in _NOT_OPTIONS and not k.startswith("__") and v is not None}
 
 
 def summarize_names(names: list[str]) -> list[str]:
@@ -275,6 +287,95 @@ class EncoderDecoder(nn.Module):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
+
+    # ------------------------------------------------------------------------------------
+    # Generation
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+        min_new_tokens: int | None = None,
+        length_penalty: float | None = None,
+        early_stopping: bool | str | None = None,
+        num_return_sequences: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        decoder_start_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        streamer: Callable[[torch.Tensor], None] | None = None,
+        cuda_graph: bool | None = None,
+        static_cache: bool | None = None,
+    ) -> torch.Tensor:
+        """Generate target token ids for the sources ``input_ids`` [b, s].
+
+        Greedy search (default), sampling (``do_sample=True``) or beam search
+        (``num_beams > 1``), with the semantics of transformers' ``generate`` for an
+        encoder-decoder model. An argument left at None takes the model's default: the
+        :attr:`generation_settings` (the config's ``generation:`` block) and the model's
+        ``decoder_start_token_id``, ``pad_token_id`` and ``eos_token_id``.
+
+        Args:
+            input_ids: [b, s] source token ids.
+            attention_mask: [b, s] 1 for tokens, 0 for padding (padded sources).
+            max_new_tokens: tokens to generate after the start token, at most.
+            num_beams: beam width; 1 is greedy search or sampling.
+            do_sample: draw tokens instead of taking the most likely one.
+            temperature, top_k, top_p: sampling warpers (with ``do_sample`` only).
+            repetition_penalty: divide positive / multiply negative scores of tokens already generated.
+            no_repeat_ngram_size: forbid repeating an n-gram of this size.
+            min_new_tokens: forbid eos before this many new tokens.
+            length_penalty: beam score = sum of log-probabilities / new_tokens ** length_penalty.
+            early_stopping: beam search stopping rule: True, False or "never" (see
+                :func:`seqweave.generation.beam_search`).
+            num_return_sequences: sequences per source (beam search: the best ones, at most
+                ``num_beams``; sampling: independent draws).
+            eos_token_id: one id or several; a row ends at the first.
+            pad_token_id: fills finished rows; defaults to the (first) eos id.
+            decoder_start_token_id: the first decoder token.
+            generator: the random generator sampling draws from (the global one if None).
+            streamer: called with each step's new tokens [b * num_return_sequences] as
+                they are chosen (greedy search and sampling).
+            cuda_graph: capture the decode step in a CUDA graph and replay it (default: on CUDA).
+            static_cache: decode with a static cache (fixed shapes, device-side position);
+                the default is True exactly when ``cuda_graph`` is. On the CPU it is slower
+                and useful to test the code path the graph captures.
+
+        Returns:
+            [b * num_return_sequences, 1 + n] token ids: the start token, then the
+            generated tokens; rows that end early are padded with ``pad_token_id``, and
+            ``n`` is the longest row's length (``max_new_tokens`` unless every row ended).
+
+        Raises:
+            ConfigError: an argument is out of range or unsupported in this combination.
+        """
+        return generation.generate(self, input_ids, attention_mask, streamer=streamer, cuda_graph=cuda_graph,
+                                   static_cache=static_cache, **_given(locals()))
+
+    def generate_with_scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Unpack[GenerateOptions]
+    ) -> Generated:
+        """:meth:`generate`, also returning each sequence's score (see :class:`seqweave.Generated`)."""
+        return generation.generate(self, input_ids, attention_mask, return_scores=True, **options)
+
+    def generate_stream(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Unpack[GenerateOptions]
+    ) -> Iterator[torch.Tensor]:
+        """Like :meth:`generate` (greedy search or sampling), yielding each step's new tokens [b * r] as they come.
+
+        The arguments are checked and the encoder runs when this is called; the yielded
+        columns, after the start token, are exactly what :meth:`generate` returns.
+        """
+        return generation.generate_stream(self, input_ids, attention_mask, **options)
 
     # ------------------------------------------------------------------------------------
     # The Hugging Face layout

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
@@ -65,7 +65,11 @@ class GenerationSettings(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0, description="Penalise tokens already generated (CTRL).")
     no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating any n-gram of this size.")
     length_penalty: float = Field(1.0, description="Beam score = logprob / length ** length_penalty.")
-    early_stopping: bool = Field(False, description="Stop beam search once num_beams hypotheses are done.")
+    early_stopping: bool | Literal["never"] = Field(
+        False,
+        description="Beam search: True stops once num_beams hypotheses are done; False stops when the best running "
+        "beam (scored at the current length) cannot beat the worst finished one; 'never' scores it at max length.",
+    )
     num_return_sequences: int = Field(1, ge=1, description="Sequences returned per input (<= num_beams).")
 
 

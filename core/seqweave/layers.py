@@ -132,10 +132,11 @@ class Attention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attend from ``x`` [b, t, d] to itself or to ``source`` [b, s, d_src].
+        """Attend from ``x`` [b, t, d] to itself or to ``source`` [b_src, s, d_src].
 
         Args:
-            x: the queries' input.
+            x: the queries' input. For cross-attention ``b`` may be a multiple ``g * b_src``
+                of the source rows: rows ``i*g ... i*g + g-1`` all attend to source ``i``.
             mask: additive float mask broadcastable to [b, h, t, s], or None.
             source: the sequence cross-attention attends to; may be None when the
                 cache already holds its keys/values.
@@ -148,34 +149,69 @@ class Attention(nn.Module):
             The output [b, t, d] and the probabilities (or None).
         """
         if self.cross:
-            q = self._heads(self.q_proj(x))
-            if cache is not None and cache.cross is not None:
-                k, v = cache.cross
-            else:
-                assert source is not None, "cross-attention needs a source or a filled cache"
-                k, v = (self._heads(t) for t in self.kv_proj(source).chunk(2, dim=-1))
-                if cache is not None:
-                    cache.cross = (k, v)
+            return self._cross(x, mask, source, cache, need_weights)
+        b, t, d = x.shape
+        qkv = self.qkv_proj(x).view(b, t, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, h, t, hd]
+        if cache is not None:
+            k, v = cache.append(k, v)
+        out, weights = self._attend(q, k, v, mask, is_causal, need_weights)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d)), weights
+
+    def _cross(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        source: torch.Tensor | None,
+        cache: LayerCache | None,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cross-attention from ``x`` [b*g, t, d] to a source of b rows.
+
+        When each source is decoded ``g`` times (beams, several samples), the ``g`` query rows
+        of a source are folded into its query length, ``[b*g, t, d] -> [b, g*t, d]`` (rows are
+        source-major, so this is a view), and one attention call reads the source's
+        keys/values once instead of a copy per row.
+        """
+        if cache is not None and cache.cross is not None:
+            k, v = cache.cross
         else:
-            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            assert source is not None, "cross-attention needs a source or a filled cache"
+            k, v = (self._heads(t) for t in self.kv_proj(source).chunk(2, dim=-1))  # [b, h, s, hd]
             if cache is not None:
-                k, v = cache.append(k, v)
+                cache.cross = (k, v)
+        rows, t, d = x.shape
+        b = k.shape[0]
+        assert rows % b == 0, f"{rows} decoder rows cannot share {b} sources"
+        g = rows // b
+        q = self._heads(self.q_proj(x).view(b, g * t, d))  # [b, h, g*t, hd]
+        out, weights = self._attend(q, k, v, mask, False, need_weights)
+        if weights is not None and g > 1:  # [b, h, g*t, s] -> [b*g, h, t, s]
+            weights = weights.view(b, self.num_heads, g, t, -1).transpose(1, 2).reshape(rows, self.num_heads, t, -1)
+        return self.out_proj(out.transpose(1, 2).reshape(rows, t, d)), weights
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``softmax(q k^T * scale + mask) v`` for q [b, h, t, hd], k/v [b, h, s, hd]; SDPA unless weights are wanted."""
         p = self.dropout if self.training else 0.0
-        if need_weights:
-            scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, h, t, s]
-            if is_causal:
-                t, s = scores.shape[-2:]
-                keep = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
-                scores = scores + additive_mask(keep, scores.dtype)
-            if mask is not None:
-                scores = scores + mask
-            weights = F.dropout(scores.softmax(dim=-1), p, self.training)
-            out = weights @ v
-        else:
-            weights = None
-            out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal, scale=self.scale)
-        b, _, t, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
+        if not need_weights:
+            return F.scaled_dot_product_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal, scale=self.scale), None
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, h, t, s]
+        if is_causal:
+            t, s = scores.shape[-2:]
+            keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+            scores = scores + additive_mask(keep, scores.dtype)
+        if mask is not None:
+            scores = scores + mask
+        weights = F.dropout(scores.softmax(dim=-1), p, self.training)
+        return weights @ v, weights
 
 
 class FeedForward(nn.Module):
@@ -231,12 +267,10 @@ class TransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
         self.drop = nn.Dropout(dropout)
 
-    def _residual(self, x: torch.Tensor, norm: nn.Module, f: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.norm_first:
-            y, w = f(norm(x))
-            return x + self.drop(y), w
-        y, w = f(x)
-        return norm(x + self.drop(y)), w
+    def _close(self, x: torch.Tensor, y: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """The residual: ``x + drop(y)``, then the norm when it sits after the block (post-LayerNorm)."""
+        x = x + (self.drop(y) if self.training else y)
+        return x if self.norm_first else norm(x)
 
     def forward(
         self,
@@ -249,20 +283,24 @@ class TransformerLayer(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Return the layer output [b, t, d] and the self- and cross-attention probabilities (or None)."""
-        x, self_w = self._residual(
-            x,
-            self.attn_norm,
-            lambda h: self.self_attn(h, mask, cache=cache, is_causal=is_causal, need_weights=need_weights),
+        """Return the layer output [b, t, d] and the self- and cross-attention probabilities (or None).
+
+        ``source`` [b_src, s, d_src] may have fewer rows than ``x``: see :class:`Attention`.
+        """
+        # Spelled out block by block (no helper taking closures): this runs once per layer per
+        # generated token, and on a small model the Python time is most of a decode step.
+        pre = self.norm_first
+        y, self_w = self.self_attn(
+            self.attn_norm(x) if pre else x, mask, cache=cache, is_causal=is_causal, need_weights=need_weights
         )
+        x = self._close(x, y, self.attn_norm)
         cross_w = None
         if self.cross_attn is not None and (source is not None or (cache is not None and cache.cross is not None)):
-            x, cross_w = self._residual(
-                x,
-                self.cross_norm,
-                lambda h: self.cross_attn(h, source_mask, source=source, cache=cache, need_weights=need_weights),
+            y, cross_w = self.cross_attn(
+                self.cross_norm(x) if pre else x, source_mask, source=source, cache=cache, need_weights=need_weights
             )
-        x, _ = self._residual(x, self.ffn_norm, lambda h: (self.ffn(h), None))
+            x = self._close(x, y, self.cross_norm)
+        x = self._close(x, self.ffn(self.ffn_norm(x) if pre else x), self.ffn_norm)
         return x, self_w, cross_w
 
 
@@ -305,20 +343,41 @@ class Embeddings(nn.Module):
         self.padding_idx = padding_idx
         self.position_scheme = positions
 
-    def position_ids(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
-        """Position ids [b, t] (or [1, t]) for ``input_ids`` [b, t] that follow ``past_length`` cached tokens."""
+    def position_ids(self, input_ids: torch.Tensor, past_length: int | torch.Tensor = 0) -> torch.Tensor:
+        """Position ids [b, t] (or [1, t]) for ``input_ids`` [b, t] that follow ``past_length`` cached tokens.
+
+        ``past_length`` may be a 0-d tensor (a static cache's position), so that nothing
+        here depends on a Python value that changes from step to step.
+        """
         if self.position_scheme == "after_padding":
             keep = input_ids.ne(self.padding_idx).int()
             return ((keep.cumsum(1) + past_length) * keep).long() + self.padding_idx
         t = input_ids.shape[1]
+        if isinstance(past_length, torch.Tensor):
+            return (past_length + torch.arange(t, device=input_ids.device)).unsqueeze(0)
         return torch.arange(past_length, past_length + t, device=input_ids.device).unsqueeze(0)
 
-    def forward(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the position table can embed."""
+        offset = self.padding_idx + 1 if self.position_scheme == "after_padding" else 0
+        return self.positions.num_embeddings - offset
+
+    def forward(self, input_ids: torch.Tensor, past_length: int | torch.Tensor = 0) -> torch.Tensor:
         """Embed ``input_ids`` [b, t] into [b, t, d]."""
         x = self.tokens(input_ids)
         if self.token_types is not None:  # token type 0 everywhere; summed in transformers' order
             x = x + self.token_types.weight[0]
-        x = x + self.positions(self.position_ids(input_ids, past_length))
+        end = past_length + input_ids.shape[1]
+        if self.position_scheme == "absolute" and isinstance(end, int):
+            # Rows past ... past + t of the table: a view, cheaper per decode step than ids + lookup.
+            if end > self.positions.num_embeddings:
+                raise ConfigError(
+                    f"position {end - 1} is beyond the position table ({self.positions.num_embeddings} positions)"
+                )
+            x = x + self.positions.weight[past_length:end]
+        else:
+            x = x + self.positions(self.position_ids(input_ids, past_length))
         if self.norm is not None:
             x = self.norm(x)
         return self.drop(x)

@@ -143,9 +143,16 @@ class TransformerDecoder(_Stack):
         if self.tie_word_embeddings:
             self.head.proj.weight = self.embeddings.tokens.weight
 
-    def new_cache(self, capacity: int = 0) -> Cache:
-        """An empty cache for this decoder with room for ``capacity`` positions."""
-        return Cache(self.num_layers, capacity)
+    @property
+    def max_length(self) -> int:
+        """The longest target sequence the position embeddings allow."""
+        return self.embeddings.max_length
+
+    def new_cache(
+        self, capacity: int = 0, *, static: bool = False, device: torch.device | str | None = None
+    ) -> Cache:
+        """An empty cache for this decoder with room for ``capacity`` positions (see :class:`Cache`)."""
+        return Cache(self.num_layers, capacity, static=static, device=device)
 
     def forward(
         self,
@@ -168,27 +175,38 @@ class TransformerDecoder(_Stack):
             encoder_attention_mask: [b, s] source padding mask, or None.
             cache: continue from (and write to) this cache.
         """
-        past = cache.length if cache is not None else 0
-        x = self.embeddings(input_ids, past)
         t = input_ids.shape[1]
+        past = 0
+        if cache is not None:
+            cache.begin(t)
+            past = cache.past
+        x = self.embeddings(input_ids, past)
         is_causal = False
-        if attention_mask is None and past == 0 and not output_attentions:
+        if cache is not None and cache.static:
+            mask = cache.self_attention_mask(t, attention_mask, x.dtype)
+        elif attention_mask is None and past == 0 and not output_attentions:
             mask = None
             is_causal = t > 1
         elif attention_mask is None and t == 1:
             mask = None  # one new query sees every cached key
         else:
             mask = causal_mask(t, past, attention_mask, x.dtype, x.device)
+        if cache is not None and cache.has_source:
+            source_mask = cache.source_mask  # made once per source, with the cross-attention keys/values
+        else:
+            source_mask = _padding_mask(encoder_attention_mask, x.dtype)
         x, hidden, attns, cross = self._run(
             x,
             mask,
             is_causal=is_causal,
             source=encoder_hidden_states,
-            source_mask=_padding_mask(encoder_attention_mask, x.dtype),
+            source_mask=source_mask,
             cache=cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         if cache is not None:
+            if encoder_hidden_states is not None and not cache.has_source:
+                cache.source_mask, cache.has_source = source_mask, True
             cache.advance(t)
         return DecoderOutput(self.head(x), cache, hidden, attns, cross)
