@@ -269,7 +269,7 @@ def logits_processors(args: GenerationArgs, *, prompt_length: int, device: torch
         keep = (len(args.eos) + 1 if args.eos else 2) if args.num_beams > 1 else 1
         if args.temperature != 1.0:
             procs.append(partial(temperature, value=args.temperature))
-        if args.top_k is not None:
+        if args.top_k:
             procs.append(partial(top_k, k=max(args.top_k, keep)))
         if args.top_p is not None and args.top_p < 1.0:
             procs.append(partial(top_p, p=args.top_p, keep=keep))

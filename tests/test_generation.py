@@ -1,0 +1,288 @@
+"""generate(): token-for-token parity with transformers, properties, streaming and argument errors.
+
+Parity runs on every encoder x decoder pairing the registry offers, on a tiny random
+transformers ``EncoderDecoderModel`` saved to a folder that both sides load. The eos id
+is a token the model really produces at step 2-4 of some row (found by running greedy
+search once), so rows finish at different steps and padding, early stopping and the
+beam bookkeeping of finished hypotheses are all exercised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from conftest import DECODERS, ENCODERS, hf_composite, source_batch
+
+import seqweave as sw
+
+PAIRS = [(e, d) for e in ENCODERS for d in DECODERS]
+MAX_NEW = 10
+
+
+@dataclass
+class Pair:
+    hf: Any
+    sw: sw.EncoderDecoder
+    ids: torch.Tensor
+    mask: torch.Tensor
+    eos: int
+    greedy: torch.Tensor  # greedy output without eos
+
+
+def pick_eos(greedy: torch.Tensor) -> int | None:
+    """A token that first appears at step 2-4 of some row and at different steps (or never) in others."""
+    rows = greedy[:, 1:].tolist()
+    best = None
+    for token in sorted({t for row in rows for t in row[1:4]}):
+        first = [row.index(token) + 1 if token in row else None for row in rows]
+        if not any(f is not None and 2 <= f <= 4 for f in first) or len(set(first)) < 2:
+            continue
+        if None in first:
+            return token  # some row never ends: generation continues after others have finished
+        best = best if best is not None else token
+    return best
+
+
+@pytest.fixture(scope="module", params=PAIRS, ids=[f"{e}2{d}" for e, d in PAIRS])
+def pair(request, tmp_path_factory) -> Pair:
+    encoder, decoder = request.param
+    for seed in range(20):  # random tiny models often repeat one token; take the first seed that does not
+        folder = tmp_path_factory.mktemp(f"{encoder}2{decoder}-{seed}")
+        hf = hf_composite(folder, encoder, decoder, seed=seed)
+        model = sw.EncoderDecoder.from_pretrained(folder)
+        ids, mask = source_batch(model.decoder.vocab_size, 0, seed=seed, shape=(4, 9))
+        greedy = model.generate(ids, mask, max_new_tokens=MAX_NEW)
+        eos = pick_eos(greedy)
+        if eos is not None:
+            return Pair(hf, model, ids, mask, eos, greedy)
+    pytest.fail(f"no seed gives a {encoder}2{decoder} model whose greedy output has an eos candidate at step 2-4")
+
+
+def hf_generate(p: Pair, **kwargs: Any) -> torch.Tensor:
+    with torch.no_grad():
+        return p.hf.generate(input_ids=p.ids, attention_mask=p.mask, **kwargs)
+
+
+def assert_same(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    assert ours.shape == theirs.shape, f"\n{ours}\n{theirs}"
+    assert torch.equal(ours, theirs), f"\n{ours}\n{theirs}"
+
+
+def test_eos_occurs_mid_sequence(pair):
+    """The precondition of the parity tests: with this eos, rows end at different steps, some after step 1."""
+    out = pair.sw.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=pair.eos)
+    ends = [row.index(pair.eos) + 1 if pair.eos in row else None for row in out[:, 1:].tolist()]
+    assert any(e is not None and e >= 2 for e in ends), ends
+    assert len(set(ends)) >= 2, ends
+
+
+GREEDY_CASES = {
+    "greedy": {},
+    "pad5": {"pad_token_id": 5},
+    "processors": {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3},
+    "min_new": {"min_new_tokens": 6},
+    "two_eos": {"eos_token_id": "two"},
+}
+BEAM_CASES = {
+    "beam3": {"num_beams": 3},
+    "beam4_return3": {"num_beams": 4, "num_return_sequences": 3},
+    "early_stopping": {"num_beams": 3, "early_stopping": True, "length_penalty": 0.6},
+    "never": {"num_beams": 3, "early_stopping": "never", "length_penalty": 2.0},
+    "negative_lp": {"num_beams": 2, "length_penalty": -1.0},
+    "pad5": {"num_beams": 3, "pad_token_id": 5},
+    "processors": {"num_beams": 3, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2, "min_new_tokens": 3},
+    "two_eos": {"num_beams": 3, "eos_token_id": "two"},
+}
+
+
+def _resolve(p: Pair, kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {"max_new_tokens": MAX_NEW, "eos_token_id": p.eos, **kwargs}
+    if kwargs["eos_token_id"] == "two":  # the chosen eos and another token the model produces
+        other = next(t for t in p.greedy[:, 1:].flatten().tolist() if t != p.eos)
+        kwargs["eos_token_id"] = [other, p.eos]
+    return kwargs
+
+
+@pytest.mark.parametrize("case", list(GREEDY_CASES), ids=list(GREEDY_CASES))
+def test_greedy_matches_transformers(pair, case):
+    kwargs = _resolve(pair, GREEDY_CASES[case])
+    assert_same(pair.sw.generate(pair.ids, pair.mask, **kwargs), hf_generate(pair, **kwargs))
+
+
+@pytest.mark.parametrize("case", list(BEAM_CASES), ids=list(BEAM_CASES))
+def test_beam_search_matches_transformers(pair, case):
+    kwargs = _resolve(pair, BEAM_CASES[case])
+    ours = pair.sw.generate_with_scores(pair.ids, pair.mask, **kwargs)
+    theirs = pair.hf.generate(input_ids=pair.ids, attention_mask=pair.mask, output_scores=True,
+                              return_dict_in_generate=True, **kwargs)
+    assert_same(ours.sequences, theirs.sequences)
+    torch.testing.assert_close(ours.scores, theirs.sequences_scores, rtol=1e-5, atol=1e-5)
+
+
+# top_k=0 is "no top-k filter" on both sides; transformers' default when sampling would be 50.
+SAMPLE_CASES = {
+    "plain": {"do_sample": True, "top_k": 0},
+    "warpers": {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
+    "return2": {"do_sample": True, "top_k": 0, "num_return_sequences": 2, "repetition_penalty": 1.2},
+    "beam_sample": {"do_sample": True, "num_beams": 3, "top_k": 10},
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLE_CASES), ids=list(SAMPLE_CASES))
+def test_sampling_matches_transformers_with_the_same_seed(pair, case):
+    """Same seed in our generator as in transformers' global one: the same draws."""
+    kwargs = _resolve(pair, SAMPLE_CASES[case])
+    torch.manual_seed(11)
+    theirs = hf_generate(pair, **kwargs)
+    ours = pair.sw.generate(pair.ids, pair.mask, generator=torch.Generator().manual_seed(11), **kwargs)
+    assert_same(ours, theirs)
+
+
+def test_static_cache_gives_the_same_tokens(pair):
+    for kwargs in ({}, {"num_beams": 3}):
+        kwargs = _resolve(pair, kwargs)
+        dynamic = pair.sw.generate(pair.ids, pair.mask, **kwargs)
+        assert_same(pair.sw.generate(pair.ids, pair.mask, static_cache=True, **kwargs), dynamic)
+
+
+def test_unpadded_sources_without_a_mask(pair):
+    ids = pair.ids[:, :3]  # no row is padded in its first 3 positions
+    kwargs = _resolve(pair, {"num_beams": 2})
+    with torch.no_grad():
+        theirs = pair.hf.generate(input_ids=ids, **kwargs)
+    assert_same(pair.sw.generate(ids, **kwargs), theirs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+
+
+def test_stream_yields_the_columns_generate_returns(pair):
+    kwargs = _resolve(pair, {})
+    full = pair.sw.generate(pair.ids, pair.mask, **kwargs)
+    columns = list(pair.sw.generate_stream(pair.ids, pair.mask, **kwargs))
+    assert len(columns) == full.shape[1] - 1
+    assert torch.equal(torch.stack(columns, dim=1), full[:, 1:])
+    seen: list[torch.Tensor] = []
+    again = pair.sw.generate(pair.ids, pair.mask, streamer=lambda t: seen.append(t.clone()), **kwargs)
+    assert torch.equal(again, full) and torch.equal(torch.stack(seen, dim=1), full[:, 1:])
+
+
+def test_stream_checks_arguments_before_the_first_token(pair):
+    with pytest.raises(sw.ConfigError, match="num_beams"):
+        pair.sw.generate_stream(pair.ids, num_beams=2)
+    with pytest.raises(sw.ConfigError, match="streamer"):
+        pair.sw.generate(pair.ids, num_beams=2, streamer=print)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharing the source
+
+
+def test_encoder_runs_once_per_source_and_beams_share_cross_attention(pair):
+    model, b, n = pair.sw, pair.ids.shape[0], 3
+    encoder_rows: list[int] = []
+    caches: list[sw.Cache] = []
+    hooks = [
+        model.encoder.register_forward_hook(lambda m, args, out: encoder_rows.append(args[0].shape[0])),
+        model.decoder.register_forward_pre_hook(
+            lambda m, args, kwargs: caches.append(kwargs["cache"]), with_kwargs=True
+        ),
+    ]
+    try:
+        model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, num_beams=n)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert encoder_rows == [b]
+    cache = caches[0]
+    assert all(c is cache for c in caches)
+    for layer in cache.layers:
+        assert layer.cross[0].shape[0] == b and layer.cross[1].shape[0] == b
+        assert layer.k.shape[0] == b * n
+        assert layer.k.shape[2] == 1 + MAX_NEW  # allocated once for the whole generation
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults and errors
+
+
+def test_defaults_come_from_the_generation_settings(pair):
+    model = pair.sw
+    saved = model.generation_settings
+    try:
+        model.generation_settings = sw.GenerationSettings(max_new_tokens=4, num_beams=2, num_return_sequences=2)
+        out = model.generate(pair.ids, pair.mask)
+        assert out.shape[0] == 2 * pair.ids.shape[0]
+        assert_same(out, model.generate(pair.ids, pair.mask, max_new_tokens=4, num_beams=2, num_return_sequences=2))
+    finally:
+        model.generation_settings = saved
+
+
+def test_special_token_defaults_come_from_the_model(pair):
+    model = pair.sw
+    saved = model.eos_token_id, model.pad_token_id
+    try:
+        model.eos_token_id, model.pad_token_id = pair.eos, 7
+        out = model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW)
+        assert_same(out, model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=pair.eos,
+                                        pad_token_id=7))
+        assert (out[:, 0] == model.decoder_start_token_id).all()
+        model.pad_token_id = None  # falls back to the eos id, as in transformers
+        assert_same(model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW),
+                    model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=pair.eos,
+                                   pad_token_id=pair.eos))
+    finally:
+        model.eos_token_id, model.pad_token_id = saved
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_beams": 0}, "num_beams"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"early_stopping": "sometimes"}, "early_stopping"),
+        ({"num_beams": 2, "num_return_sequences": 3}, "num_return_sequences"),
+        ({"num_return_sequences": 2}, "num_return_sequences"),
+        ({"min_new_tokens": 5, "max_new_tokens": 3}, "min_new_tokens"),
+        ({"max_new_tokens": 10_000}, "max_new_tokens"),
+        ({"eos_token_id": -1}, "eos_token_id"),
+        ({"pad_token_id": "x"}, "pad_token_id"),
+        ({"generator": 3}, "generator"),
+        ({"max_length": 5}, "unknown argument"),
+        ({"cuda_graph": True}, "cuda_graph"),
+    ],
+)
+def test_bad_arguments_are_config_errors(pair, kwargs, match):
+    with pytest.raises(sw.ConfigError, match=match):
+        if "max_length" in kwargs:
+            pair.sw.generate_with_scores(pair.ids, **kwargs)
+        else:
+            pair.sw.generate(pair.ids, **kwargs)
+
+
+def test_bad_inputs_are_config_errors(pair):
+    with pytest.raises(sw.ConfigError, match="input_ids"):
+        pair.sw.generate(pair.ids[0])
+    with pytest.raises(sw.ConfigError, match="attention_mask"):
+        pair.sw.generate(pair.ids, pair.mask[:, :3])
+
+
+def test_start_token_falls_back_to_bos_or_is_a_config_error(pair):
+    model = pair.sw
+    saved = model.decoder_start_token_id
+    bos = getattr(model.decoder.config, "bos_token_id", None)
+    try:
+        model.decoder_start_token_id = None
+        if bos is None:
+            with pytest.raises(sw.ConfigError, match="decoder_start_token_id"):
+                model.generate(pair.ids)
+        else:
+            assert (model.generate(pair.ids, max_new_tokens=2)[:, 0] == bos).all()
+    finally:
+        model.decoder_start_token_id = saved
