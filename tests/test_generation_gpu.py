@@ -1,0 +1,97 @@
+"""generate() on CUDA: the decode step captured in a CUDA graph gives the same tokens.
+
+Skipped without a CUDA device; ``benchmarks/gpu_check.sh`` runs these on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_generation import MAX_NEW, Pair, _resolve, assert_same, pair  # noqa: F401  (pair is a fixture)
+
+from seqweave import generation
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+CASES = {
+    "greedy": {},
+    "processors": {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3},
+    "beam3": {"num_beams": 3},
+    "beam4_return2": {"num_beams": 4, "num_return_sequences": 2, "length_penalty": 0.7},
+}
+
+
+@pytest.fixture(scope="module")
+def cuda_pair(pair):  # noqa: F811
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32: parity needs it
+    pair.hf.to("cuda")
+    pair.sw.to("cuda")
+    yield Pair(pair.hf, pair.sw, pair.ids.cuda(), pair.mask.cuda(), pair.eos, pair.greedy)
+    pair.hf.to("cpu")
+    pair.sw.to("cpu")
+
+
+class _Recording(generation.CudaGraphStep):
+    made: list[generation.CudaGraphStep] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _Recording.made.append(self)
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_cuda_graph_matches_transformers_on_cuda(cuda_pair, case, monkeypatch):
+    p = cuda_pair
+    kwargs = _resolve(p, CASES[case])
+    _Recording.made.clear()
+    monkeypatch.setattr(generation, "CudaGraphStep", _Recording)
+    ours = p.sw.generate(p.ids, p.mask, **kwargs)  # cuda_graph defaults to True on CUDA
+    assert len(_Recording.made) == 1
+    step = _Recording.made[0]
+    if ours.shape[1] > 3:  # steps 0 and 1 run eagerly, later ones replay the graph
+        assert step.graph is not None
+    with torch.no_grad():
+        theirs = p.hf.generate(input_ids=p.ids, attention_mask=p.mask, **kwargs)
+    assert ours.device.type == "cuda"
+    assert_same(ours.cpu(), theirs.cpu())
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_cuda_graph_equals_the_same_static_step_without_a_graph(cuda_pair, case):
+    p = cuda_pair
+    kwargs = _resolve(p, CASES[case])
+    graphed = p.sw.generate(p.ids, p.mask, cuda_graph=True, **kwargs)
+    eager = p.sw.generate(p.ids, p.mask, cuda_graph=False, static_cache=True, **kwargs)
+    assert_same(graphed, eager)
+
+
+def test_cuda_matches_cpu(cuda_pair, pair):  # noqa: F811
+    kwargs = _resolve(cuda_pair, {"num_beams": 3})
+    on_gpu = cuda_pair.sw.generate(cuda_pair.ids, cuda_pair.mask, **kwargs).cpu()
+    on_cpu = generation.generate(cuda_pair.sw.to("cpu"), pair.ids, pair.mask, **kwargs)
+    cuda_pair.sw.to("cuda")
+    assert_same(on_gpu, on_cpu)
+
+
+def test_streaming_and_sampling_on_cuda(cuda_pair):
+    p = cuda_pair
+    kwargs = _resolve(p, {})
+    full = p.sw.generate(p.ids, p.mask, **kwargs)
+    columns = list(p.sw.generate_stream(p.ids, p.mask, **kwargs))
+    assert torch.equal(torch.stack(columns, dim=1), full[:, 1:])
+    g = torch.Generator(device="cuda")
+    a = p.sw.generate(p.ids, p.mask, do_sample=True, generator=g.manual_seed(3), **kwargs)
+    b = p.sw.generate(p.ids, p.mask, do_sample=True, generator=g.manual_seed(3), **kwargs)
+    assert torch.equal(a, b)
+
+
+def test_bfloat16_runs_on_cuda(cuda_pair):
+    model = cuda_pair.sw.to(torch.bfloat16)
+    try:
+        out = model.generate(cuda_pair.ids, cuda_pair.mask, max_new_tokens=MAX_NEW, num_beams=2)
+        assert out.shape[0] == cuda_pair.ids.shape[0] and out.shape[1] <= 1 + MAX_NEW
+    finally:
+        model.to(torch.float32)
