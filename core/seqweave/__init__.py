@@ -15,7 +15,15 @@ __version__ = "0.1.0"
 
 from .cache import Cache
 from .composer import EncoderDecoder, LoadReport, build_decoder, build_encoder, shift_tokens_right
-from .config import ArchitectureConfig, CompositionConfig, GenerationSettings, PartConfig, load_config
+from .config import (
+    ArchitectureConfig,
+    CompositionConfig,
+    FieldError,
+    GenerationSettings,
+    PartConfig,
+    composition_json_schema,
+    load_config,
+)
 from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
 from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
 from .protocols import Decoder, Encoder
@@ -33,6 +41,7 @@ __all__ = [
     "Encoder",
     "EncoderDecoder",
     "EncoderOutput",
+    "FieldError",
     "GenerationSettings",
     "LoadReport",
     "PartConfig",
@@ -45,6 +54,7 @@ __all__ = [
     "__version__",
     "build_decoder",
     "build_encoder",
+    "composition_json_schema",
     "default_registry",
     "hookimpl",
     "hookspec",

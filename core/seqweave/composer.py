@@ -160,6 +160,7 @@ class EncoderDecoder(nn.Module):
         tie_encoder_decoder: share encoder and decoder weights where shapes match.
         generation: defaults for :meth:`generate`.
         tokenizer: a folder or Hub id with tokenizer files, for the text-to-text tools.
+        decoder_tokenizer: the target side's tokenizer when it differs from ``tokenizer``.
     """
 
     def __init__(
@@ -173,6 +174,7 @@ class EncoderDecoder(nn.Module):
         tie_encoder_decoder: bool = False,
         generation: GenerationSettings | Mapping[str, Any] | None = None,
         tokenizer: str | None = None,
+        decoder_tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         for role, module, attrs in (
@@ -194,6 +196,7 @@ class EncoderDecoder(nn.Module):
         self.tie_encoder_decoder = tie_encoder_decoder
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
+        self.decoder_tokenizer_source = decoder_tokenizer
         self.load_report = LoadReport()
         self._extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
 
@@ -513,7 +516,7 @@ class EncoderDecoder(nn.Module):
         """Build the model a composition config describes; pretrained parts are loaded, the rest initialised."""
         registry = registry or default_registry()
         cfg = load_config(config, overrides, registry=registry)
-        return cls._compose(
+        model = cls._compose(
             {"encoder": cfg.encoder, "decoder": cfg.decoder},
             registry,
             dtype=dtype,
@@ -524,7 +527,16 @@ class EncoderDecoder(nn.Module):
             tie_encoder_decoder=cfg.tie_encoder_decoder,
             generation=cfg.generation,
             tokenizer=cfg.tokenizer,
+            decoder_tokenizer=cfg.decoder_tokenizer,
         )
+        # load_config checks these only when the decoder's vocabulary is known without loading.
+        vocab = model.decoder.vocab_size
+        for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(cfg, name)
+            if any(v is not None and v >= vocab for v in (value if isinstance(value, list) else [value])):
+                where = f"{config}: " if isinstance(config, (str, os.PathLike)) else ""
+                raise ConfigError(f"{where}{name}: must be below the decoder's vocab_size ({vocab}) (got {value!r})")
+        return model
 
     @classmethod
     def _compose(

@@ -47,16 +47,17 @@ class BertConfig(sw.ArchitectureConfig):
 
     @model_validator(mode="after")
     def _check(self) -> BertConfig:
+        # FieldError puts the problem at the field the user most likely has to change.
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            raise sw.FieldError(
+                "num_attention_heads", f"must divide hidden_size ({self.hidden_size})", self.num_attention_heads
             )
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {', '.join(sorted(ACTIVATIONS))}")
+            raise sw.FieldError("hidden_act", f"must be one of {', '.join(sorted(ACTIVATIONS))}", self.hidden_act)
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if value is not None and value >= self.vocab_size:
-                raise ValueError(f"{name} ({value}) must be below vocab_size ({self.vocab_size})")
+                raise sw.FieldError(name, f"must be below vocab_size ({self.vocab_size})", value)
         return self
 
 
