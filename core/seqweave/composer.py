@@ -425,7 +425,7 @@ class EncoderDecoder(nn.Module):
         wmap = model.weight_map()
         ours, missing, unexpected = wmap.from_hf(sd)
         if missing:
-            names = [h for r in missing for h in r.hf]
+            names = [h for r in missing for h in r.hf if h not in sd]
             raise CheckpointError(
                 f"{source}: missing {len(names)} tensor(s) the config needs, e.g. {', '.join(names[:3])}"
             )
@@ -590,8 +590,9 @@ class EncoderDecoder(nn.Module):
                 continue
             sd, source = checkpoints[role]
             wmap = part.arch.weight_map(part.config, role)
-            ours, missing, unexpected = wmap.from_hf(wmap.normalize_prefix(sd))
-            required = [h for r in missing if not r.new_ok for h in r.hf]
+            sd = wmap.normalize_prefix(sd)
+            ours, missing, unexpected = wmap.from_hf(sd)
+            required = [h for r in missing if not r.new_ok for h in r.hf if h not in sd]
             if required:
                 raise CheckpointError(
                     f"{source}: missing {len(required)} tensor(s) a {part.arch.name} {role} needs, "
