@@ -79,14 +79,21 @@ def _message(msg: str) -> str:
 
 
 def format_validation_error(
-    e: ValidationError, source: str, *, data: Any = None, registry: Registry | None = None
+    e: ValidationError,
+    source: str,
+    *,
+    model: type[BaseModel] | None = None,
+    data: Any = None,
+    registry: Registry | None = None,
 ) -> str:
     """One line per problem: ``source: dotted.location: message (got value)``.
 
     Args:
         e: the error pydantic raised.
         source: the file (or "config") the values came from.
-        data: the validated input; with it, an unknown key gets a "did you mean" hint.
+        model: the model that was validated (:class:`CompositionConfig` by default); an
+            unknown key gets a "did you mean" hint from its fields.
+        data: the validated input (for the hint inside a part's ``config``).
         registry: the registry the input was validated with (for the hint).
     """
     lines = []
@@ -105,7 +112,7 @@ def format_validation_error(
         if err["type"] == "missing":
             value = _NO_VALUE
         if err["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(loc, data, registry)
+            msg = "unknown key" + _did_you_mean(loc, model or CompositionConfig, data, registry)
         lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}{_shown(value)}")
     return "\n".join(lines)
 
@@ -331,11 +338,13 @@ def composition_json_schema(registry: Registry | None = None) -> dict[str, Any]:
 # Walking the format by dotted path (typed overrides, unknown-key hints)
 
 
-def _model_at(path: Sequence[str], data: Any, registry: Registry | None) -> type[BaseModel] | None:
-    """The pydantic model whose fields live at ``path`` (``()`` is the top level), or None."""
+def _model_at(
+    path: Sequence[str], data: Any, registry: Registry | None, root: type[BaseModel] | None = None
+) -> type[BaseModel] | None:
+    """The pydantic model whose fields live at ``path`` under ``root`` (a composition by default), or None."""
     from .registry import default_registry
 
-    model: type[BaseModel] | None = CompositionConfig
+    model: type[BaseModel] | None = root or CompositionConfig
     for i, key in enumerate(path):
         if model is None:
             return None
@@ -355,8 +364,8 @@ def _suggest(key: str, known: Mapping[str, Any]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(known)}"
 
 
-def _did_you_mean(loc: list[str], data: Any, registry: Registry | None) -> str:
-    model = _model_at(loc[:-1], data, registry)
+def _did_you_mean(loc: list[str], root: type[BaseModel], data: Any, registry: Registry | None) -> str:
+    model = _model_at(loc[:-1], data, registry, root)
     return _suggest(loc[-1], model.model_fields) if model is not None and loc else ""
 
 
