@@ -26,8 +26,10 @@ from .config import (
 )
 from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
 from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
+from .pipeline import TextToText, pipeline
 from .protocols import Decoder, Encoder
 from .registry import Architecture, PluginInfo, Registry, Role, default_registry, hookimpl, hookspec
+from .tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = [
     "Architecture",
@@ -50,6 +52,8 @@ __all__ = [
     "Registry",
     "Role",
     "Seq2SeqOutput",
+    "TextToText",
+    "TextTokenizer",
     "SeqweaveError",
     "__version__",
     "build_decoder",
@@ -59,5 +63,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_config",
+    "load_tokenizer",
+    "pipeline",
     "shift_tokens_right",
 ]
