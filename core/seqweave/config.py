@@ -468,6 +468,16 @@ def _relative_to(base: Path, value: str | None) -> str | None:
     return value
 
 
+def _unshared(value: Any) -> Any:
+    """A copy in which no two places are one object: YAML anchors (``*tiny``) alias their target,
+    and an override of ``encoder.config`` must not change ``decoder.config`` too."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | CompositionConfig,
     overrides: Sequence[str] = (),
@@ -489,12 +499,13 @@ def load_config(
         data: Any = source.model_dump()
         name = "config"
     elif isinstance(source, Mapping):
-        data = json.loads(json.dumps(source))  # a deep copy that overrides may edit
+        data = dict(source)  # copied below, so that overrides never edit the caller's mapping
         name = "config"
     else:
         path = Path(source)
         data = _read_file(path)
         name, base = str(path), path.parent
+    data = _unshared(data)
     if data is None:
         raise ConfigError(f"{name}: the file is empty; expected a mapping with encoder: and decoder:")
     if not isinstance(data, dict):
