@@ -108,6 +108,7 @@ def bert_family(
     reference: dict[str, str],
     description: str,
     tiny_config: dict[str, object],
+    head_act: str | None = None,
 ) -> sw.Architecture:
     """The :class:`seqweave.Architecture` of a BERT-like model.
 
@@ -122,6 +123,8 @@ def bert_family(
         reference: the transformers class for each role.
         description: one line for ``seqweave plugins``.
         tiny_config: fields of a tiny model, for the contract tests.
+        head_act: the LM head transform's activation; None uses the config's ``hidden_act``
+            (BERT does; RoBERTa's head always uses exact GELU, whatever ``hidden_act`` says).
     """
 
     def build(cfg: BertConfig, role: sw.Role) -> nn.Module:
@@ -152,7 +155,7 @@ def bert_family(
         ]
         if role == "encoder":
             return TransformerEncoder(embeddings, layers, pooler=nn.Linear(d, d))
-        head = LMHead(d, cfg.vocab_size, transform_act=cfg.hidden_act, norm_eps=cfg.layer_norm_eps)
+        head = LMHead(d, cfg.vocab_size, transform_act=head_act or cfg.hidden_act, norm_eps=cfg.layer_norm_eps)
         return TransformerDecoder(embeddings, layers, head, tie_word_embeddings=cfg.tie_word_embeddings)
 
     def weight_map(cfg: BertConfig, role: sw.Role) -> WeightMap:
