@@ -38,21 +38,43 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    # ``FastGELUActivation``: the same curve as gelu_new, but rounded differently; kept apart for exact parity.
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-#: Activation functions by the names Hugging Face configs use (``hidden_act``, ``activation_function``).
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    # ``LaplaceActivation`` (MEGA), with transformers' constants.
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+#: Activation functions by the names Hugging Face configs use (``hidden_act``, ``activation_function``):
+#: every parameter-free entry of transformers' ``ACT2FN``, each computed as transformers computes it.
+#: (``prelu`` and ``xielu`` carry learnable weights, so they are not plain functions and are left out.)
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "gelu_python": F.gelu,
     "gelu_new": _gelu_new,
-    "gelu_fast": _gelu_new,
+    "gelu_fast": _gelu_fast,
+    "gelu_accurate": _gelu_new,  # ``AccurateGELUActivation``: the same expression as gelu_new
+    "gelu_python_tanh": _gelu_new,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10.0, 10.0),
     "quick_gelu": _quick_gelu,
+    "hardswish": F.hardswish,
+    "laplace": _laplace,
+    "leaky_relu": F.leaky_relu,  # nn.LeakyReLU's default slope, 0.01
+    "mish": F.mish,
     "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
     "silu": F.silu,
     "swish": F.silu,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "linear": lambda x: x,
