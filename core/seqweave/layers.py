@@ -112,6 +112,12 @@ class Attention(nn.Module):
         scale: the factor applied to ``q @ k^T``; defaults to ``1 / sqrt(hd)``.
         dropout: dropout on the attention probabilities (training only).
         bias: whether the projections have biases.
+        upcast: compute scores, softmax and the weighted sum in float32 when the inputs are
+            half precision, and cast the result back (a no-op in float32).
+
+    Masks are boolean (True = may attend) or additive floats. A query whose row of a
+    boolean mask has no True key gets a zero output, as ``scaled_dot_product_attention``
+    gives with a boolean mask and as transformers' default (SDPA) attention computes it.
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         dropout: float = 0.0,
         bias: bool = True,
+        upcast: bool = False,
     ) -> None:
         super().__init__()
         if num_heads <= 0 or dim % num_heads:
@@ -133,6 +140,7 @@ class Attention(nn.Module):
         self.scale = scale if scale is not None else self.head_dim**-0.5
         self.dropout = dropout
         self.cross = cross
+        self.upcast = upcast
         if cross:
             self.q_proj = nn.Linear(dim, dim, bias=bias)
             self.kv_proj = nn.Linear(source_dim or dim, 2 * dim, bias=bias)
@@ -158,7 +166,7 @@ class Attention(nn.Module):
 
         Args:
             x: the queries' input.
-            mask: additive float mask broadcastable to [b, h, t, s], or None.
+            mask: broadcastable to [b, h, t, s]: boolean (True = attend) or additive float; or None.
             source: the sequence cross-attention attends to; may be None when the
                 cache already holds its keys/values.
             cache: this layer's cache; self-attention writes the new keys/values into it
@@ -183,21 +191,41 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.append(k, v)
         p = self.dropout if self.training else 0.0
+        dtype = q.dtype
+        if self.upcast:  # e.g. GPT-2's reorder_and_upcast_attn; .float() is free in float32
+            q, k, v = q.float(), k.float(), v.float()
+            if mask is not None and mask.is_floating_point():
+                mask = mask.float()
         if need_weights:
-            scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, h, t, s]
-            if is_causal:
-                t, s = scores.shape[-2:]
-                keep = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
-                scores = scores + additive_mask(keep, scores.dtype)
-            if mask is not None:
-                scores = scores + mask
-            weights = F.dropout(scores.softmax(dim=-1), p, self.training)
-            out = weights @ v
+            out, weights = self._explicit(q, k, v, mask, is_causal, p)
+            weights = weights.to(dtype)
         else:
             weights = None
             out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal, scale=self.scale)
+        out = out.to(dtype)
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
+
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, p: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What SDPA computes, written out so the probabilities [b, h, t, s] can be returned."""
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, h, t, s]
+        keep = None
+        if is_causal:
+            t, s = scores.shape[-2:]
+            keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        if mask is not None and mask.dtype == torch.bool:
+            keep = mask if keep is None else keep & mask
+        elif mask is not None:
+            scores = scores + mask
+        if keep is not None:
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        if keep is not None:  # a query with no key it may see attends to nothing: zeros, as SDPA
+            weights = weights.masked_fill(~keep.any(dim=-1, keepdim=True), 0.0)
+        weights = F.dropout(weights, p, self.training)
+        return weights @ v, weights
 
 
 class FeedForward(nn.Module):
@@ -237,16 +265,26 @@ class TransformerLayer(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         bias: bool = True,
+        attn_upcast: bool = False,
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = Attention(dim, num_heads, scale=attn_scale, dropout=attn_dropout, bias=bias)
+        self.self_attn = Attention(
+            dim, num_heads, scale=attn_scale, dropout=attn_dropout, bias=bias, upcast=attn_upcast
+        )
         self.attn_norm = nn.LayerNorm(dim, eps=eps)
         self.cross_attn: Attention | None = None
         self.cross_norm: nn.LayerNorm | None = None
         if cross_attention:
             self.cross_attn = Attention(
-                dim, num_heads, source_dim=source_dim, cross=True, scale=attn_scale, dropout=attn_dropout, bias=bias
+                dim,
+                num_heads,
+                source_dim=source_dim,
+                cross=True,
+                scale=attn_scale,
+                dropout=attn_dropout,
+                bias=bias,
+                upcast=attn_upcast,
             )
             self.cross_norm = nn.LayerNorm(dim, eps=eps)
         self.ffn = FeedForward(dim, ffn_dim, act, bias=bias)
