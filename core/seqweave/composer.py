@@ -132,6 +132,22 @@ def _read_config_json(folder: Path) -> dict[str, Any]:
     return data
 
 
+def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy every tensor that is the same memory as one already seen (tied encoder and decoder weights).
+
+    safetensors refuses to write shared memory, and transformers 5.x, which does not tie
+    encoder to decoder, needs each name present. Disjoint slices of one storage (the
+    chunks of a fused projection) are not shared and are left alone.
+    """
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    out = {}
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        out[name] = t.clone() if key in seen else t
+        seen.add(key)
+    return out
+
+
 def _architecture_of(data: Mapping[str, Any], where: str, registry: Registry) -> Architecture:
     model_type = data.get("model_type")
     if not isinstance(model_type, str):
@@ -157,7 +173,9 @@ class EncoderDecoder(nn.Module):
         decoder_start_token_id: first token of every decoder input.
         pad_token_id: padding token; -100 in labels becomes this in decoder inputs.
         eos_token_id: end-of-sequence token id(s), the default for generation.
-        tie_encoder_decoder: share encoder and decoder weights where shapes match.
+        tie_encoder_decoder: share every encoder parameter whose decoder counterpart has the
+            same name and shape (transformers 4.x's ``tie_encoder_decoder``); the encoder takes
+            the decoder's parameter object, so the decoder's values win. See docs/tying.md.
         generation: defaults for :meth:`generate`.
         tokenizer: a folder or Hub id with tokenizer files, for the text-to-text tools.
     """
@@ -192,10 +210,40 @@ class EncoderDecoder(nn.Module):
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         self.tie_encoder_decoder = tie_encoder_decoder
+        #: encoder parameter names shared with the decoder (empty unless tie_encoder_decoder)
+        self.tied_parameters: list[str] = []
+        self.tie_weights()
+        if tie_encoder_decoder and not self.tied_parameters:
+            raise ConfigError(
+                "tie_encoder_decoder is set, but no encoder parameter has a decoder counterpart of the same name "
+                f"and shape (encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
+            )
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
         self.load_report = LoadReport()
         self._extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
+
+    def tie_weights(self) -> None:
+        """Share encoder parameters with same-named, same-shaped decoder ones, if ``tie_encoder_decoder``.
+
+        Called again after every load (loading with ``assign=True`` replaces parameter
+        objects). The encoder's attribute is pointed at the decoder's parameter, as
+        transformers 4.x's ``_tie_encoder_decoder_weights`` did, so the decoder's values
+        win when both are loaded and the decoder's own ties (head to embeddings) stay intact.
+        """
+        if not self.tie_encoder_decoder:
+            return
+        decoder_params = dict(self.decoder.named_parameters(remove_duplicate=False))
+        tied = []
+        for name, p in list(self.encoder.named_parameters(remove_duplicate=False)):
+            q = decoder_params.get(name)
+            if q is None or q.shape != p.shape:
+                continue
+            if q is not p:
+                owner, _, leaf = name.rpartition(".")
+                setattr(self.encoder.get_submodule(owner), leaf, q)
+            tied.append(name)
+        self.tied_parameters = tied
 
     # ------------------------------------------------------------------------------------
     # Forward
@@ -337,7 +385,7 @@ class EncoderDecoder(nn.Module):
 
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = self.weight_map().to_hf(self.state_dict())
+        tensors = _untie(self.weight_map().to_hf(self.state_dict()))
         generation = {
             **self.generation_settings.model_dump(),
             "decoder_start_token_id": self.decoder_start_token_id,
@@ -421,6 +469,10 @@ class EncoderDecoder(nn.Module):
         sd, source = read_state_dict(folder)
         wmap = model.weight_map()
         ours, missing, unexpected = wmap.from_hf(sd)
+        # transformers 4.x saved a tied model with only the decoder's copy of each shared tensor;
+        # tying fills the encoder's from it.
+        tied = {f"encoder.{n}" for n in model.tied_parameters}
+        missing = [r for r in missing if not (r.ours in tied and "decoder" + r.ours.removeprefix("encoder") in ours)]
         if missing:
             names = [h for r in missing for h in r.hf]
             raise CheckpointError(
@@ -591,6 +643,7 @@ class EncoderDecoder(nn.Module):
             report.new += [f"{role}.{n}" for n in new]
             report.unused += [f"{role}:{k}" for k in unexpected]
             report.sources[role] = str(source)
+        model.tie_weights()  # the parts were loaded one by one: share their tensors again
         if model.enc_to_dec_proj is not None:
             names = [n for n, _ in model.enc_to_dec_proj.named_parameters()]
             load_module_weights(model.enc_to_dec_proj, {}, source="enc_to_dec_proj", weight_map=WeightMap(()),

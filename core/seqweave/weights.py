@@ -289,7 +289,7 @@ def load_module_weights(
     Raises:
         CheckpointError: a tensor's shape differs from what the config implies.
     """
-    expected = dict(module.named_parameters())
+    expected = dict(module.named_parameters(remove_duplicate=False))  # tied parameters under every name
     for name, t in ours.items():
         want = expected[name].shape
         if t.shape != want:
