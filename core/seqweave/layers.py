@@ -38,6 +38,11 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def _gelu_python(x: torch.Tensor) -> torch.Tensor:
+    # ``GELUActivation(use_gelu_python=True)``: exact GELU through erf, rounded unlike F.gelu.
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
 def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
     # ``FastGELUActivation``: the same curve as gelu_new, but rounded differently; kept apart for exact parity.
     return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
@@ -57,7 +62,7 @@ def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> 
 #: (``prelu`` and ``xielu`` carry learnable weights, so they are not plain functions and are left out.)
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
-    "gelu_python": F.gelu,
+    "gelu_python": _gelu_python,
     "gelu_new": _gelu_new,
     "gelu_fast": _gelu_fast,
     "gelu_accurate": _gelu_new,  # ``AccurateGELUActivation``: the same expression as gelu_new
