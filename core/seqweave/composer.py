@@ -173,9 +173,10 @@ class EncoderDecoder(nn.Module):
         decoder_start_token_id: first token of every decoder input.
         pad_token_id: padding token; -100 in labels becomes this in decoder inputs.
         eos_token_id: end-of-sequence token id(s), the default for generation.
-        tie_encoder_decoder: share every encoder parameter whose decoder counterpart has the
-            same name and shape (transformers 4.x's ``tie_encoder_decoder``); the encoder takes
-            the decoder's parameter object, so the decoder's values win. See docs/tying.md.
+        tie_encoder_decoder: share every encoder module's parameters with the decoder module of
+            the same name where names and shapes match (transformers 4.x's ``tie_encoder_decoder``);
+            the encoder takes the decoder's parameter objects, so the decoder's values win. See
+            docs/tying.md.
         generation: defaults for :meth:`generate`.
         tokenizer: a folder or Hub id with tokenizer files, for the text-to-text tools.
     """
@@ -215,8 +216,8 @@ class EncoderDecoder(nn.Module):
         self.tie_weights()
         if tie_encoder_decoder and not self.tied_parameters:
             raise ConfigError(
-                "tie_encoder_decoder is set, but no encoder parameter has a decoder counterpart of the same name "
-                f"and shape (encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
+                "tie_encoder_decoder is set, but no encoder module has a decoder counterpart with parameters of "
+                f"the same names and shapes (encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
             )
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
@@ -224,25 +225,32 @@ class EncoderDecoder(nn.Module):
         self._extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
 
     def tie_weights(self) -> None:
-        """Share encoder parameters with same-named, same-shaped decoder ones, if ``tie_encoder_decoder``.
+        """Share encoder modules' parameters with the same-named decoder modules, if ``tie_encoder_decoder``.
 
-        Called again after every load (loading with ``assign=True`` replaces parameter
-        objects). The encoder's attribute is pointed at the decoder's parameter, as
-        transformers 4.x's ``_tie_encoder_decoder_weights`` did, so the decoder's values
-        win when both are loaded and the decoder's own ties (head to embeddings) stay intact.
+        A module is shared when the decoder has a module of the same name whose own
+        parameters have the same names and shapes: a Linear's weight and bias go together,
+        so a pair of different widths never ends up with only its biases shared. Called
+        again after every load (``assign=True`` replaces parameter objects). The encoder's
+        attribute is pointed at the decoder's parameter, as transformers 4.x's
+        ``_tie_encoder_decoder_weights`` did, so the decoder's values win when both are
+        loaded and the decoder's own ties (head to embeddings) stay intact.
         """
         if not self.tie_encoder_decoder:
             return
-        decoder_params = dict(self.decoder.named_parameters(remove_duplicate=False))
+        decoder_modules = dict(self.decoder.named_modules())
         tied = []
-        for name, p in list(self.encoder.named_parameters(remove_duplicate=False)):
-            q = decoder_params.get(name)
-            if q is None or q.shape != p.shape:
+        for name, module in self.encoder.named_modules():
+            ours = dict(module.named_parameters(recurse=False))
+            other = decoder_modules.get(name)
+            if not ours or other is None:
                 continue
-            if q is not p:
-                owner, _, leaf = name.rpartition(".")
-                setattr(self.encoder.get_submodule(owner), leaf, q)
-            tied.append(name)
+            theirs = dict(other.named_parameters(recurse=False))
+            if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+                continue
+            for leaf, p in theirs.items():
+                if ours[leaf] is not p:
+                    setattr(module, leaf, p)
+                tied.append(f"{name}.{leaf}" if name else leaf)
         self.tied_parameters = tied
 
     # ------------------------------------------------------------------------------------
@@ -517,6 +525,7 @@ class EncoderDecoder(nn.Module):
         decoder_start_token_id: int | None = None,
         pad_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
+        tie_encoder_decoder: bool = False,
         encoder_revision: str | None = None,
         decoder_revision: str | None = None,
         dtype: torch.dtype | None = None,
@@ -533,6 +542,8 @@ class EncoderDecoder(nn.Module):
         Args:
             encoder: folder or Hub id of the encoder checkpoint.
             decoder: folder or Hub id of the decoder checkpoint.
+            tie_encoder_decoder: share same-name, same-shape weights after loading (the
+                decoder checkpoint's values win), as transformers 4.x's keyword of that name did.
             overrides: ``encoder_<field>=...`` / ``decoder_<field>=...`` change a part's
                 config field (e.g. ``decoder_num_hidden_layers=2``).
         """
@@ -550,7 +561,8 @@ class EncoderDecoder(nn.Module):
                                                   config=part_overrides["decoder"]),
         }
         return cls._compose(specs, registry, dtype=dtype, device=device, decoder_start_token_id=decoder_start_token_id,
-                            pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+                            pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                            tie_encoder_decoder=tie_encoder_decoder)
 
     @classmethod
     def from_config(
