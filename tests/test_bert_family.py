@@ -47,3 +47,18 @@ def test_decoder_option_parity(name: str, opts: dict, tmp_path) -> None:
         want = hf(input_ids=ids, attention_mask=mask, encoder_hidden_states=source).logits
         got = ours(ids, mask, encoder_hidden_states=source).logits
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_roberta_pad_position_row_is_zero_and_untrained() -> None:
+    """transformers gives RoBERTa's position table padding_idx=pad: that row starts at zero and gets no gradient."""
+    import seqweave as sw
+    from conftest import tiny
+
+    encoder = sw.build_encoder("roberta", **tiny("roberta"))
+    table = encoder.embeddings.positions.weight
+    pad = encoder.config.pad_token_id
+    assert torch.equal(table[pad], torch.zeros_like(table[pad]))
+    ids = torch.tensor([[5, 6, 7, pad, pad]])
+    encoder(ids, (ids != pad).long()).last_hidden_state.sum().backward()
+    assert torch.equal(table.grad[pad], torch.zeros_like(table[pad]))
+    assert table.grad[pad + 1].abs().sum() > 0

@@ -363,7 +363,11 @@ class Embeddings(nn.Module):
         if positions == "after_padding" and padding_idx is None:
             raise ConfigError("positions='after_padding' needs a padding_idx (the pad token id)")
         self.tokens = nn.Embedding(vocab_size, dim, padding_idx=padding_idx)
-        self.positions = nn.Embedding(max_positions, dim)
+        # With positions after padding, pad tokens sit at position padding_idx: that row is the pad
+        # position, zero at init and never trained (transformers gives RoBERTa's table this padding_idx).
+        self.positions = nn.Embedding(
+            max_positions, dim, padding_idx=padding_idx if positions == "after_padding" else None
+        )
         self.token_types = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm_eps is not None else None
         self.drop = nn.Dropout(dropout)
