@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers.activations import ACT2FN
-
 import seqweave as sw
+import torch
 from seqweave.layers import ACTIVATIONS, activation
+from transformers.activations import ACT2FN
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

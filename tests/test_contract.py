@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import seqweave as sw
 import torch
 from conftest import DECODERS, ENCODERS, REGISTRY, ROLES, build_part, hf_config, load_part, pad_id, randomize
-
-import seqweave as sw
 
 ATOL = 1e-5
 REFERENCED = [(n, r) for n, r in ROLES if r in REGISTRY.get(n).reference]
@@ -37,7 +36,7 @@ def _source(decoder: torch.nn.Module, b: int, s: int, seed: int = 5) -> torch.Te
 
 
 def _run(module: torch.nn.Module, role: str, ids: torch.Tensor, mask: torch.Tensor | None = None, **kw):
-    """Encoder: last hidden state [b, t, d]; decoder: logits [b, t, vocab] attending to a fixed random source."""
+    """Encoder: last hidden state [b, t, d]; decoder: logits [b, t, vocab] attending to a random source."""
     with torch.no_grad():
         if role == "encoder":
             return module(ids, mask, **kw).last_hidden_state
@@ -62,8 +61,12 @@ def test_output_shapes(name: str, role: str) -> None:
             out = module(ids, output_attentions=True, output_hidden_states=True)
             assert out.last_hidden_state.shape == (b, t, d)
         else:
-            out = module(ids, encoder_hidden_states=_source(module, b, s), output_attentions=True,
-                         output_hidden_states=True)
+            out = module(
+                ids,
+                encoder_hidden_states=_source(module, b, s),
+                output_attentions=True,
+                output_hidden_states=True,
+            )
             assert out.logits.shape == (b, t, module.config.vocab_size)
             assert len(out.cross_attentions) == module.num_layers
             assert all(a.shape == (b, h, t, s) for a in out.cross_attentions)
@@ -122,7 +125,7 @@ def test_causal(name: str, role: str) -> None:
 
 @pytest.mark.parametrize(("name", "role"), ROLES, ids=_ids(ROLES))
 def test_explicit_attention_path_matches_sdpa(name: str, role: str) -> None:
-    """output_attentions computes attention by hand; it must give SDPA's result, fully masked rows included."""
+    """output_attentions computes attention by hand; it must match SDPA, fully masked rows included."""
     module = build_part(name, role)
     ids = _tokens(module, (2, 5), 4)
     mask = torch.ones(2, 5, dtype=torch.long)
@@ -165,7 +168,7 @@ def test_weight_map_round_trip(name: str, role: str) -> None:
     assert again.keys() == hf.keys()
     for k in hf:
         assert torch.equal(again[k], hf[k]), k
-    # each parameter under its own name is mapped; tied copies (the head of a tied decoder) are not written twice
+    # each parameter under its own name is mapped; tied copies (a tied decoder's head) are not written twice
     params = dict(module.named_parameters())
     assert set(back) == set(params)
     for k, p in params.items():
@@ -195,7 +198,10 @@ def test_save_load_round_trip(name: str, role: str, tmp_path) -> None:
     target = _tokens(decoder, (2, 4), 7)
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded(ids, decoder_input_ids=target).logits, model(ids, decoder_input_ids=target).logits, atol=0, rtol=0
+            loaded(ids, decoder_input_ids=target).logits,
+            model(ids, decoder_input_ids=target).logits,
+            atol=0,
+            rtol=0,
         )
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved[role]["model_type"] == name
@@ -248,7 +254,7 @@ def test_parity_with_transformers(name: str, role: str, tmp_path) -> None:
 
 @pytest.mark.parametrize("name", [n for n, r in REFERENCED if r == "decoder"])
 def test_cached_decoding_matches_transformers(name: str, tmp_path) -> None:
-    """Token-by-token decoding with a cache, starting from the pad token: position ids must follow transformers'.
+    """Token-by-token decoding with a cache, from the pad token: position ids must follow transformers'.
 
     RoBERTa-style positions continue from the cached length (pads included), not from a
     recount over the whole sequence, so this differs from the full forward on purpose.

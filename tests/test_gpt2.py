@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import seqweave as sw
 import torch
 import transformers
 from conftest import hf_config, load_part, randomize, tiny
-
-import seqweave as sw
 
 ATOL = 1e-5
 OPTIONS = [
@@ -61,7 +60,9 @@ def test_option_parity(opts: dict, role: str, tmp_path) -> None:
 def test_per_layer_attention_scale() -> None:
     dec = sw.build_decoder("gpt2", **tiny("gpt2", n_layer=3, scale_attn_by_inverse_layer_idx=True))
     hd = dec.hidden_size // dec.layers[0].self_attn.num_heads
-    assert [layer.self_attn.scale for layer in dec.layers] == pytest.approx([hd**-0.5 / (i + 1) for i in range(3)])
+    assert [layer.self_attn.scale for layer in dec.layers] == pytest.approx(
+        [hd**-0.5 / (i + 1) for i in range(3)]
+    )
     assert [layer.cross_attn.scale for layer in dec.layers] == [layer.self_attn.scale for layer in dec.layers]
     flat = sw.build_decoder("gpt2", **tiny("gpt2", scale_attn_weights=False))
     assert {layer.self_attn.scale for layer in flat.layers} == {1.0}
@@ -84,7 +85,9 @@ def test_upcast_computes_attention_in_float32(monkeypatch) -> None:
     source = torch.randn(2, 5, 32, generator=g, dtype=torch.bfloat16)
     for upcast, want in ((True, torch.float32), (False, torch.bfloat16)):
         seen.clear()
-        dec = sw.build_decoder("gpt2", **tiny("gpt2", reorder_and_upcast_attn=upcast)).eval().to(torch.bfloat16)
+        dec = (
+            sw.build_decoder("gpt2", **tiny("gpt2", reorder_and_upcast_attn=upcast)).eval().to(torch.bfloat16)
+        )
         with torch.no_grad():
             logits = dec(ids, encoder_hidden_states=source).logits
         assert logits.dtype == torch.bfloat16
@@ -95,7 +98,11 @@ def test_upcast_computes_attention_in_float32(monkeypatch) -> None:
 
 
 def test_config_aliases_and_errors() -> None:
-    cfg = sw.default_registry().get("gpt2").make_config({"hidden_size": 64, "num_hidden_layers": 3, "n_head": 4})
+    cfg = (
+        sw.default_registry()
+        .get("gpt2")
+        .make_config({"hidden_size": 64, "num_hidden_layers": 3, "n_head": 4})
+    )
     assert (cfg.n_embd, cfg.n_layer, cfg.hidden_size, cfg.num_hidden_layers) == (64, 3, 64, 3)
     assert "hidden_size" not in cfg.model_dump()  # saved under GPT-2's own name
     with pytest.raises(sw.ConfigError, match="n_head"):

@@ -1,4 +1,4 @@
-"""Parity with transformers' EncoderDecoderModel for every pairing of {bert, roberta} with {bert, roberta, gpt2}.
+"""Parity with transformers' EncoderDecoderModel: every pairing of {bert, roberta} with {bert, roberta, gpt2}.
 
 Both directions: a folder transformers saved loads into seqweave with the same logits and
 loss, and a folder seqweave saved loads into transformers with the same logits and loss.
@@ -12,22 +12,23 @@ from __future__ import annotations
 import json
 
 import pytest
+import seqweave as sw
 import torch
 import transformers
 from conftest import build_part, hf_composite, hf_config, label_batch, randomize, source_batch, tiny
-
-import seqweave as sw
 
 ATOL = 1e-5
 ENCODERS = ("bert", "roberta")
 DECODERS = ("bert", "roberta", "gpt2")
 PAIRS = [(e, d) for e in ENCODERS for d in DECODERS]
 WIDTH_FIELD = {"bert": "hidden_size", "roberta": "hidden_size", "gpt2": "n_embd"}
-#: decoder_start and pad token ids as each decoder family uses them (GPT-2: both are eos, 98 in the tiny vocab).
-TOKENS = {"bert": {"decoder_start_token_id": 2, "pad_token_id": 0},
-          "roberta": {"decoder_start_token_id": 0, "pad_token_id": 1},
-          "gpt2": {"decoder_start_token_id": 98, "pad_token_id": 98, "eos_token_id": 98}}
-#: what a released single-model checkpoint of each architecture is saved as (bert-base-uncased, roberta-base, gpt2)
+#: decoder_start and pad token ids as each decoder family uses them (GPT-2: both are eos, 98 here).
+TOKENS = {
+    "bert": {"decoder_start_token_id": 2, "pad_token_id": 0},
+    "roberta": {"decoder_start_token_id": 0, "pad_token_id": 1},
+    "gpt2": {"decoder_start_token_id": 98, "pad_token_id": 98, "eos_token_id": 98},
+}
+#: the class a released checkpoint of each architecture is saved as (bert-base-uncased, roberta-base, gpt2)
 PRETRAINED_CLASS = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel"}
 CASES = [(e, d, w) for e, d in PAIRS for w in ("same", "wider")]
 
@@ -53,7 +54,9 @@ def _compare(ours: sw.EncoderDecoder, hf, encoder: str) -> tuple[float, float]:
     with torch.no_grad():
         want = hf(input_ids=ids, attention_mask=mask, labels=labels)
         got = ours(ids, attention_mask=mask, labels=labels)
-    torch.testing.assert_close(got.encoder_last_hidden_state, want.encoder_last_hidden_state, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        got.encoder_last_hidden_state, want.encoder_last_hidden_state, atol=ATOL, rtol=0
+    )
     torch.testing.assert_close(got.logits, want.logits, atol=ATOL, rtol=0)
     torch.testing.assert_close(got.loss, want.loss, atol=1e-6, rtol=0)
     return (got.logits - want.logits).abs().max().item(), (got.loss - want.loss).abs().item()
@@ -62,8 +65,9 @@ def _compare(ours: sw.EncoderDecoder, hf, encoder: str) -> tuple[float, float]:
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_transformers_folder_loads_with_same_logits_and_loss(case, tmp_path) -> None:
     encoder, decoder, width = case
-    hf = hf_composite(tmp_path, encoder, decoder, decoder_overrides=_decoder_overrides(decoder, width),
-                      **TOKENS[decoder])
+    hf = hf_composite(
+        tmp_path, encoder, decoder, decoder_overrides=_decoder_overrides(decoder, width), **TOKENS[decoder]
+    )
     assert hasattr(hf, "enc_to_dec_proj") == (width == "wider")
     ours = sw.EncoderDecoder.from_pretrained(tmp_path)
     assert (ours.enc_to_dec_proj is not None) == (width == "wider")
@@ -132,11 +136,16 @@ def test_from_pretrained_parts_lists_new_tensors(case, tmp_path) -> None:
     _save_pretrained_part(decoder, dec_dir, seed=2, **_decoder_overrides(decoder, width))
     model = sw.EncoderDecoder.from_pretrained_parts(enc_dir, dec_dir, **TOKENS[decoder])
 
-    # transformers' own warm start (from_encoder_decoder_pretrained's part loading) reports the same tensors missing
+    # transformers' own warm start (from_encoder_decoder_pretrained's part loading) misses the same tensors
     registry = sw.default_registry()
     for role, folder, auto, flags in (
         ("encoder", enc_dir, transformers.AutoModel, {"is_decoder": False, "add_cross_attention": False}),
-        ("decoder", dec_dir, transformers.AutoModelForCausalLM, {"is_decoder": True, "add_cross_attention": True}),
+        (
+            "decoder",
+            dec_dir,
+            transformers.AutoModelForCausalLM,
+            {"is_decoder": True, "add_cross_attention": True},
+        ),
     ):
         part = getattr(model, role)
         wmap = registry.get(part.architecture).weight_map(part.config, role)
@@ -156,7 +165,12 @@ def test_from_pretrained_parts_lists_new_tensors(case, tmp_path) -> None:
         wmap = sw.default_registry().get(part.architecture).weight_map(part.config, role)
         sd = wmap.normalize_prefix(read_state_dict(folder)[0])
         written = wmap.to_hf(dict(part.named_parameters()))
-        new = {h for n in model.load_report.new if n.startswith(role + ".") for h in wmap.hf_names(n[len(role) + 1:])}
+        new = {
+            h
+            for n in model.load_report.new
+            if n.startswith(role + ".")
+            for h in wmap.hf_names(n[len(role) + 1 :])
+        }
         assert set(written) - set(sd) == new
         for k in set(written) & set(sd):
             assert torch.equal(written[k], sd[k]), k
@@ -169,25 +183,44 @@ def test_from_pretrained_parts_lists_new_tensors(case, tmp_path) -> None:
 
 
 def test_bert2gpt2_from_original_gpt2_checkpoint_layout(tmp_path) -> None:
-    """The OpenAI GPT-2 files: bare GPT2Model names (no ``transformer.``) and the old attn.bias/masked_bias buffers."""
+    """The OpenAI GPT-2 files: bare GPT2Model names (no ``transformer.``), old attn.(masked_)bias buffers."""
     from safetensors.torch import save_file
 
     enc_dir, dec_dir = tmp_path / "bert", tmp_path / "gpt2"
     _save_pretrained_part("bert", enc_dir, seed=1)
     hf = _save_pretrained_part("gpt2", dec_dir, seed=2)
     n_layer, n_pos = hf.config.n_layer, hf.config.n_positions
-    sd = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    sd = {
+        k.removeprefix("transformer."): v.contiguous()
+        for k, v in hf.state_dict().items()
+        if k != "lm_head.weight"
+    }
     for i in range(n_layer):
         sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n_pos, n_pos)).view(1, 1, n_pos, n_pos)
         sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     save_file(sd, str(dec_dir / "model.safetensors"))
     model = sw.EncoderDecoder.from_pretrained_parts(enc_dir, dec_dir, **TOKENS["gpt2"])
     assert model.load_report.unused == []
-    per_layer = ["cross_norm.weight", "cross_norm.bias", "cross_attn.q_proj.weight", "cross_attn.q_proj.bias",
-                 "cross_attn.kv_proj.weight", "cross_attn.kv_proj.bias", "cross_attn.out_proj.weight",
-                 "cross_attn.out_proj.bias"]
-    assert sorted(model.load_report.new) == sorted(f"decoder.layers.{i}.{n}" for i in range(n_layer) for n in per_layer)
-    torch.testing.assert_close(model.decoder.embeddings.tokens.weight, hf.transformer.wte.weight, atol=0, rtol=0)
-    torch.testing.assert_close(model.decoder.layers[1].self_attn.qkv_proj.weight,
-                               hf.transformer.h[1].attn.c_attn.weight.T, atol=0, rtol=0)
+    per_layer = [
+        "cross_norm.weight",
+        "cross_norm.bias",
+        "cross_attn.q_proj.weight",
+        "cross_attn.q_proj.bias",
+        "cross_attn.kv_proj.weight",
+        "cross_attn.kv_proj.bias",
+        "cross_attn.out_proj.weight",
+        "cross_attn.out_proj.bias",
+    ]
+    assert sorted(model.load_report.new) == sorted(
+        f"decoder.layers.{i}.{n}" for i in range(n_layer) for n in per_layer
+    )
+    torch.testing.assert_close(
+        model.decoder.embeddings.tokens.weight, hf.transformer.wte.weight, atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        model.decoder.layers[1].self_attn.qkv_proj.weight,
+        hf.transformer.h[1].attn.c_attn.weight.T,
+        atol=0,
+        rtol=0,
+    )
     assert model.decoder.head.proj.weight is model.decoder.embeddings.tokens.weight

@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 
 import pytest
+import seqweave as sw
 import torch
 import transformers
 from conftest import build_part, hf_config, label_batch, randomize, source_batch, tiny
 from safetensors.torch import load_file, save_file
-
-import seqweave as sw
 
 SAME_FAMILY = ["bert", "roberta", "gpt2"]
 
 
 def _tied(name: str) -> sw.EncoderDecoder:
     model = sw.EncoderDecoder(
-        sw.build_encoder(name, **tiny(name)), sw.build_decoder(name, **tiny(name)),
-        decoder_start_token_id=2, pad_token_id=1, tie_encoder_decoder=True,
+        sw.build_encoder(name, **tiny(name)),
+        sw.build_decoder(name, **tiny(name)),
+        decoder_start_token_id=2,
+        pad_token_id=1,
+        tie_encoder_decoder=True,
     )
     return randomize(model, seed=7).eval()
 
@@ -73,8 +75,12 @@ def test_transformers_4_checkpoint_without_encoder_copies_loads_by_tying(tmp_pat
     model.save_pretrained(tmp_path)
     sd = load_file(tmp_path / "model.safetensors")
     wmap = model.weight_map()
-    dropped = {h for r in wmap.rules if r.ours.removeprefix("encoder.") in model.tied_parameters
-               and r.ours.startswith("encoder.") for h in r.hf}
+    dropped = {
+        h
+        for r in wmap.rules
+        if r.ours.removeprefix("encoder.") in model.tied_parameters and r.ours.startswith("encoder.")
+        for h in r.hf
+    }
     assert dropped
     save_file({k: v for k, v in sd.items() if k not in dropped}, str(tmp_path / "model.safetensors"))
     loaded = sw.EncoderDecoder.from_pretrained(tmp_path)
@@ -90,8 +96,12 @@ def test_decoder_values_win_when_the_copies_differ(tmp_path) -> None:
     sd[key] = sd[key] + 1.0
     save_file(sd, str(tmp_path / "model.safetensors"))
     loaded = sw.EncoderDecoder.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded.encoder.embeddings.tokens.weight,
-                               sd["decoder.roberta.embeddings.word_embeddings.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(
+        loaded.encoder.embeddings.tokens.weight,
+        sd["decoder.roberta.embeddings.word_embeddings.weight"],
+        atol=0,
+        rtol=0,
+    )
 
 
 def test_training_keeps_tied_tensors_one() -> None:
@@ -106,17 +116,24 @@ def test_training_keeps_tied_tensors_one() -> None:
 
 
 def test_from_config_and_from_pretrained_parts_tie(tmp_path) -> None:
-    cfg = {"encoder": {"architecture": "bert", "config": tiny("bert")},
-           "decoder": {"architecture": "bert", "config": tiny("bert")},
-           "decoder_start_token_id": 2, "pad_token_id": 0, "tie_encoder_decoder": True}
+    cfg = {
+        "encoder": {"architecture": "bert", "config": tiny("bert")},
+        "decoder": {"architecture": "bert", "config": tiny("bert")},
+        "decoder_start_token_id": 2,
+        "pad_token_id": 0,
+        "tie_encoder_decoder": True,
+    }
     model = sw.EncoderDecoder.from_config(cfg)
-    assert model.encoder.layers[1].self_attn.qkv_proj.weight is model.decoder.layers[1].self_attn.qkv_proj.weight
+    assert (
+        model.encoder.layers[1].self_attn.qkv_proj.weight is model.decoder.layers[1].self_attn.qkv_proj.weight
+    )
 
     folder = tmp_path / "bert"
     torch.manual_seed(0)
     randomize(transformers.BertForPreTraining(hf_config("bert", "encoder")), seed=1).save_pretrained(folder)
-    warm = sw.EncoderDecoder.from_pretrained_parts(folder, folder, decoder_start_token_id=2, pad_token_id=0,
-                                                   tie_encoder_decoder=True)
+    warm = sw.EncoderDecoder.from_pretrained_parts(
+        folder, folder, decoder_start_token_id=2, pad_token_id=0, tie_encoder_decoder=True
+    )
     assert warm.encoder.embeddings.tokens.weight is warm.decoder.embeddings.tokens.weight
     assert not warm.encoder.embeddings.tokens.weight.is_meta
     assert "encoder.pooler.weight" not in warm.tied_parameters
@@ -125,7 +142,7 @@ def test_from_config_and_from_pretrained_parts_tie(tmp_path) -> None:
 def test_modules_are_tied_whole() -> None:
     enc = build_part("bert", "encoder")
     dec = build_part("bert", "decoder", hidden_size=48)
-    # the feed-forward biases have equal shapes ([37]) but the weights do not: a half-shared Linear would be wrong
+    # the feed-forward biases have equal shapes ([37]), the weights do not: a half-shared Linear is wrong
     assert enc.layers[0].ffn.fc_in.bias.shape == dec.layers[0].ffn.fc_in.bias.shape
     dec.embeddings.token_types = torch.nn.Embedding(2, 32)  # one module that does match in full
     tied = sw.EncoderDecoder(enc, dec, tie_encoder_decoder=True)
@@ -135,5 +152,8 @@ def test_modules_are_tied_whole() -> None:
 
 def test_nothing_to_tie_is_an_error() -> None:
     with pytest.raises(sw.ConfigError, match="tie_encoder_decoder.*hidden size 32, decoder 48"):
-        sw.EncoderDecoder(build_part("bert", "encoder"), build_part("bert", "decoder", hidden_size=48),
-                          tie_encoder_decoder=True)
+        sw.EncoderDecoder(
+            build_part("bert", "encoder"),
+            build_part("bert", "decoder", hidden_size=48),
+            tie_encoder_decoder=True,
+        )

@@ -216,8 +216,9 @@ class EncoderDecoder(nn.Module):
         self.tie_weights()
         if tie_encoder_decoder and not self.tied_parameters:
             raise ConfigError(
-                "tie_encoder_decoder is set, but no encoder module has a decoder counterpart with parameters of "
-                f"the same names and shapes (encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
+                "tie_encoder_decoder is set, but no encoder module has a decoder counterpart with parameters "
+                "of the same names and shapes "
+                f"(encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
             )
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
@@ -480,7 +481,9 @@ class EncoderDecoder(nn.Module):
         # transformers 4.x saved a tied model with only the decoder's copy of each shared tensor;
         # tying fills the encoder's from it.
         tied = {f"encoder.{n}" for n in model.tied_parameters}
-        missing = [r for r in missing if not (r.ours in tied and "decoder" + r.ours.removeprefix("encoder") in ours)]
+        missing = [
+            r for r in missing if not (r.ours in tied and "decoder" + r.ours.removeprefix("encoder") in ours)
+        ]
         if missing:
             names = [h for r in missing for h in r.hf]
             raise CheckpointError(

@@ -44,7 +44,7 @@ def _gelu_python(x: torch.Tensor) -> torch.Tensor:
 
 
 def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
-    # ``FastGELUActivation``: the same curve as gelu_new, but rounded differently; kept apart for exact parity.
+    # ``FastGELUActivation``: gelu_new's curve, rounded differently; kept apart for exact parity.
     return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
 
 
@@ -212,7 +212,13 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
 
     def _explicit(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, p: float
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        p: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """What SDPA computes, written out so the probabilities [b, h, t, s] can be returned."""
         scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, h, t, s]

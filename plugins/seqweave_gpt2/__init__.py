@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import Field, model_validator
-from torch import nn
-
 import seqweave as sw
+from pydantic import Field, model_validator
 from seqweave.layers import ACTIVATIONS, Embeddings, LMHead, TransformerLayer
 from seqweave.transformer import TransformerDecoder, TransformerEncoder
 from seqweave.weights import Rule, WeightMap, rule
+from torch import nn
 
 __all__ = ["GPT2", "GPT2Config", "seqweave_register_architectures"]
 
@@ -62,7 +61,9 @@ class GPT2Config(sw.ArchitectureConfig):
     attn_pdrop: float = Field(0.1, ge=0, le=1, description="Dropout on attention probabilities.")
     layer_norm_epsilon: float = Field(1e-5, gt=0, description="LayerNorm epsilon.")
     initializer_range: float = Field(0.02, gt=0, description="Std of the normal init of new weights.")
-    scale_attn_weights: bool = Field(True, description="Scale attention scores by 1/sqrt(head width); else by 1.")
+    scale_attn_weights: bool = Field(
+        True, description="Scale attention scores by 1/sqrt(head width); else by 1."
+    )
     scale_attn_by_inverse_layer_idx: bool = Field(
         False, description="Also divide layer i's attention scores by i + 1."
     )
@@ -74,7 +75,9 @@ class GPT2Config(sw.ArchitectureConfig):
     pad_token_id: int | None = Field(None, ge=0, description="Padding token id (GPT-2 has none by default).")
     tie_word_embeddings: bool = Field(True, description="The LM head shares wte.")
     use_cache: bool = Field(True, description="Kept for compatibility with transformers' config.json.")
-    summary_type: str = Field("cls_index", description="Unused here (GPT2DoubleHeadsModel); kept for compatibility.")
+    summary_type: str = Field(
+        "cls_index", description="Unused here (GPT2DoubleHeadsModel); kept for compatibility."
+    )
     summary_use_proj: bool = Field(True, description="Unused here; kept for compatibility.")
     summary_activation: str | None = Field(None, description="Unused here; kept for compatibility.")
     summary_proj_to_labels: bool = Field(True, description="Unused here; kept for compatibility.")
@@ -89,7 +92,9 @@ class GPT2Config(sw.ArchitectureConfig):
         for generic, own in ALIASES.items():
             if generic in data:
                 if own in data and data[own] != data[generic]:
-                    raise ValueError(f"{generic} ({data[generic]}) and {own} ({data[own]}) name the same field")
+                    raise ValueError(
+                        f"{generic} ({data[generic]}) and {own} ({data[own]}) name the same field"
+                    )
                 data[own] = data.pop(generic)
         return data
 
@@ -99,7 +104,8 @@ class GPT2Config(sw.ArchitectureConfig):
             raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(
-                f"activation_function {self.activation_function!r} is not one of {', '.join(sorted(ACTIVATIONS))}"
+                f"activation_function {self.activation_function!r} is not one of "
+                f"{', '.join(sorted(ACTIVATIONS))}"
             )
         eos = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
         for name, value in [("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id)] + [
@@ -163,11 +169,13 @@ def build(cfg: GPT2Config, role: sw.Role) -> nn.Module:
     if role == "encoder":
         return TransformerEncoder(embeddings, layers, final_norm=ln_f, causal=True)
     head = LMHead(d, cfg.vocab_size, bias=False)
-    return TransformerDecoder(embeddings, layers, head, final_norm=ln_f, tie_word_embeddings=cfg.tie_word_embeddings)
+    return TransformerDecoder(
+        embeddings, layers, head, final_norm=ln_f, tie_word_embeddings=cfg.tie_word_embeddings
+    )
 
 
 def _conv1d(ours: str, hf: str, *, new_ok: bool = False) -> list[Rule]:
-    """A ``Conv1D`` ([in, out] weight) as our ``nn.Linear`` ([out, in]): transpose the weight, not the bias."""
+    """A ``Conv1D`` ([in, out] weight) as our ``nn.Linear`` ([out, in]): weight transposed, bias not."""
     return [
         rule(f"{ours}.weight", f"{hf}.weight", transpose=True, new_ok=new_ok),
         rule(f"{ours}.bias", f"{hf}.bias", new_ok=new_ok),
@@ -175,7 +183,10 @@ def _conv1d(ours: str, hf: str, *, new_ok: bool = False) -> list[Rule]:
 
 
 def _norm(ours: str, hf: str, *, new_ok: bool = False) -> list[Rule]:
-    return [rule(f"{ours}.weight", f"{hf}.weight", new_ok=new_ok), rule(f"{ours}.bias", f"{hf}.bias", new_ok=new_ok)]
+    return [
+        rule(f"{ours}.weight", f"{hf}.weight", new_ok=new_ok),
+        rule(f"{ours}.bias", f"{hf}.bias", new_ok=new_ok),
+    ]
 
 
 _TOP = [
@@ -198,7 +209,7 @@ _CROSS = [
     *_conv1d("layers.{}.cross_attn.kv_proj", "h.{}.crossattention.c_attn", new_ok=True),
     *_conv1d("layers.{}.cross_attn.out_proj", "h.{}.crossattention.c_proj", new_ok=True),
 ]
-#: Where GPT2LMHeadModel keeps GPT2Model; GPT2Model itself (and the original OpenAI checkpoints) has no prefix.
+#: Where GPT2LMHeadModel keeps GPT2Model; GPT2Model (and the original OpenAI files) has no prefix.
 PREFIX = "transformer."
 # The causal-mask buffers (``bias``, ``masked_bias``) that checkpoints saved before transformers 4.x carry.
 _OLD_BUFFERS = [r"(?:.*\.)?h\.\d+\.(?:attn|crossattention)\.(?:masked_)?bias"]
@@ -219,7 +230,9 @@ def weight_map(cfg: GPT2Config, role: sw.Role) -> WeightMap:
         ignore.append(r"lm_head\.weight")  # the tied copy some checkpoints store
     else:
         top.append(rule("head.proj.weight", "lm_head.weight", new_ok=True))
-    return WeightMap.build(top, _prefixed(_LAYER + _CROSS, PREFIX), cfg.n_layer, ignore=ignore, base_prefix=PREFIX)
+    return WeightMap.build(
+        top, _prefixed(_LAYER + _CROSS, PREFIX), cfg.n_layer, ignore=ignore, base_prefix=PREFIX
+    )
 
 
 GPT2 = sw.Architecture(
@@ -228,9 +241,16 @@ GPT2 = sw.Architecture(
     build=build,
     weight_map=weight_map,
     reference={"encoder": "GPT2Model", "decoder": "GPT2LMHeadModel"},
-    description="GPT-2 (pre-LayerNorm, Conv1D weights, final ln_f); decoder = GPT2LMHeadModel, encoder = GPT2Model",
-    tiny_config={"vocab_size": 99, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64,
-                 "bos_token_id": 98, "eos_token_id": 98},
+    description="GPT-2 (pre-LayerNorm, Conv1D weights, ln_f); decoder = GPT2LMHeadModel, encoder = GPT2Model",
+    tiny_config={
+        "vocab_size": 99,
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": 64,
+        "bos_token_id": 98,
+        "eos_token_id": 98,
+    },
 )
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic import Field
-
 import seqweave as sw
+from pydantic import Field
 from seqweave_bert import BertConfig, bert_family
 
 __all__ = ["ROBERTA", "RobertaConfig", "seqweave_register_architectures"]
@@ -46,10 +45,19 @@ ROBERTA = bert_family(
     # RobertaLMHead calls transformers' exact ``gelu`` directly, not ``config.hidden_act``.
     head_act="gelu",
     reference={"encoder": "RobertaModel", "decoder": "RobertaForCausalLM"},
-    description="RoBERTa (BERT with positions after padding_idx, one token type); decoder = RobertaForCausalLM",
-    tiny_config={"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "intermediate_size": 37, "max_position_embeddings": 64, "type_vocab_size": 1,
-                 "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+    description="RoBERTa (BERT with positions after padding_idx); decoder = RobertaForCausalLM",
+    tiny_config={
+        "vocab_size": 99,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 37,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+    },
 )
 
 
