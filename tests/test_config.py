@@ -263,8 +263,14 @@ def test_schema_has_every_architecture_and_its_fields():
 def schema_errors(data) -> list[str]:
     import jsonschema
 
+    def leaves(errors):
+        # A part is a oneOf over architectures: the precise messages are in the matching variant's context.
+        for e in errors:
+            yield e
+            yield from leaves(e.context or [])
+
     validator = jsonschema.Draft202012Validator(sw.composition_json_schema())
-    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(data)]
+    return [f"{e.json_path}: {e.message}" for e in leaves(validator.iter_errors(data))]
 
 
 def test_schema_accepts_what_load_config_accepts_and_refuses_unknown_keys():
@@ -290,3 +296,11 @@ def test_schema_rejects_an_architecture_that_cannot_play_the_role(role):
     for name in allowed:
         data[role] = {"architecture": name}
         assert schema_errors(data) == []
+
+
+def test_every_architecture_reports_cross_field_errors_at_the_field():
+    for arch, heads, width in (("gpt2", "n_head", "n_embd"), ("roberta", "num_attention_heads", "hidden_size"),
+                               ("bert", "num_attention_heads", "hidden_size")):
+        data = tiny_data()
+        data["decoder"] = {"architecture": arch, "config": {width: 30, heads: 4}}
+        assert error_of(data) == f"config: decoder.config.{heads}: must divide {width} (30) (got 4)"

@@ -101,18 +101,18 @@ class GPT2Config(sw.ArchitectureConfig):
     @model_validator(mode="after")
     def _check(self) -> GPT2Config:
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+            # FieldError: the error is reported at the field (decoder.config.n_head), with its value.
+            raise sw.FieldError("n_head", f"must divide n_embd ({self.n_embd})", self.n_head)
         if self.activation_function not in ACTIVATIONS:
-            raise ValueError(
-                f"activation_function {self.activation_function!r} is not one of "
-                f"{', '.join(sorted(ACTIVATIONS))}"
+            raise sw.FieldError(
+                "activation_function", f"must be one of {', '.join(sorted(ACTIVATIONS))}", self.activation_function
             )
         eos = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
         for name, value in [("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id)] + [
             ("eos_token_id", e) for e in eos
         ]:
             if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name} ({value}) must be in [0, vocab_size) = [0, {self.vocab_size})")
+                raise sw.FieldError(name, f"must be in [0, vocab_size) = [0, {self.vocab_size})", value)
         return self
 
     @property
