@@ -81,7 +81,8 @@ def resolve_tokenizers(
 ) -> tuple[TextTokenizer, TextTokenizer]:
     """The source and target tokenizers of ``model``, first found wins.
 
-    Source: ``tokenizer``; the model folder; the config's ``tokenizer``; the encoder's
+    Source: ``tokenizer``; the model folder (``folder``, or the one the model was loaded
+    from); the config's ``tokenizer``; the encoder's
     pretrained checkpoint. Target: ``decoder_tokenizer``; the folder's
     ``decoder_tokenizer/``; the config's ``decoder_tokenizer``; the decoder's pretrained
     checkpoint when the source came from the encoder's; else the source tokenizer.
@@ -93,6 +94,8 @@ def resolve_tokenizers(
     from .tokenizer import has_tokenizer_files
 
     report = getattr(model, "load_report", None)
+    if folder is None and "model" in getattr(report, "sources", {}):
+        folder = Path(report.sources["model"]).parent  # loaded from a folder: its tokenizer files count
     # The folders the parts were warm-started from often carry their tokenizers (bert2gpt2).
     part_folders = {role: Path(f).parent for role, f in getattr(report, "sources", {}).items()
                     if role in ("encoder", "decoder") and has_tokenizer_files(Path(f).parent)}
