@@ -30,7 +30,7 @@ OPTIONS = [{"hidden_act": "relu"}, {"hidden_act": "gelu_new"}, {"tie_word_embedd
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 @pytest.mark.parametrize("name", sorted(LM_CLASS))
 def test_decoder_option_parity(name: str, opts: dict, tmp_path) -> None:
-    """BERT's head transform uses hidden_act, RoBERTa's exact GELU; an untied head has its own weight, bias."""
+    """BERT's head transform uses hidden_act, RoBERTa's exact GELU; an untied head has its own weights."""
     torch.manual_seed(0)
     cls = getattr(transformers, LM_CLASS[name])
     hf = randomize(cls(hf_config(name, "decoder", **opts)), seed=5).eval()
@@ -50,7 +50,7 @@ def test_decoder_option_parity(name: str, opts: dict, tmp_path) -> None:
 
 
 def test_roberta_pad_position_row_is_zero_and_untrained() -> None:
-    """RoBERTa's position table has padding_idx=pad in transformers: that row starts at 0, gets no gradient."""
+    """RoBERTa's position table has padding_idx=pad in transformers: that row is 0 and gets no gradient."""
     import seqweave as sw
     from conftest import tiny
 

@@ -211,8 +211,13 @@ _CROSS = [
 ]
 #: Where GPT2LMHeadModel keeps GPT2Model; GPT2Model (and the original OpenAI files) has no prefix.
 PREFIX = "transformer."
-# The causal-mask buffers (``bias``, ``masked_bias``) that checkpoints saved before transformers 4.x carry.
-_OLD_BUFFERS = [r"(?:.*\.)?h\.\d+\.(?:attn|crossattention)\.(?:masked_)?bias"]
+# Harmless extras: the causal-mask buffers (``bias``, ``masked_bias``) that older files carry (the original
+# OpenAI conversion among them), and the heads of GPT2DoubleHeadsModel / GPT2ForSequenceClassification.
+_IGNORE = [
+    r"(?:.*\.)?h\.\d+\.(?:attn|crossattention)\.(?:masked_)?bias",
+    r"multiple_choice_head\..*",
+    r"score\..*",
+]
 
 
 def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
@@ -222,9 +227,9 @@ def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
 def weight_map(cfg: GPT2Config, role: sw.Role) -> WeightMap:
     """The two-way map to ``GPT2Model`` (encoder) or ``GPT2LMHeadModel`` (decoder) names."""
     if role == "encoder":
-        ignore = [*_OLD_BUFFERS, r"lm_head\..*", r"multiple_choice_head\..*", r"score\..*"]
+        ignore = [*_IGNORE, r"lm_head\..*"]
         return WeightMap.build(_TOP, _LAYER, cfg.n_layer, ignore=ignore, base_prefix=PREFIX)
-    ignore = list(_OLD_BUFFERS)
+    ignore = list(_IGNORE)
     top = _prefixed(_TOP, PREFIX)
     if cfg.tie_word_embeddings:
         ignore.append(r"lm_head\.weight")  # the tied copy some checkpoints store
