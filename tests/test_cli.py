@@ -261,3 +261,29 @@ def test_import_seqweave_stays_light():
             "'transformers') if m in sys.modules]; print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_tokenizer_flags_override_the_folder(capsys, built, tmp_path):
+    """--tokenizer and --decoder-tokenizer replace the folder's; a tokenizer too big for the model is refused."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    def word_level(folder: Path, words: list[str]) -> Path:
+        tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}},
+                                         unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        folder.mkdir()
+        tok.save(str(folder / "tokenizer.json"))
+        return folder
+
+    small = word_level(tmp_path / "small", ["some", "text"])
+    big = word_level(tmp_path / "big", [f"w{i}" for i in range(100)])
+    code, out, err = run(capsys, "generate", built, "some text", "--tokenizer", small, "--max-new-tokens", "2")
+    assert code == 0 and len(out.splitlines()) == 1, err
+    code, _, err = run(capsys, "generate", built, "some text", "--tokenizer", big)
+    assert code == 2
+    assert err == (f"error: {big}: the tokenizer has 102 tokens but the encoder's vocab_size is 87; "
+                   "use the tokenizer the model was trained with\n")
+    code, _, err = run(capsys, "generate", built, "some text", "--decoder-tokenizer", big)
+    assert code == 2 and "the decoder's vocab_size is 87" in err and "--decoder-tokenizer" in err
+    code, _, err = run(capsys, "generate", built, "x", "--tokenizer", tmp_path / "nothing")
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'nothing'}: no such local folder")

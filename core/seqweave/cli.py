@@ -51,7 +51,7 @@ def cli(debug: bool) -> None:
 # build
 
 
-@cli.command()
+@cli.command(short_help="Compose a model from a config file and save it.")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -117,7 +117,7 @@ def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
     return items
 
 
-@cli.command()
+@cli.command(short_help="Text in, text out.")
 @click.argument("model")
 @click.argument("texts", nargs=-1, metavar="[TEXT]...")
 @click.option("-i", "--input", "input_file", metavar="FILE", help="Read inputs from FILE (one per line; - for stdin).")
@@ -169,7 +169,7 @@ def generate(model: str, texts: tuple[str, ...], input_file: str | None, tokeniz
 # inspect, plugins, schema
 
 
-@cli.command()
+@cli.command(short_help="Parts, parameter counts, pretrained/new/tied tensors.")
 @click.argument("model")
 @click.option("--revision", help="Hub revision of MODEL.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -188,7 +188,7 @@ def inspect(model: str, revision: str | None, as_json: bool) -> None:
     click.echo(json.dumps(d, indent=2) if as_json else format_description(d))
 
 
-@cli.command()
+@cli.command(short_help="Plugins, their architectures and load errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins(as_json: bool) -> None:
     """List plugins: distribution, version, architectures, and load errors."""
@@ -211,7 +211,7 @@ def plugins(as_json: bool) -> None:
             click.echo(f"{p['name']:<12} {dist:<24} {name:<12} {'/'.join(arch.roles):<16} {arch.description}")
 
 
-@cli.command()
+@cli.command(short_help="JSON Schema of config files.")
 @click.option("--markdown", is_flag=True, help="Print the config reference (docs/config.md) instead.")
 def schema(markdown: bool) -> None:
     """Print the JSON Schema of config files, built from the registered architectures."""
@@ -225,7 +225,7 @@ def schema(markdown: bool) -> None:
     click.echo(json.dumps(sw.composition_json_schema(), indent=2))
 
 
-@cli.command()
+@cli.command(short_help="Build, fine-tune, save, reload, generate: offline.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),

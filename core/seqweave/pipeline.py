@@ -203,6 +203,18 @@ class TextToText:
         self.model.eval()
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1 (got {self.batch_size})")
+        # A tokenizer with more ids than the embedding table is the wrong tokenizer; say so
+        # now rather than fail with an index error on the first text that uses a high id.
+        for side, tok, vocab in (
+            ("encoder", self.tokenizer, getattr(getattr(self.model.encoder, "config", None), "vocab_size", None)),
+            ("decoder", self.decoder_tokenizer, self.model.decoder.vocab_size),
+        ):
+            if vocab is not None and tok.vocab_size > vocab:
+                raise ConfigError(
+                    f"{tok.source}: the tokenizer has {tok.vocab_size} tokens but the {side}'s vocab_size is "
+                    f"{vocab}; use the tokenizer the model was trained with"
+                    + (" (--decoder-tokenizer sets the target side's)" if side == "decoder" else "")
+                )
 
     def settings(self, **options: Any) -> dict[str, Any]:
         """The model's generation defaults with ``options`` applied, checked; plus the ids and generator."""
