@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .progress import progress
 
 __all__ = ["Rule", "WeightMap", "init_weights", "load_module_weights", "read_state_dict", "rule"]
 
@@ -302,9 +303,10 @@ def load_module_weights(
         dtype = next((t.dtype for t in ours.values() if t.is_floating_point()), torch.get_default_dtype())
     # contiguous: a transposed checkpoint tensor (GPT-2's Conv1D) would otherwise stay a strided view, and
     # matmuls on it round differently from the same values laid out as a freshly built module has them
+    # This is where the memory-mapped pages are read: a bar on a terminal, nothing when piped.
     cast = {
         k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)).contiguous()
-        for k, v in ours.items()
+        for k, v in progress(ours.items(), total=len(ours), desc=f"loading {Path(str(source)).name}")
     }
     module.load_state_dict(cast, strict=False, assign=True)
     _tie(module)  # assign=True replaced the tied parameter objects: tie them again
