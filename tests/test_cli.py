@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from seqweave.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +33,31 @@ def built(tmp_path_factory) -> Path:
 
 
 def test_build_writes_a_checkpoint_with_its_tokenizer(built):
-    assert {p.name for p in built.iterdir()} >= {"config.json", "generation_config.json", "model.safetensors",
-                                                  "tokenizer.json"}
+    assert {p.name for p in built.iterdir()} >= {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    }
     config = json.loads((built / "config.json").read_text())
     assert config["model_type"] == "encoder-decoder" and config["decoder"]["num_hidden_layers"] == 2
 
 
 def test_build_applies_overrides_and_reports(capsys, tmp_path):
-    code, out, err = run(capsys, "build", TINY, "-o", tmp_path / "o", "decoder.config.num_hidden_layers=1",
-                         "generation.max_new_tokens=5")
+    code, out, err = run(
+        capsys,
+        "build",
+        TINY,
+        "-o",
+        tmp_path / "o",
+        "decoder.config.num_hidden_layers=1",
+        "generation.max_new_tokens=5",
+    )
     assert code == 0, err
-    assert out.startswith(f"saved bert2bert to {tmp_path / 'o'}: config.json, generation_config.json, "
-                          "model.safetensors, tokenizer.json\n")
+    assert out.startswith(
+        f"saved bert2bert to {tmp_path / 'o'}: config.json, generation_config.json, "
+        "model.safetensors, tokenizer.json\n"
+    )
     assert json.loads((tmp_path / "o" / "config.json").read_text())["decoder"]["num_hidden_layers"] == 1
     assert json.loads((tmp_path / "o" / "generation_config.json").read_text())["max_new_tokens"] == 5
 
@@ -67,8 +79,17 @@ def test_batches_give_the_same_text_as_one_by_one(capsys, built, tmp_path):
 
 
 def test_generate_reads_stdin_and_prints_jsonl(capsys, monkeypatch, built):
-    code, out, err = run(capsys, "generate", built, "-", "--jsonl", "--max-new-tokens", "3",
-                         stdin="some text\nhello world\n", monkeypatch=monkeypatch)
+    code, out, err = run(
+        capsys,
+        "generate",
+        built,
+        "-",
+        "--jsonl",
+        "--max-new-tokens",
+        "3",
+        stdin="some text\nhello world\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["input"] for r in rows] == ["some text", "hello world"]
@@ -101,14 +122,17 @@ def test_inspect_a_config_shows_what_is_new(capsys):
 
 
 def test_inspect_a_warm_start_names_the_new_tensors(capsys, tmp_path):
-    from transformers import BertLMHeadModel, BertModel
-
     from conftest import hf_config
+    from transformers import BertLMHeadModel, BertModel
 
     BertModel(hf_config("bert", "encoder")).save_pretrained(tmp_path / "enc")
     BertLMHeadModel(hf_config("bert", "encoder")).save_pretrained(tmp_path / "dec")
-    cfg = {"encoder": {"architecture": "bert", "pretrained": "enc"},
-           "decoder": {"architecture": "bert", "pretrained": "dec"}, "decoder_start_token_id": 2, "pad_token_id": 0}
+    cfg = {
+        "encoder": {"architecture": "bert", "pretrained": "enc"},
+        "decoder": {"architecture": "bert", "pretrained": "dec"},
+        "decoder_start_token_id": 2,
+        "pad_token_id": 0,
+    }
     (tmp_path / "warm.yaml").write_text(yaml.safe_dump(cfg))
     code, out, err = run(capsys, "inspect", tmp_path / "warm.yaml", "--json")
     assert code == 0, err
@@ -123,8 +147,13 @@ def test_plugins_json(capsys):
     assert code == 0
     rows = json.loads(out)
     bert = next(r for r in rows if r["name"] == "bert")
-    assert bert == {"name": "bert", "distribution": "seqweave", "version": bert["version"],
-                    "architectures": ["bert"], "error": None}
+    assert bert == {
+        "name": "bert",
+        "distribution": "seqweave",
+        "version": bert["version"],
+        "architectures": ["bert"],
+        "error": None,
+    }
     assert all(set(r) >= {"name", "distribution", "version", "architectures", "error"} for r in rows)
 
 
@@ -171,14 +200,28 @@ def bad_config(tmp_path: Path, edit) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("edit", "expected"), [
-    (lambda d: d["encoder"]["config"].update(num_hiden_layers=3),
-     "encoder.config.num_hiden_layers: unknown key; did you mean 'num_hidden_layers'? (got 3)"),
-    (lambda d: d["decoder"]["config"].update(hidden_size="wide"),
-     "decoder.config.hidden_size: Input should be a valid integer, unable to parse string as an integer (got 'wide')"),
-    (lambda d: d["decoder"].update(architecture="bort"), "decoder.architecture: unknown architecture 'bort'"),
-    (lambda d: d.update(eos_token_id=500), "eos_token_id: must be below the decoder's vocab_size (87) (got 500)"),
-])
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d["encoder"]["config"].update(num_hiden_layers=3),
+            "encoder.config.num_hiden_layers: unknown key; did you mean 'num_hidden_layers'? (got 3)",
+        ),
+        (
+            lambda d: d["decoder"]["config"].update(hidden_size="wide"),
+            "decoder.config.hidden_size: Input should be a valid integer, "
+            "unable to parse string as an integer (got 'wide')",
+        ),
+        (
+            lambda d: d["decoder"].update(architecture="bort"),
+            "decoder.architecture: unknown architecture 'bort'",
+        ),
+        (
+            lambda d: d.update(eos_token_id=500),
+            "eos_token_id: must be below the decoder's vocab_size (87) (got 500)",
+        ),
+    ],
+)
 def test_config_errors_exit_2_with_one_line(capsys, tmp_path, edit, expected):
     path = bad_config(tmp_path, edit)
     code, out, err = run(capsys, "build", path, "-o", tmp_path / "o")
@@ -193,8 +236,10 @@ def test_yaml_python_tag_exits_2(capsys, tmp_path):
     path.write_text(f"encoder: !!python/object/apply:os.system ['touch {tmp_path / 'ran'}']\n")
     code, _, err = run(capsys, "build", path, "-o", tmp_path / "o")
     assert code == 2 and not (tmp_path / "ran").exists()
-    assert err.startswith(f"error: {path}:1:10: not valid YAML: could not determine a constructor for the tag "
-                          "'tag:yaml.org,2002:python/object/apply:os.system'")
+    assert err.startswith(
+        f"error: {path}:1:10: not valid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object/apply:os.system'"
+    )
 
 
 def test_bad_override_exits_2(capsys, tmp_path):
@@ -204,21 +249,35 @@ def test_bad_override_exits_2(capsys, tmp_path):
 
 
 def test_several_problems_are_a_short_list(capsys, tmp_path):
-    path = bad_config(tmp_path, lambda d: (d["encoder"]["config"].update(num_hiden_layers=3),
-                                           d["decoder"].update(architecture="bort")))
+    path = bad_config(
+        tmp_path,
+        lambda d: (
+            d["encoder"]["config"].update(num_hiden_layers=3),
+            d["decoder"].update(architecture="bort"),
+        ),
+    )
     code, _, err = run(capsys, "build", path, "-o", tmp_path / "o")
-    assert code == 2 and len(err.splitlines()) == 2 and all(line.startswith("error: ") for line in err.splitlines())
+    assert (
+        code == 2
+        and len(err.splitlines()) == 2
+        and all(line.startswith("error: ") for line in err.splitlines())
+    )
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["build", TINY], "error: Missing option '-o' / '--output'. (see 'seqweave build --help')"),
-    (["frobnicate"], "error: No such command 'frobnicate'."),
-    (["generate", "/nonexistent/model", "x"], "error: /nonexistent/model: no such local folder"),
-    (["generate", TINY, "x", "--temperature", "-1"],
-     "error: generation options: temperature: Input should be greater than 0 (got -1.0)"),
-    (["generate", TINY, "x", "--batch-size", "0"], "error: Invalid value for '--batch-size'"),
-    (["inspect", "/nonexistent/c.yaml"], "error: /nonexistent/c.yaml: no such local folder"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["build", TINY], "error: Missing option '-o' / '--output'. (see 'seqweave build --help')"),
+        (["frobnicate"], "error: No such command 'frobnicate'."),
+        (["generate", "/nonexistent/model", "x"], "error: /nonexistent/model: no such local folder"),
+        (
+            ["generate", TINY, "x", "--temperature", "-1"],
+            "error: generation options: temperature: Input should be greater than 0 (got -1.0)",
+        ),
+        (["generate", TINY, "x", "--batch-size", "0"], "error: Invalid value for '--batch-size'"),
+        (["inspect", "/nonexistent/c.yaml"], "error: /nonexistent/c.yaml: no such local folder"),
+    ],
+)
 def test_argument_errors_exit_2(capsys, args, expected):
     code, _, err = run(capsys, *args)
     assert code == 2 and err.startswith(expected) and "Traceback" not in err
@@ -241,35 +300,51 @@ def test_debug_shows_the_traceback(capsys, tmp_path):
     code, _, err = run(capsys, "build", path, "-o", tmp_path / "o", "--debug")
     assert code == 2
     assert "Traceback (most recent call last)" in err and "ConfigError" in err
-    assert err.splitlines()[-1].startswith(f"error: {path}: decoder.architecture: unknown architecture 'bort'")
+    assert err.splitlines()[-1].startswith(
+        f"error: {path}: decoder.architecture: unknown architecture 'bort'"
+    )
 
 
 def test_console_script_and_module_run_the_same_cli(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     script = Path(sys.executable).parent / "seqweave"
     for cmd in ([str(script)], [sys.executable, "-m", "seqweave"]):
-        done = subprocess.run([*cmd, "build", str(TINY), "-o", str(tmp_path / "o"), "encoder.config.nope=1"],
-                              env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*cmd, "build", str(TINY), "-o", str(tmp_path / "o"), "encoder.config.nope=1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2
-        assert done.stderr == f"error: {TINY}: encoder.config.nope: unknown key; allowed: " + ", ".join(
-            __import__("seqweave").default_registry().get("bert").config.model_fields) + " (got 1)\n"
+        assert (
+            done.stderr
+            == f"error: {TINY}: encoder.config.nope: unknown key; allowed: "
+            + ", ".join(__import__("seqweave").default_registry().get("bert").config.model_fields)
+            + " (got 1)\n"
+        )
 
 
 def test_import_seqweave_stays_light():
     # (tqdm is not in the list: torch.hub imports it with torch.)
-    code = ("import sys, seqweave; heavy = [m for m in ('click', 'tokenizers', 'huggingface_hub', 'yaml', "
-            "'transformers') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, seqweave; heavy = [m for m in ('click', 'tokenizers', 'huggingface_hub', 'yaml', "
+        "'transformers') if m in sys.modules]; print(heavy)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
 
 
 def test_tokenizer_flags_override_the_folder(capsys, built, tmp_path):
-    """--tokenizer and --decoder-tokenizer replace the folder's; a tokenizer too big for the model is refused."""
+    """--tokenizer and --decoder-tokenizer replace the folder's; a tokenizer too big for the model fails."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     def word_level(folder: Path, words: list[str]) -> Path:
-        tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}},
-                                         unk_token="[UNK]"))
+        tok = Tokenizer(
+            models.WordLevel(
+                {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}, unk_token="[UNK]"
+            )
+        )
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         folder.mkdir()
         tok.save(str(folder / "tokenizer.json"))
@@ -277,12 +352,16 @@ def test_tokenizer_flags_override_the_folder(capsys, built, tmp_path):
 
     small = word_level(tmp_path / "small", ["some", "text"])
     big = word_level(tmp_path / "big", [f"w{i}" for i in range(100)])
-    code, out, err = run(capsys, "generate", built, "some text", "--tokenizer", small, "--max-new-tokens", "2")
+    code, out, err = run(
+        capsys, "generate", built, "some text", "--tokenizer", small, "--max-new-tokens", "2"
+    )
     assert code == 0 and len(out.splitlines()) == 1, err
     code, _, err = run(capsys, "generate", built, "some text", "--tokenizer", big)
     assert code == 2
-    assert err == (f"error: {big}: the tokenizer has 102 tokens but the encoder's vocab_size is 87; "
-                   "use the tokenizer the model was trained with\n")
+    assert err == (
+        f"error: {big}: the tokenizer has 102 tokens but the encoder's vocab_size is 87; "
+        "use the tokenizer the model was trained with\n"
+    )
     code, _, err = run(capsys, "generate", built, "some text", "--decoder-tokenizer", big)
     assert code == 2 and "the decoder's vocab_size is 87" in err and "--decoder-tokenizer" in err
     code, _, err = run(capsys, "generate", built, "x", "--tokenizer", tmp_path / "nothing")

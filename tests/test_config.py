@@ -6,13 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-
 import seqweave as sw
-
+import yaml
 from conftest import ARCHITECTURES, DECODERS, ENCODERS, REGISTRY
 
-TINY = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+TINY = {
+    "vocab_size": 99,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+}
 
 
 def tiny_data(**top) -> dict:
@@ -86,9 +90,24 @@ def test_wrong_type(tmp_path):
 @pytest.mark.parametrize(
     ("where", "key", "value", "expected"),
     [
-        ("encoder", "num_attention_heads", 5, "encoder.config.num_attention_heads: must divide hidden_size (32) (got 5)"),
-        ("decoder", "hidden_size", -4, "decoder.config.hidden_size: Input should be greater than or equal to 1 (got -4)"),
-        ("decoder", "pad_token_id", 99, "decoder.config.pad_token_id: must be below vocab_size (99) (got 99)"),
+        (
+            "encoder",
+            "num_attention_heads",
+            5,
+            "encoder.config.num_attention_heads: must divide hidden_size (32) (got 5)",
+        ),
+        (
+            "decoder",
+            "hidden_size",
+            -4,
+            "decoder.config.hidden_size: Input should be greater than or equal to 1 (got -4)",
+        ),
+        (
+            "decoder",
+            "pad_token_id",
+            99,
+            "decoder.config.pad_token_id: must be below vocab_size (99) (got 99)",
+        ),
         ("decoder", "hidden_act", "relu3", "decoder.config.hidden_act: must be one of"),
     ],
 )
@@ -107,7 +126,9 @@ def test_top_level_token_ids_must_fit_the_decoder_vocabulary(tmp_path, name):
 
 def test_eos_list_is_checked_item_by_item(tmp_path):
     path = write(tmp_path, "c.yaml", tiny_data(eos_token_id=[3, 120]))
-    assert error_of(path) == f"{path}: eos_token_id: must be below the decoder's vocab_size (99) (got [3, 120])"
+    assert (
+        error_of(path) == f"{path}: eos_token_id: must be below the decoder's vocab_size (99) (got [3, 120])"
+    )
     assert sw.load_config(write(tmp_path, "d.yaml", tiny_data(eos_token_id=[3, 98]))).eos_token_id == [3, 98]
 
 
@@ -123,7 +144,9 @@ def test_unknown_architecture_lists_the_registered_ones(tmp_path):
 def test_an_import_path_is_not_an_architecture(tmp_path):
     data = tiny_data()
     data["encoder"]["architecture"] = "os:system"
-    assert "encoder.architecture: unknown architecture 'os:system'" in error_of(write(tmp_path, "c.yaml", data))
+    assert "encoder.architecture: unknown architecture 'os:system'" in error_of(
+        write(tmp_path, "c.yaml", data)
+    )
 
 
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
@@ -131,8 +154,11 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
     data["encoder"]["config"]["num_attention_heads"] = 5
     data["decoder"]["architecture"] = "bort"
     lines = error_of(write(tmp_path, "c.yaml", data)).splitlines()
-    assert [line.split(": ")[1] for line in lines] == ["pad_tokn_id", "encoder.config.num_attention_heads",
-                                                        "decoder.architecture"]
+    assert [line.split(": ")[1] for line in lines] == [
+        "pad_tokn_id",
+        "encoder.config.num_attention_heads",
+        "decoder.architecture",
+    ]
 
 
 def test_yaml_python_tag_is_refused_without_running_anything(tmp_path):
@@ -144,14 +170,17 @@ def test_yaml_python_tag_is_refused_without_running_anything(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(("name", "text", "fragment"), [
-    ("c.yaml", "encoder: [1,\n", "not valid YAML"),
-    ("c.toml", "encoder = \n", "not valid TOML"),
-    ("c.json", "{\"encoder\": }", "not valid JSON"),
-    ("c.yaml", "", "the file is empty"),
-    ("c.yaml", "- 1\n", "expected a mapping at the top level, found list"),
-    ("c.ini", "x=1", "unknown config format '.ini'"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("c.yaml", "encoder: [1,\n", "not valid YAML"),
+        ("c.toml", "encoder = \n", "not valid TOML"),
+        ("c.json", '{"encoder": }', "not valid JSON"),
+        ("c.yaml", "", "the file is empty"),
+        ("c.yaml", "- 1\n", "expected a mapping at the top level, found list"),
+        ("c.ini", "x=1", "unknown config format '.ini'"),
+    ],
+)
 def test_malformed_files(tmp_path, name, text, fragment):
     path = write(tmp_path, name, text)
     msg = error_of(path)
@@ -164,16 +193,19 @@ def test_missing_file():
 
 def test_overrides_are_typed_by_the_schema(tmp_path):
     path = write(tmp_path, "c.yaml", tiny_data())
-    cfg = sw.load_config(path, overrides=[
-        "decoder.config.num_hidden_layers=1",      # int
-        "decoder.config.hidden_dropout_prob=0.5",  # float
-        "decoder.config.hidden_act=relu",          # text
-        "tokenizer=123",                           # a text field keeps digits as text
-        "encoder.revision=null",                   # optional text: null is None
-        "eos_token_id=[3, 4]",                     # list
-        "generation.do_sample=true",
-        "tie_encoder_decoder=yes",
-    ])
+    cfg = sw.load_config(
+        path,
+        overrides=[
+            "decoder.config.num_hidden_layers=1",  # int
+            "decoder.config.hidden_dropout_prob=0.5",  # float
+            "decoder.config.hidden_act=relu",  # text
+            "tokenizer=123",  # a text field keeps digits as text
+            "encoder.revision=null",  # optional text: null is None
+            "eos_token_id=[3, 4]",  # list
+            "generation.do_sample=true",
+            "tie_encoder_decoder=yes",
+        ],
+    )
     assert cfg.decoder.config["num_hidden_layers"] == 1
     assert cfg.decoder.config["hidden_dropout_prob"] == 0.5
     assert cfg.decoder.config["hidden_act"] == "relu"
@@ -188,7 +220,9 @@ def test_overrides_are_validated_like_the_file(tmp_path):
     assert error_of(path, ["encoder.config.num_attention_heads=3"]) == (
         f"{path}: encoder.config.num_attention_heads: must divide hidden_size (32) (got 3)"
     )
-    assert "generation.num_beams: Input should be a valid integer" in error_of(path, ["generation.num_beams=many"])
+    assert "generation.num_beams: Input should be a valid integer" in error_of(
+        path, ["generation.num_beams=many"]
+    )
     assert "override 'num_beams' must look like key.sub=value" in error_of(path, ["num_beams"])
     assert "decoder.config.n_layer: unknown key" in error_of(path, ["decoder.config.n_layer=2"])
 
@@ -202,7 +236,11 @@ def test_overrides_apply_to_dicts_without_editing_them():
 def test_pretrained_block_defers_cross_field_checks_to_the_merged_config(tmp_path):
     # 16 heads do not divide BERT's default 768 but may divide the checkpoint's width: not an error yet.
     data = tiny_data()
-    data["encoder"] = {"architecture": "bert", "pretrained": "some/checkpoint", "config": {"num_attention_heads": 16}}
+    data["encoder"] = {
+        "architecture": "bert",
+        "pretrained": "some/checkpoint",
+        "config": {"num_attention_heads": 16},
+    }
     assert sw.load_config(data).encoder.config == {"num_attention_heads": 16}
     # Field-level problems are still errors.
     data["encoder"]["config"] = {"num_attention_heads": -1}
@@ -232,17 +270,21 @@ def test_model_validate_alone_is_strict_too():
 
 
 def test_from_config_checks_token_ids_against_the_loaded_decoder(tmp_path):
-    from transformers import BertLMHeadModel
-
     from conftest import hf_config
+    from transformers import BertLMHeadModel
 
     BertLMHeadModel(hf_config("bert", "decoder")).save_pretrained(tmp_path / "dec")
     data = tiny_data(decoder_start_token_id=99)
     data["decoder"] = {"architecture": "bert", "pretrained": str(tmp_path / "dec")}
     assert sw.load_config(data).decoder_start_token_id == 99  # the vocabulary is in the checkpoint
-    with pytest.raises(sw.ConfigError, match=r"^decoder_start_token_id: must be below the decoder's vocab_size \(99\)"):
+    with pytest.raises(
+        sw.ConfigError, match=r"^decoder_start_token_id: must be below the decoder's vocab_size \(99\)"
+    ):
         sw.EncoderDecoder.from_config(data)
-    assert sw.EncoderDecoder.from_config(data, overrides=["decoder_start_token_id=98"]).decoder_start_token_id == 98
+    assert (
+        sw.EncoderDecoder.from_config(data, overrides=["decoder_start_token_id=98"]).decoder_start_token_id
+        == 98
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -299,8 +341,11 @@ def test_schema_rejects_an_architecture_that_cannot_play_the_role(role):
 
 
 def test_every_architecture_reports_cross_field_errors_at_the_field():
-    for arch, heads, width in (("gpt2", "n_head", "n_embd"), ("roberta", "num_attention_heads", "hidden_size"),
-                               ("bert", "num_attention_heads", "hidden_size")):
+    for arch, heads, width in (
+        ("gpt2", "n_head", "n_embd"),
+        ("roberta", "num_attention_heads", "hidden_size"),
+        ("bert", "num_attention_heads", "hidden_size"),
+    ):
         data = tiny_data()
         data["decoder"] = {"architecture": arch, "config": {width: 30, heads: 4}}
         assert error_of(data) == f"config: decoder.config.{heads}: must divide {width} (30) (got 4)"

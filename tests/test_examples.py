@@ -1,4 +1,4 @@
-"""examples/configs/: every config validates against `seqweave schema` and load_config; tiny ones build offline."""
+"""examples/configs/: every config validates against the schema and load_config; tiny ones build offline."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import yaml
-
 import seqweave as sw
+import yaml
 from seqweave.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
@@ -26,8 +25,10 @@ def test_every_pairing_has_a_real_and_a_tiny_config():
 def test_example_validates_against_the_printed_schema(path, capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    errors = [f"{e.json_path}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(
-        yaml.safe_load(path.read_text()))]
+    errors = [
+        f"{e.json_path}: {e.message}"
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(yaml.safe_load(path.read_text()))
+    ]
     assert errors == []
     sw.load_config(path)  # and the checks across fields that JSON Schema cannot express
 
@@ -38,7 +39,12 @@ def test_real_configs_name_hub_checkpoints_and_their_token_ids(path):
     hub_ids = {"google-bert/bert-base-uncased", "openai-community/gpt2", "FacebookAI/roberta-base"}
     assert {cfg.encoder.pretrained, cfg.decoder.pretrained} <= hub_ids
     ids = (cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id)
-    assert ids == {"bert": (101, 0, 102), "roberta": (0, 1, 2), "gpt2": (50256, 50256, 50256)}[cfg.decoder.architecture]
+    assert (
+        ids
+        == {"bert": (101, 0, 102), "roberta": (0, 1, 2), "gpt2": (50256, 50256, 50256)}[
+            cfg.decoder.architecture
+        ]
+    )
     assert cfg.tokenizer == cfg.encoder.pretrained
     if cfg.decoder.pretrained != cfg.encoder.pretrained:
         assert cfg.decoder_tokenizer == cfg.decoder.pretrained
@@ -58,6 +64,8 @@ def test_tiny_builds_generates_and_inspects_offline(path, tmp_path, capsys):
     cfg = sw.load_config(path)
     # The folder is self-contained: the same text from the folder as from the config it was built from.
     model = sw.EncoderDecoder.from_pretrained(out)
-    assert sw.pipeline(model)("some text", max_new_tokens=4) == sw.pipeline(out)("some text", max_new_tokens=4)
+    assert sw.pipeline(model)("some text", max_new_tokens=4) == sw.pipeline(out)(
+        "some text", max_new_tokens=4
+    )
     tokenizer = sw.load_tokenizer(cfg.decoder_tokenizer or cfg.tokenizer)
     assert tokenizer.vocab_size == model.decoder.vocab_size

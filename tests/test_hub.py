@@ -10,18 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
 import seqweave as sw
-from seqweave import hub
-
+import torch
 from conftest import hf_composite
+from seqweave import hub
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
 
 
-def add_snapshot(cache: Path, repo_id: str, commit: str, files: Path | dict[str, bytes], refs: tuple[str, ...] = ()):
+def add_snapshot(
+    cache: Path, repo_id: str, commit: str, files: Path | dict[str, bytes], refs: tuple[str, ...] = ()
+):
     """Lay out one snapshot the way huggingface_hub does: blobs by hash, snapshot links, refs."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
@@ -118,27 +118,42 @@ def test_pickle_only_repository_is_loaded_with_weights_only(tmp_path, cache):
 
 
 def test_warm_start_parts_from_the_cache(tmp_path, cache):
-    from transformers import BertLMHeadModel, BertModel
-
     from conftest import hf_config
+    from transformers import BertLMHeadModel, BertModel
 
     BertModel(hf_config("bert", "encoder")).save_pretrained(tmp_path / "enc")
     BertLMHeadModel(hf_config("bert", "decoder")).save_pretrained(tmp_path / "dec")
     add_snapshot(cache, "org/enc", COMMIT_A, tmp_path / "enc", refs=("main",))
     add_snapshot(cache, "org/dec", COMMIT_B, tmp_path / "dec", refs=("main",))
-    cfg = {"encoder": {"architecture": "bert", "pretrained": "org/enc"},
-           "decoder": {"architecture": "bert", "pretrained": "org/dec", "revision": COMMIT_B},
-           "decoder_start_token_id": 2, "pad_token_id": 0}
+    cfg = {
+        "encoder": {"architecture": "bert", "pretrained": "org/enc"},
+        "decoder": {"architecture": "bert", "pretrained": "org/dec", "revision": COMMIT_B},
+        "decoder_start_token_id": 2,
+        "pad_token_id": 0,
+    }
     model = sw.EncoderDecoder.from_config(cfg)
     assert model.load_report.sources["encoder"].startswith(str(cache))
 
 
 # A real listing (google-bert/bert-base-uncased at the time of writing) and what must be fetched of it.
 BERT_BASE_FILES = [
-    ".gitattributes", "LICENSE", "README.md", "config.json", "coreml/fill-mask/float32_model.mlpackage/Manifest.json",
-    "coreml/fill-mask/float32_model.mlpackage/Data/com.apple.CoreML/model.mlmodel", "flax_model.msgpack",
-    "model.onnx", "model.safetensors", "pytorch_model.bin", "rust_model.ot", "tf_model.h5", "tokenizer.json",
-    "tokenizer_config.json", "vocab.txt", "onnx/config.json", "onnx/model.onnx",
+    ".gitattributes",
+    "LICENSE",
+    "README.md",
+    "config.json",
+    "coreml/fill-mask/float32_model.mlpackage/Manifest.json",
+    "coreml/fill-mask/float32_model.mlpackage/Data/com.apple.CoreML/model.mlmodel",
+    "flax_model.msgpack",
+    "model.onnx",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "rust_model.ot",
+    "tf_model.h5",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "onnx/config.json",
+    "onnx/model.onnx",
 ]
 
 
@@ -146,8 +161,18 @@ def test_only_needed_files_are_fetched():
     from huggingface_hub.utils import filter_repo_objects
 
     chosen = set(filter_repo_objects(BERT_BASE_FILES, allow_patterns=hub.MODEL_FILES))
-    assert chosen == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt"}
-    sharded = ["model-00001-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model-00001-of-00002.bin"]
+    assert chosen == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    }
+    sharded = [
+        "model-00001-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model-00001-of-00002.bin",
+    ]
     assert set(filter_repo_objects(sharded, allow_patterns=hub.MODEL_FILES)) == set(sharded[:2])
     assert set(filter_repo_objects(BERT_BASE_FILES, allow_patterns=hub.PICKLE_FILES)) == {"pytorch_model.bin"}
     tokenizer_only = set(filter_repo_objects(BERT_BASE_FILES, allow_patterns=hub.TOKENIZER_FILES))

@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-
 import seqweave as sw
+import torch
 from seqweave.pipeline import _fallback_greedy_generate
 from seqweave.progress import progress
 
@@ -43,8 +42,12 @@ def byte_level_files(folder: Path, specials: list[str], config: dict | None = No
     from tokenizers import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(["the cat sat on the mat", "a dog and a cat"] * 20, vocab_size=300,
-                            special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(
+        ["the cat sat on the mat", "a dog and a cat"] * 20,
+        vocab_size=300,
+        special_tokens=specials,
+        show_progress=False,
+    )
     folder.mkdir()
     tok.save_model(str(folder))
     if config is not None:
@@ -61,8 +64,11 @@ def test_gpt2_style_vocab_json_and_merges(tmp_path):
 
 
 def test_roberta_style_adds_bos_and_eos(tmp_path):
-    byte_level_files(tmp_path / "rob", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                     {"tokenizer_class": "RobertaTokenizer", "pad_token": "<pad>"})
+    byte_level_files(
+        tmp_path / "rob",
+        ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        {"tokenizer_class": "RobertaTokenizer", "pad_token": "<pad>"},
+    )
     tok = sw.load_tokenizer(tmp_path / "rob")
     ids, mask = tok.encode(["the cat", "a dog and a cat sat"])
     assert ids[0, 0] == 0 and ids[0, mask[0].sum() - 1] == 2  # <s> ... </s>
@@ -141,9 +147,13 @@ def test_pipeline_from_a_folder_and_from_a_config(tmp_path, model):
 
 def test_pipeline_option_errors(model):
     pipe = sw.pipeline(model)
-    with pytest.raises(sw.ConfigError, match="unknown generation option 'num_beam'; did you mean 'num_beams'"):
+    with pytest.raises(
+        sw.ConfigError, match="unknown generation option 'num_beam'; did you mean 'num_beams'"
+    ):
         pipe("x", num_beam=2)
-    with pytest.raises(sw.ConfigError, match="generation options: top_p: Input should be less than or equal to 1"):
+    with pytest.raises(
+        sw.ConfigError, match="generation options: top_p: Input should be less than or equal to 1"
+    ):
         pipe("x", top_p=2.0)
 
 

@@ -54,8 +54,13 @@ def cli(debug: bool) -> None:
 @cli.command(short_help="Compose a model from a config file and save it.")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write the checkpoint to (created if needed).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the checkpoint to (created if needed).",
+)
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Cast the weights before saving.")
 def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | None) -> None:
     """Compose the model CONFIG describes and save it to a checkpoint folder.
@@ -85,8 +90,10 @@ def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | N
 
     d = describe(model)
     click.echo(f"saved {d['architecture']} to {output}: {', '.join(saved)}")
-    click.echo(f"{d['parameters']:,} parameters; {len(d['new'])}/{d['tensors']} tensors new, "
-               f"{len(d['pretrained'])} pretrained" + ("" if enc is not None else "; no tokenizer found"))
+    click.echo(
+        f"{d['parameters']:,} parameters; {len(d['new'])}/{d['tensors']} tensors new, "
+        f"{len(d['pretrained'])} pretrained" + ("" if enc is not None else "; no tokenizer found")
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -120,11 +127,15 @@ def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
 @cli.command(short_help="Text in, text out.")
 @click.argument("model")
 @click.argument("texts", nargs=-1, metavar="[TEXT]...")
-@click.option("-i", "--input", "input_file", metavar="FILE", help="Read inputs from FILE (one per line; - for stdin).")
+@click.option(
+    "-i", "--input", "input_file", metavar="FILE", help="Read inputs from FILE (one per line; - for stdin)."
+)
 @click.option("--tokenizer", help="Tokenizer folder or Hub id (default: from MODEL or its config).")
 @click.option("--decoder-tokenizer", help="Target-side tokenizer when the decoder has its own vocabulary.")
 @click.option("--revision", help="Hub revision of MODEL.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs per batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs per batch."
+)
 @click.option("--max-new-tokens", type=int, help="Tokens to generate (default: the model's setting).")
 @click.option("--min-new-tokens", type=int, help="Suppress EOS until this many tokens.")
 @click.option("--num-beams", type=int, help="Beam width; 1 is greedy or sampling.")
@@ -135,29 +146,40 @@ def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
 @click.option("--repetition-penalty", type=float, help="Penalise tokens already generated.")
 @click.option("--no-repeat-ngram-size", type=int, help="Forbid repeating any n-gram of this size.")
 @click.option("--length-penalty", type=float, help="Beam score = logprob / length ** length_penalty.")
-@click.option("--early-stopping/--no-early-stopping", default=None, help="Stop beams once num_beams are done.")
+@click.option(
+    "--early-stopping/--no-early-stopping", default=None, help="Stop beams once num_beams are done."
+)
 @click.option("--num-return-sequences", type=int, help="Outputs per input (one per line).")
 @click.option("--seed", type=int, help="Seed for sampling.")
 @click.option("--device", default="cpu", show_default=True, help="Where the model runs (cpu, cuda, cuda:1).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Cast the weights when loading.")
 @click.option("--jsonl", is_flag=True, help="Print one JSON object per input: {input, output}.")
-def generate(model: str, texts: tuple[str, ...], input_file: str | None, tokenizer: str | None,
-             decoder_tokenizer: str | None, revision: str | None, batch_size: int, device: str,
-             dtype: str | None, jsonl: bool, **options: Any) -> None:
+def generate(
+    model: str,
+    texts: tuple[str, ...],
+    input_file: str | None,
+    tokenizer: str | None,
+    decoder_tokenizer: str | None,
+    revision: str | None,
+    batch_size: int,
+    device: str,
+    dtype: str | None,
+    jsonl: bool,
+    **options: Any,
+) -> None:
     """Generate text for each TEXT with MODEL (a checkpoint folder, Hub id or config file).
 
     Inputs come from TEXT arguments, --input FILE or stdin (-), one per line, and are
     generated in batches; outputs are printed one per line, in input order.
     """
-    from .pipeline import load_model, resolve_tokenizers
-    from .pipeline import TextToText
+    from .pipeline import TextToText, load_model, resolve_tokenizers
 
     items = _read_inputs(texts, input_file)
     _status(f"loading {model} ...")
     loaded, folder = load_model(model, revision=revision, device=device, dtype=_dtype(dtype))
     enc, dec = resolve_tokenizers(loaded, folder, tokenizer, decoder_tokenizer)
     pipe = TextToText(loaded, enc, dec, batch_size=batch_size, device=device)
-    for text, out in zip(items, pipe.iter_generate(items, **options)):
+    for text, out in zip(items, pipe.iter_generate(items, **options), strict=True):
         if jsonl:
             click.echo(json.dumps({"input": text, "output": out}, ensure_ascii=False))
         else:
@@ -226,10 +248,18 @@ def schema(markdown: bool) -> None:
 
 
 @cli.command(short_help="Build, fine-tune, save, reload, generate: offline.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the trained checkpoint here (default: a temporary folder, removed).")
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's)."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the trained checkpoint here (default: a temporary folder, removed).",
+)
 def demo(steps: int | None, seed: int, output: Path | None) -> None:
     """The main job on the embedded default, offline: build, fine-tune, save, reload, generate."""
     from .demo import run_demo

@@ -173,7 +173,8 @@ class PartConfig(BaseModel):
 
     architecture: str = Field(description="A registered architecture name (`seqweave plugins` lists them).")
     pretrained: str | None = Field(
-        None, description="Hub id or local folder to load weights from (relative to the config file's folder)."
+        None,
+        description="Hub id or local folder to load weights from (relative to the config file's folder).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     config: dict[str, Any] = Field(
@@ -198,14 +199,18 @@ class CompositionConfig(BaseModel):
     decoder_start_token_id: int | None = Field(None, ge=0, description="First token of every decoder input.")
     pad_token_id: int | None = Field(None, ge=0, description="Padding token; -100 labels become this.")
     eos_token_id: int | list[int] | None = Field(None, description="End-of-sequence token id(s).")
-    tie_encoder_decoder: bool = Field(False, description="Share encoder and decoder weights where shapes match.")
+    tie_encoder_decoder: bool = Field(
+        False, description="Share encoder and decoder weights where shapes match."
+    )
     tokenizer: str | None = Field(
-        None, description="Folder or hub id with tokenizer files (source text, and target text unless "
-        "`decoder_tokenizer` is set)."
+        None,
+        description="Folder or hub id with tokenizer files (source text, and target text unless "
+        "`decoder_tokenizer` is set).",
     )
     decoder_tokenizer: str | None = Field(
-        None, description="Folder or hub id of the target side's tokenizer when the decoder has its own "
-        "vocabulary (bert2gpt2)."
+        None,
+        description="Folder or hub id of the target side's tokenizer when the decoder has its own "
+        "vocabulary (bert2gpt2).",
     )
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="Defaults for generation (`seqweave generate`)."
@@ -245,8 +250,13 @@ def _part_problems(data: Mapping[str, Any], registry: Registry) -> list[tuple[st
             continue
         arch = registry.get(name)
         if role not in arch.roles:
-            problems.append((f"{role}.architecture", f"{name!r} cannot be the {role}; it can be: "
-                             f"{', '.join(arch.roles)}", _NO_VALUE))
+            problems.append(
+                (
+                    f"{role}.architecture",
+                    f"{name!r} cannot be the {role}; it can be: {', '.join(arch.roles)}",
+                    _NO_VALUE,
+                )
+            )
             continue
         if not isinstance(block, Mapping):
             continue
@@ -303,7 +313,10 @@ def _schema_model(registry: Registry) -> type[BaseModel]:
                     architecture=(Literal[name], Field(description="A registered architecture name.")),  # type: ignore[valid-type]
                     config=(
                         arch.config,
-                        Field(default_factory=arch.config, description=PartConfig.model_fields["config"].description),
+                        Field(
+                            default_factory=arch.config,
+                            description=PartConfig.model_fields["config"].description,
+                        ),
                     ),
                 )
             )
@@ -349,7 +362,9 @@ def _model_at(
         if model is None:
             return None
         if model is PartConfig and key == "config":
-            arch_name = (data or {}).get(path[i - 1], {}).get("architecture") if isinstance(data, dict) else None
+            arch_name = (
+                (data or {}).get(path[i - 1], {}).get("architecture") if isinstance(data, dict) else None
+            )
             reg = registry or default_registry()
             model = reg.get(arch_name).config if isinstance(arch_name, str) and arch_name in reg else None
             continue
@@ -371,12 +386,18 @@ def _did_you_mean(loc: list[str], root: type[BaseModel], data: Any, registry: Re
 
 def _accepts_only_text(annotation: Any) -> bool:
     """True when a field's type is ``str`` (or a literal of strings), optionally ``None``."""
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (Union, types.UnionType)
+        else (annotation,)
+    )
     scalars = [a for a in args if a is not type(None)]
     if not scalars:
         return False
-    return all(a is str or (typing.get_origin(a) is Literal and all(isinstance(v, str) for v in typing.get_args(a)))
-               for a in scalars)
+    return all(
+        a is str or (typing.get_origin(a) is Literal and all(isinstance(v, str) for v in typing.get_args(a)))
+        for a in scalars
+    )
 
 
 def _parse_override(override: str, data: dict[str, Any], source: str, registry: Registry | None) -> None:
@@ -399,7 +420,9 @@ def _parse_override(override: str, data: dict[str, Any], source: str, registry: 
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: override {override!r}: value is not valid: {_one_line(e)}") from None
+            raise ConfigError(
+                f"{source}: override {override!r}: value is not valid: {_one_line(e)}"
+            ) from None
     node = data
     for p in parts[:-1]:
         child = node.setdefault(p, {})

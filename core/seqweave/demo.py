@@ -64,7 +64,11 @@ def _labels(tokenizer, targets: list[str]) -> torch.Tensor:
 
 
 def run_demo(
-    *, steps: int | None = None, seed: int = 0, output: Path | None = None, echo: Callable[[str], None] = print
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    output: Path | None = None,
+    echo: Callable[[str], None] = print,
 ) -> DemoReport:
     """Build, fine-tune, save, reload and generate; print a short report through ``echo``.
 
@@ -99,9 +103,11 @@ def _run(steps: int, seed: int, output: Path | None, echo: Callable[[str], None]
     report.timings["build"] = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     echo(f"seqweave demo: a tiny bert2bert from the embedded {config.name}, random weights, no network")
-    echo(f"  model     {n_params:,} parameters ({model.encoder.config.num_hidden_layers}+"
-         f"{model.decoder.config.num_hidden_layers} layers, width {model.decoder.hidden_size}), "
-         f"built in {report.timings['build']:.2f} s")
+    echo(
+        f"  model     {n_params:,} parameters ({model.encoder.config.num_hidden_layers}+"
+        f"{model.decoder.config.num_hidden_layers} layers, width {model.decoder.hidden_size}), "
+        f"built in {report.timings['build']:.2f} s"
+    )
     echo('  task      reverse the word order: "red cat big" -> "big cat red"')
 
     train = make_pairs(512, rng)
@@ -127,8 +133,11 @@ def _run(steps: int, seed: int, output: Path | None, echo: Callable[[str], None]
         optimizer.step()
     report.timings["train"] = time.perf_counter() - t
     report.loss_after = probe_loss()
-    echo(f"  training  {steps} steps of {BATCH} pairs: loss {report.loss_before:.3f} -> {report.loss_after:.3f} "
-         f"({report.timings['train']:.1f} s)")
+    echo(
+        f"  training  {steps} steps of {BATCH} pairs: "
+        f"loss {report.loss_before:.3f} -> {report.loss_after:.3f} "
+        f"({report.timings['train']:.1f} s)"
+    )
 
     folder = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="seqweave-demo-"))
     try:
@@ -138,8 +147,10 @@ def _run(steps: int, seed: int, output: Path | None, echo: Callable[[str], None]
         reloaded = sw.pipeline(folder)  # the folder alone: weights, config and tokenizer
         report.timings["save+load"] = time.perf_counter() - t
         files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
-        echo(f"  saved     {folder if output is not None else 'a temporary folder'} ({files}) and loaded it "
-             f"back ({report.timings['save+load']:.2f} s)")
+        echo(
+            f"  saved     {folder if output is not None else 'a temporary folder'} ({files}) and loaded it "
+            f"back ({report.timings['save+load']:.2f} s)"
+        )
         cases = [("seen", *train[0]), ("seen", *train[1]), *[("unseen", *p) for p in held_out]]
         t = time.perf_counter()
         generated = reloaded([src for _, src, _ in cases])
@@ -148,7 +159,7 @@ def _run(steps: int, seed: int, output: Path | None, echo: Callable[[str], None]
         if output is None:
             shutil.rmtree(folder, ignore_errors=True)
     echo(f"  generate  greedy, {len(cases)} inputs in one batch ({report.timings['generate']:.2f} s):")
-    for (kind, src, want), got in zip(cases, generated):
+    for (kind, src, want), got in zip(cases, generated, strict=True):
         report.outputs.append((src, want, got))
         mark = "ok" if got == want else f"expected {want!r}"
         echo(f"    {kind:<6} {src!r:<34} -> {got!r} ({mark})")

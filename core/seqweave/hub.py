@@ -116,6 +116,7 @@ def resolve(
     except Exception as e:  # huggingface_hub's many network, auth and not-found errors
         first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
-            f"{at}: no such local folder, and it could not be fetched from the Hub: {type(e).__name__}: {first}"
+            f"{at}: no such local folder, and it could not be fetched from the Hub: "
+            f"{type(e).__name__}: {first}"
         ) from None
     return folder

@@ -37,8 +37,12 @@ GENERATION_OPTIONS = (*GenerationSettings.model_fields, *EXTRA_OPTIONS)
 
 
 def load_model(
-    model: str | os.PathLike, *, revision: str | None = None, device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None, overrides: Sequence[str] = (),
+    model: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    overrides: Sequence[str] = (),
 ) -> tuple[EncoderDecoder, Path | None]:
     """A model from a checkpoint folder, a Hub id or a config file, and its folder (None for a config).
 
@@ -70,7 +74,9 @@ def _as_tokenizer(value: Any) -> TextTokenizer:
 
     if isinstance(value, tokenizers.Tokenizer):
         return TextTokenizer(value)
-    raise ConfigError(f"tokenizer must be a folder, a Hub id or a tokenizers.Tokenizer, not {type(value).__name__}")
+    raise ConfigError(
+        f"tokenizer must be a folder, a Hub id or a tokenizers.Tokenizer, not {type(value).__name__}"
+    )
 
 
 def resolve_tokenizers(
@@ -97,8 +103,11 @@ def resolve_tokenizers(
     if folder is None and "model" in getattr(report, "sources", {}):
         folder = Path(report.sources["model"]).parent  # loaded from a folder: its tokenizer files count
     # The folders the parts were warm-started from often carry their tokenizers (bert2gpt2).
-    part_folders = {role: Path(f).parent for role, f in getattr(report, "sources", {}).items()
-                    if role in ("encoder", "decoder") and has_tokenizer_files(Path(f).parent)}
+    part_folders = {
+        role: Path(f).parent
+        for role, f in getattr(report, "sources", {}).items()
+        if role in ("encoder", "decoder") and has_tokenizer_files(Path(f).parent)
+    }
     source_tok: Any = tokenizer
     if source_tok is None and folder is not None and has_tokenizer_files(folder):
         source_tok = folder
@@ -108,7 +117,11 @@ def resolve_tokenizers(
     if from_parts:
         source_tok = part_folders.get("encoder")
     if source_tok is None:
-        where = f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json + merges.txt), " if folder else ""
+        where = (
+            f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json + merges.txt), "
+            if folder
+            else ""
+        )
         raise ConfigError(f"no tokenizer: {where}the config names none; pass --tokenizer (or tokenizer=)")
     target_tok: Any = decoder_tokenizer
     if target_tok is None and folder is not None and has_tokenizer_files(folder / DECODER_TOKENIZER_DIR):
@@ -151,7 +164,9 @@ def _fallback_greedy_generate(
     ``pad_token_id``, as ``EncoderDecoder.generate`` will. Any other option is refused.
     """
     defaults = GenerationSettings().model_dump()
-    unsupported = sorted(k for k, v in options.items() if k in defaults and v != defaults[k] or k not in defaults)
+    unsupported = sorted(
+        k for k, v in options.items() if k in defaults and v != defaults[k] or k not in defaults
+    )
     if unsupported:
         raise ConfigError(
             f"this model has no generate() yet; the greedy fallback cannot apply: {', '.join(unsupported)}"
@@ -167,8 +182,13 @@ def _fallback_greedy_generate(
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         cache = None
         for step in range(max_new_tokens):
-            out = model(attention_mask=attention_mask, encoder_outputs=encoded,
-                        decoder_input_ids=seq if cache is None else seq[:, -1:], cache=cache, use_cache=True)
+            out = model(
+                attention_mask=attention_mask,
+                encoder_outputs=encoded,
+                decoder_input_ids=seq if cache is None else seq[:, -1:],
+                cache=cache,
+                use_cache=True,
+            )
             cache = out.cache
             logits = out.logits[:, -1]
             if step < min_new_tokens and eos.numel():
@@ -206,7 +226,11 @@ class TextToText:
         # A tokenizer with more ids than the embedding table is the wrong tokenizer; say so
         # now rather than fail with an index error on the first text that uses a high id.
         for side, tok, vocab in (
-            ("encoder", self.tokenizer, getattr(getattr(self.model.encoder, "config", None), "vocab_size", None)),
+            (
+                "encoder",
+                self.tokenizer,
+                getattr(getattr(self.model.encoder, "config", None), "vocab_size", None),
+            ),
             ("decoder", self.decoder_tokenizer, self.model.decoder.vocab_size),
         ):
             if vocab is not None and tok.vocab_size > vocab:
@@ -230,18 +254,24 @@ class TextToText:
 
         try:
             merged = GenerationSettings.model_validate(
-                {**self.model.generation_settings.model_dump(),
-                 **{k: v for k, v in given.items() if k in GenerationSettings.model_fields}}
+                {
+                    **self.model.generation_settings.model_dump(),
+                    **{k: v for k, v in given.items() if k in GenerationSettings.model_fields},
+                }
             ).model_dump()
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, "generation options", model=GenerationSettings)) from None
+            raise ConfigError(
+                format_validation_error(e, "generation options", model=GenerationSettings)
+            ) from None
         for key in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
             merged[key] = given.get(key, getattr(self.model, key))
         if given.get("seed") is not None:
             merged["generator"] = torch.Generator(device=self.device).manual_seed(int(given["seed"]))
         return merged
 
-    def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **settings: Any) -> torch.Tensor:
+    def generate_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **settings: Any
+    ) -> torch.Tensor:
         """``model.generate`` (or the greedy fallback while the model has none): [b * n, t] ids."""
         generate = getattr(self.model, "generate", None)
         if generate is None:
@@ -296,8 +326,9 @@ class TextToText:
         size = batch_size or self.batch_size
         limit = _max_source_length(self.model.encoder)
         total = -(-len(texts) // size)
-        for chunk in progress(self.batches(texts, size), total=total, desc="generating",
-                              enabled=None if total > 1 else False):
+        for chunk in progress(
+            self.batches(texts, size), total=total, desc="generating", enabled=None if total > 1 else False
+        ):
             ids, mask = self.tokenizer.encode(chunk, max_length=limit, pad_token_id=settings["pad_token_id"])
             generated = self.generate_ids(ids.to(self.device), mask.to(self.device), **settings)
             decoded = self.decode(generated.cpu(), settings)

@@ -16,8 +16,9 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T], *, total: int | None = None, desc: str | None = None,
-             enabled: bool | None = None) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], *, total: int | None = None, desc: str | None = None, enabled: bool | None = None
+) -> Iterator[T]:
     """``iterable`` with a tqdm bar on stderr when it is a terminal (or ``enabled`` says so)."""
     if not (show_progress() if enabled is None else enabled):
         yield from iterable

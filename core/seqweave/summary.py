@@ -1,4 +1,4 @@
-"""What ``seqweave inspect`` shows: each part, parameter counts, and which tensors are pretrained, tied or new."""
+"""What ``seqweave inspect`` shows: each part, parameter counts, which tensors are pretrained, tied or new."""
 
 from __future__ import annotations
 
@@ -67,7 +67,9 @@ def describe(model: EncoderDecoder, folder: Path | None = None) -> dict[str, Any
         "device": str(first.device),
         "encoder": _part(model.encoder),
         "decoder": _part(model.decoder),
-        "enc_to_dec_proj": _unique_count(model.enc_to_dec_proj) if model.enc_to_dec_proj is not None else None,
+        "enc_to_dec_proj": _unique_count(model.enc_to_dec_proj)
+        if model.enc_to_dec_proj is not None
+        else None,
         "parameters": _unique_count(model),
         "tensors": len(names),
         "pretrained": [n for n in names if n not in new_lookup],
@@ -109,12 +111,23 @@ def format_description(d: dict[str, Any]) -> str:
     lines.append(f"model        {d['architecture']}{where} ({d['dtype']}, {d['device']})")
     for role in ("encoder", "decoder"):
         p = d[role]
-        shape = ", ".join(f"{k.replace('_', ' ')} {p[k]}" for k in ("layers", "hidden_size", "vocab_size")
-                          if p[k] is not None)
-        lines.append(f"{role:<12} {p['architecture']} ({p['class']}): {shape}; {p['parameters']:,} parameters")
+        shape = ", ".join(
+            f"{k.replace('_', ' ')} {p[k]}"
+            for k in ("layers", "hidden_size", "vocab_size")
+            if p[k] is not None
+        )
+        lines.append(
+            f"{role:<12} {p['architecture']} ({p['class']}): {shape}; {p['parameters']:,} parameters"
+        )
     proj = d["enc_to_dec_proj"]
-    lines.append(f"{'projection':<12} " + (f"enc_to_dec_proj, {proj:,} parameters" if proj is not None
-                                           else "none (encoder and decoder widths match)"))
+    lines.append(
+        f"{'projection':<12} "
+        + (
+            f"enc_to_dec_proj, {proj:,} parameters"
+            if proj is not None
+            else "none (encoder and decoder widths match)"
+        )
+    )
     lines.append(f"{'total':<12} {d['parameters']:,} parameters in {d['tensors']} tensors")
     total = d["tensors"]
     if d["pretrained"]:
@@ -122,8 +135,14 @@ def format_description(d: dict[str, Any]) -> str:
         lines.append(f"{'pretrained':<12} {len(d['pretrained'])}/{total} tensors from {files}")
     else:
         lines.append(f"{'pretrained':<12} none")
-    lines.append(f"{'new':<12} " + (f"{len(d['new'])}/{total} tensors, initialised randomly (train before use): "
-                                    f"{_new_by_part(d)}" if d["new"] else "none"))
+    lines.append(
+        f"{'new':<12} "
+        + (
+            f"{len(d['new'])}/{total} tensors, initialised randomly (train before use): {_new_by_part(d)}"
+            if d["new"]
+            else "none"
+        )
+    )
     if d["tied"]:
         for group in d["tied"]:
             lines.append(f"{'tied':<12} " + " = ".join(group))
@@ -131,8 +150,10 @@ def format_description(d: dict[str, Any]) -> str:
         lines.append(f"{'tied':<12} none")
     if d["unused_checkpoint_tensors"]:
         lines.append(f"{'unused':<12} {_names(d['unused_checkpoint_tensors'])}")
-    lines.append(f"{'tokens':<12} decoder_start_token_id {d['decoder_start_token_id']}, pad_token_id "
-                 f"{d['pad_token_id']}, eos_token_id {d['eos_token_id']}")
+    lines.append(
+        f"{'tokens':<12} decoder_start_token_id {d['decoder_start_token_id']}, pad_token_id "
+        f"{d['pad_token_id']}, eos_token_id {d['eos_token_id']}"
+    )
     g = d["generation"]
     lines.append(f"{'generation':<12} " + ", ".join(f"{k} {v}" for k, v in g.items()))
     return "\n".join(lines)

@@ -29,8 +29,10 @@ _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token"
 
 def has_tokenizer_files(folder: Path) -> bool:
     """True when ``folder`` holds a tokenizer in one of the three formats."""
-    return (folder / TOKENIZER_JSON).is_file() or (folder / "vocab.txt").is_file() or (
-        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    return (
+        (folder / TOKENIZER_JSON).is_file()
+        or (folder / "vocab.txt").is_file()
+        or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
     )
 
 
@@ -44,7 +46,9 @@ class TextTokenizer:
         pad_token_id: the id that pads batches; None when the vocabulary has no pad token.
     """
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, *, source: str = "tokenizer", pad_token_id: int | None = None):
+    def __init__(
+        self, tokenizer: tokenizers.Tokenizer, *, source: str = "tokenizer", pad_token_id: int | None = None
+    ):
         tokenizer.no_padding()
         self.tokenizer = tokenizer
         self.source = source
@@ -149,7 +153,8 @@ def _load_byte_level(folder: Path, config: dict[str, Any], specials: dict[str, s
 
     try:
         wrapper = ByteLevelBPETokenizer.from_file(
-            str(folder / "vocab.json"), str(folder / "merges.txt"),
+            str(folder / "vocab.json"),
+            str(folder / "merges.txt"),
             add_prefix_space=bool(config.get("add_prefix_space", False)),
         )
     except Exception as e:
@@ -157,8 +162,13 @@ def _load_byte_level(folder: Path, config: dict[str, Any], specials: dict[str, s
     tok = wrapper._tokenizer
     roberta = str(config.get("tokenizer_class", "")).startswith("Roberta")
     if roberta:  # transformers' RobertaTokenizer defaults, for files that leave them out
-        for key, token in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"),
-                           ("pad_token", "<pad>"), ("mask_token", "<mask>")):
+        for key, token in (
+            ("bos_token", "<s>"),
+            ("eos_token", "</s>"),
+            ("unk_token", "<unk>"),
+            ("pad_token", "<pad>"),
+            ("mask_token", "<mask>"),
+        ):
             specials.setdefault(key, token)
     elif not specials and tok.token_to_id("<|endoftext|>") is not None:
         specials["eos_token"] = "<|endoftext|>"  # GPT-2 ships no special-token files in old repos
