@@ -194,3 +194,20 @@ def test_environment_variables_are_honoured_by_the_command_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: org/tiny: no such local folder, and not in the Hugging Face cache")
     assert "Traceback" not in done.stderr
+
+
+def test_tokenizer_and_pipeline_from_a_cached_hub_id(tmp_path, cache):
+    wordpiece = Path(__file__).resolve().parents[1] / "examples" / "tokenizers" / "tiny-wordpiece"
+    add_snapshot(
+        cache, "org/tok", COMMIT_A, {"vocab.txt": (wordpiece / "vocab.txt").read_bytes()}, refs=("main",)
+    )
+    tok = sw.load_tokenizer("org/tok")
+    assert tok.source.endswith(COMMIT_A) and tok.vocab_size == 87
+    # A composite whose folder carries its tokenizer: pipeline("org/model") needs nothing else.
+    model = sw.EncoderDecoder.from_config(
+        Path(__file__).resolve().parents[1] / "examples/configs/tiny-bert2bert.yaml"
+    )
+    model.save_pretrained(tmp_path / "m")
+    tok.save(tmp_path / "m")
+    add_snapshot(cache, "org/model", COMMIT_B, tmp_path / "m", refs=("main",))
+    assert isinstance(sw.pipeline("org/model")("some text", max_new_tokens=2), str)

@@ -167,3 +167,9 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
     assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
     assert list(progress(range(3), total=3, desc="bar", enabled=True)) == [0, 1, 2]
     assert "bar" in capsys.readouterr().err
+
+
+def test_fallback_refuses_options_it_cannot_honour(model):
+    ids, mask = sw.load_tokenizer(WORDPIECE).encode(["x"])
+    with pytest.raises(sw.ConfigError, match="the greedy fallback cannot apply: do_sample, num_beams"):
+        _fallback_greedy_generate(model, ids, mask, max_new_tokens=2, num_beams=2, do_sample=True)
