@@ -17,6 +17,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import seqweave as sw  # noqa: E402
 
+# The models here are tiny: more than one intra-op thread only adds synchronisation, and on a
+# busy machine the threads' spin-waits made the suite several times slower (39 s against 7 s).
+torch.set_num_threads(1)
+
 REGISTRY = sw.default_registry()
 ARCHITECTURES = REGISTRY.names()
 ENCODERS = [n for n in ARCHITECTURES if "encoder" in REGISTRY.get(n).roles]
@@ -90,3 +94,44 @@ def label_batch(vocab: int, seed: int = 1, shape=(3, 5)):
 @pytest.fixture
 def registry() -> sw.Registry:
     return REGISTRY
+
+
+def tiny(architecture: str, **overrides) -> dict:
+    """The architecture's tiny config values, with overrides."""
+    return {**REGISTRY.get(architecture).tiny_config, **overrides}
+
+
+def build_part(architecture: str, role: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny randomized seqweave encoder or decoder of a registered architecture, in eval mode."""
+    build = sw.build_encoder if role == "encoder" else sw.build_decoder
+    return randomize(build(architecture, **tiny(architecture, **overrides)), seed).eval()
+
+
+def pad_id(module: torch.nn.Module) -> int:
+    """A token id to pad with: the config's pad token, or 0 when it has none (GPT-2)."""
+    pad = getattr(module.config, "pad_token_id", None)
+    return 0 if pad is None else pad
+
+
+def load_part(architecture: str, role: str, folder: Path):
+    """Load a single-model transformers checkpoint folder into a seqweave part through the plugin's weight map.
+
+    Returns the module (eval mode), the checkpoint's tensors and the weight map. Fails if the
+    map leaves a tensor of the checkpoint unused or needs one it lacks.
+    """
+    import json
+
+    from seqweave.weights import load_module_weights, read_state_dict
+
+    arch = REGISTRY.get(architecture)
+    data = json.loads((Path(folder) / "config.json").read_text())
+    cfg = arch.make_config({k: v for k, v in data.items() if k in arch.config.model_fields})
+    with torch.device("meta"):
+        module = arch.build_module(cfg, role)
+    sd, source = read_state_dict(Path(folder))
+    wmap = arch.weight_map(cfg, role)
+    ours, missing, unexpected = wmap.from_hf(wmap.normalize_prefix(sd))
+    assert not missing, f"{architecture} {role}: the map needs tensors the checkpoint lacks: {missing}"
+    assert not unexpected, f"{architecture} {role}: checkpoint tensors no rule uses: {unexpected}"
+    load_module_weights(module, ours, source=source, weight_map=wmap)
+    return module.eval(), sd, wmap

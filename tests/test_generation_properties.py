@@ -13,7 +13,7 @@ import math
 
 import torch
 from conftest import DECODERS, ENCODERS, REGISTRY, randomize
-from hypothesis import given, settings
+from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 import seqweave as sw
@@ -37,8 +37,10 @@ def tiny_model(encoder: str, decoder: str, seed: int) -> sw.EncoderDecoder:
 @st.composite
 def setups(draw: st.DrawFn) -> tuple[sw.EncoderDecoder, torch.Tensor, torch.Tensor, list[int]]:
     """A model, sources [b, s] with right padding, their mask, and each source's length."""
-    model = tiny_model(draw(st.sampled_from(ENCODERS)), draw(st.sampled_from(DECODERS)),
-                       draw(st.integers(0, 2**16)))
+    encoder, decoder = draw(st.sampled_from(ENCODERS)), draw(st.sampled_from(DECODERS))
+    seed = draw(st.integers(0, 2**16))
+    note(f"tiny_model({encoder!r}, {decoder!r}, {seed})")
+    model = tiny_model(encoder, decoder, seed)
     lengths = draw(st.lists(st.integers(1, 7), min_size=1, max_size=4))
     vocab = model.decoder.vocab_size
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
@@ -66,6 +68,11 @@ def test_cached_generation_equals_uncached(setup, steps, pick):
     model, ids, mask, _ = setup
     eos = eos_of(model, ids, mask, pick, steps)
     out = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=eos)
+    # RoBERTa-style positions skip pad-id tokens when a prefix is embedded at once, not when it
+    # is decoded one token at a time (transformers alike): such outputs are not comparable.
+    skip = getattr(model.decoder.config, "pad_token_id", None)
+    ends = new_lengths(out, eos)
+    assume(all(skip not in out[row, 1 : 1 + n].tolist() for row, n in enumerate(ends)))
     prefix = torch.full((ids.shape[0], 1), START)
     done = torch.zeros(ids.shape[0], dtype=torch.bool)
     with torch.no_grad():
@@ -140,7 +147,13 @@ def test_beam_scores_are_teacher_forced_log_probabilities(setup, steps, pick, be
     with torch.no_grad():
         logp = model(sources, source_mask, decoder_input_ids=out.sequences[:, :-1]).logits.log_softmax(-1)
     token_logp = logp.gather(2, out.sequences[:, 1:, None]).squeeze(2)  # [rows, width - 1]
+    # A decoder whose positions skip padding (RoBERTa's) places a generated pad-id token differently
+    # when teacher-forced (the whole prefix is counted at once) than when decoded one token at a
+    # time (as transformers does too); such rows are left out.
+    skip = getattr(model.decoder.config, "pad_token_id", None)
     for row, n in enumerate(new_lengths(out.sequences, eos)):
+        if skip is not None and skip in out.sequences[row, 1:n].tolist():
+            continue
         expected = token_logp[row, :n].sum().item() / n**length_penalty
         assert math.isclose(out.scores[row].item(), expected, rel_tol=1e-4, abs_tol=1e-4), (row, n)
     # best first within each source

@@ -15,12 +15,22 @@ __version__ = "0.1.0"
 
 from .cache import Cache
 from .composer import EncoderDecoder, LoadReport, build_decoder, build_encoder, shift_tokens_right
-from .config import ArchitectureConfig, CompositionConfig, GenerationSettings, PartConfig, load_config
-from .generation import GenerateOptions, Generated
+from .config import (
+    ArchitectureConfig,
+    CompositionConfig,
+    FieldError,
+    GenerationSettings,
+    PartConfig,
+    composition_json_schema,
+    load_config,
+)
 from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
+from .generation import GenerateOptions, Generated
 from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
+from .pipeline import TextToText, pipeline
 from .protocols import Decoder, Encoder
 from .registry import Architecture, PluginInfo, Registry, Role, default_registry, hookimpl, hookspec
+from .tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = [
     "Architecture",
@@ -34,6 +44,7 @@ __all__ = [
     "Encoder",
     "EncoderDecoder",
     "EncoderOutput",
+    "FieldError",
     "GenerateOptions",
     "Generated",
     "GenerationSettings",
@@ -44,13 +55,18 @@ __all__ = [
     "Registry",
     "Role",
     "Seq2SeqOutput",
+    "TextToText",
+    "TextTokenizer",
     "SeqweaveError",
     "__version__",
     "build_decoder",
     "build_encoder",
+    "composition_json_schema",
     "default_registry",
     "hookimpl",
     "hookspec",
     "load_config",
+    "load_tokenizer",
+    "pipeline",
     "shift_tokens_right",
 ]

@@ -94,8 +94,8 @@ class Cache:
     call, after every layer has written its keys/values at the same position.
 
     Attributes:
-        source_mask: the additive cross-attention mask [b, 1, 1, s] (or None: no source
-            padding), made once when the cross-attention keys/values are.
+        source_mask: the boolean cross-attention mask [b, 1, 1, s] (True = token; None: no
+            source padding), made once when the cross-attention keys/values are.
         has_source: whether the cross-attention keys/values (and ``source_mask``) are filled.
     """
 
@@ -138,21 +138,18 @@ class Cache:
                 )
             self.write_index = self.position + self._arange[:t]
 
-    def self_attention_mask(
-        self, t: int, attention_mask: torch.Tensor | None, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """Static mode: additive mask [b or 1, 1, t, capacity] over the whole buffer.
+    def self_attention_mask(self, t: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Static mode: boolean mask [b or 1, 1, t, capacity] (True = attend) over the whole buffer.
 
         Query ``i`` (at position ``past + i``) sees the keys at positions up to its own,
         and of those only the ones ``attention_mask`` [b, <= capacity] keeps.
         """
-        keep = self._arange[None, :] <= self.write_index[:, None]  # [t, capacity]
-        keep = keep[None, None]
+        keep = (self._arange[None, :] <= self.write_index[:, None])[None, None]  # [1, 1, t, capacity]
         if attention_mask is not None:
             padded = attention_mask.new_ones(attention_mask.shape[0], self.capacity)
             padded[:, : attention_mask.shape[1]] = attention_mask
             keep = keep & padded.bool()[:, None, None, :]
-        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
+        return keep
 
     def advance(self, n: int) -> None:
         """Move the position counter past ``n`` newly written positions."""

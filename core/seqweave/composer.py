@@ -144,6 +144,22 @@ def _read_config_json(folder: Path) -> dict[str, Any]:
     return data
 
 
+def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy every tensor that is the same memory as one already seen (tied encoder and decoder weights).
+
+    safetensors refuses to write shared memory, and transformers 5.x, which does not tie
+    encoder to decoder, needs each name present. Disjoint slices of one storage (the
+    chunks of a fused projection) are not shared and are left alone.
+    """
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    out = {}
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        out[name] = t.clone() if key in seen else t
+        seen.add(key)
+    return out
+
+
 def _architecture_of(data: Mapping[str, Any], where: str, registry: Registry) -> Architecture:
     model_type = data.get("model_type")
     if not isinstance(model_type, str):
@@ -169,9 +185,13 @@ class EncoderDecoder(nn.Module):
         decoder_start_token_id: first token of every decoder input.
         pad_token_id: padding token; -100 in labels becomes this in decoder inputs.
         eos_token_id: end-of-sequence token id(s), the default for generation.
-        tie_encoder_decoder: share encoder and decoder weights where shapes match.
+        tie_encoder_decoder: share every encoder module's parameters with the decoder module of
+            the same name where names and shapes match (transformers 4.x's ``tie_encoder_decoder``);
+            the encoder takes the decoder's parameter objects, so the decoder's values win. See
+            docs/tying.md.
         generation: defaults for :meth:`generate`.
         tokenizer: a folder or Hub id with tokenizer files, for the text-to-text tools.
+        decoder_tokenizer: the target side's tokenizer when it differs from ``tokenizer``.
     """
 
     def __init__(
@@ -185,6 +205,7 @@ class EncoderDecoder(nn.Module):
         tie_encoder_decoder: bool = False,
         generation: GenerationSettings | Mapping[str, Any] | None = None,
         tokenizer: str | None = None,
+        decoder_tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         for role, module, attrs in (
@@ -204,10 +225,49 @@ class EncoderDecoder(nn.Module):
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         self.tie_encoder_decoder = tie_encoder_decoder
+        #: encoder parameter names shared with the decoder (empty unless tie_encoder_decoder)
+        self.tied_parameters: list[str] = []
+        self.tie_weights()
+        if tie_encoder_decoder and not self.tied_parameters:
+            raise ConfigError(
+                "tie_encoder_decoder is set, but no encoder module has a decoder counterpart with parameters "
+                "of the same names and shapes "
+                f"(encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
+            )
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
+        self.decoder_tokenizer_source = decoder_tokenizer
         self.load_report = LoadReport()
         self._extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
+
+    def tie_weights(self) -> None:
+        """Share encoder modules' parameters with the same-named decoder modules, if ``tie_encoder_decoder``.
+
+        A module is shared when the decoder has a module of the same name whose own
+        parameters have the same names and shapes: a Linear's weight and bias go together,
+        so a pair of different widths never ends up with only its biases shared. Called
+        again after every load (``assign=True`` replaces parameter objects). The encoder's
+        attribute is pointed at the decoder's parameter, as transformers 4.x's
+        ``_tie_encoder_decoder_weights`` did, so the decoder's values win when both are
+        loaded and the decoder's own ties (head to embeddings) stay intact.
+        """
+        if not self.tie_encoder_decoder:
+            return
+        decoder_modules = dict(self.decoder.named_modules())
+        tied = []
+        for name, module in self.encoder.named_modules():
+            ours = dict(module.named_parameters(recurse=False))
+            other = decoder_modules.get(name)
+            if not ours or other is None:
+                continue
+            theirs = dict(other.named_parameters(recurse=False))
+            if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+                continue
+            for leaf, p in theirs.items():
+                if ours[leaf] is not p:
+                    setattr(module, leaf, p)
+                tied.append(f"{name}.{leaf}" if name else leaf)
+        self.tied_parameters = tied
 
     # ------------------------------------------------------------------------------------
     # Forward
@@ -438,7 +498,7 @@ class EncoderDecoder(nn.Module):
 
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = self.weight_map().to_hf(self.state_dict())
+        tensors = _untie(self.weight_map().to_hf(self.state_dict()))
         generation = {
             **self.generation_settings.model_dump(),
             "decoder_start_token_id": self.decoder_start_token_id,
@@ -522,8 +582,14 @@ class EncoderDecoder(nn.Module):
         sd, source = read_state_dict(folder)
         wmap = model.weight_map()
         ours, missing, unexpected = wmap.from_hf(sd)
+        # transformers 4.x saved a tied model with only the decoder's copy of each shared tensor;
+        # tying fills the encoder's from it.
+        tied = {f"encoder.{n}" for n in model.tied_parameters}
+        missing = [
+            r for r in missing if not (r.ours in tied and "decoder" + r.ours.removeprefix("encoder") in ours)
+        ]
         if missing:
-            names = [h for r in missing for h in r.hf]
+            names = [h for r in missing for h in r.hf if h not in sd]
             raise CheckpointError(
                 f"{source}: missing {len(names)} tensor(s) the config needs, e.g. {', '.join(names[:3])}"
             )
@@ -566,6 +632,7 @@ class EncoderDecoder(nn.Module):
         decoder_start_token_id: int | None = None,
         pad_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
+        tie_encoder_decoder: bool = False,
         encoder_revision: str | None = None,
         decoder_revision: str | None = None,
         dtype: torch.dtype | None = None,
@@ -582,6 +649,8 @@ class EncoderDecoder(nn.Module):
         Args:
             encoder: folder or Hub id of the encoder checkpoint.
             decoder: folder or Hub id of the decoder checkpoint.
+            tie_encoder_decoder: share same-name, same-shape weights after loading (the
+                decoder checkpoint's values win), as transformers 4.x's keyword of that name did.
             overrides: ``encoder_<field>=...`` / ``decoder_<field>=...`` change a part's
                 config field (e.g. ``decoder_num_hidden_layers=2``).
         """
@@ -599,7 +668,8 @@ class EncoderDecoder(nn.Module):
                                                   config=part_overrides["decoder"]),
         }
         return cls._compose(specs, registry, dtype=dtype, device=device, decoder_start_token_id=decoder_start_token_id,
-                            pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+                            pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                            tie_encoder_decoder=tie_encoder_decoder)
 
     @classmethod
     def from_config(
@@ -614,7 +684,7 @@ class EncoderDecoder(nn.Module):
         """Build the model a composition config describes; pretrained parts are loaded, the rest initialised."""
         registry = registry or default_registry()
         cfg = load_config(config, overrides, registry=registry)
-        return cls._compose(
+        model = cls._compose(
             {"encoder": cfg.encoder, "decoder": cfg.decoder},
             registry,
             dtype=dtype,
@@ -625,7 +695,16 @@ class EncoderDecoder(nn.Module):
             tie_encoder_decoder=cfg.tie_encoder_decoder,
             generation=cfg.generation,
             tokenizer=cfg.tokenizer,
+            decoder_tokenizer=cfg.decoder_tokenizer,
         )
+        # load_config checks these only when the decoder's vocabulary is known without loading.
+        vocab = model.decoder.vocab_size
+        for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(cfg, name)
+            if any(v is not None and v >= vocab for v in (value if isinstance(value, list) else [value])):
+                where = f"{config}: " if isinstance(config, (str, os.PathLike)) else ""
+                raise ConfigError(f"{where}{name}: must be below the decoder's vocab_size ({vocab}) (got {value!r})")
+        return model
 
     @classmethod
     def _compose(
@@ -679,8 +758,9 @@ class EncoderDecoder(nn.Module):
                 continue
             sd, source = checkpoints[role]
             wmap = part.arch.weight_map(part.config, role)
-            ours, missing, unexpected = wmap.from_hf(wmap.normalize_prefix(sd))
-            required = [h for r in missing if not r.new_ok for h in r.hf]
+            sd = wmap.normalize_prefix(sd)
+            ours, missing, unexpected = wmap.from_hf(sd)
+            required = [h for r in missing if not r.new_ok for h in r.hf if h not in sd]
             if required:
                 raise CheckpointError(
                     f"{source}: missing {len(required)} tensor(s) a {part.arch.name} {role} needs, "
@@ -692,6 +772,7 @@ class EncoderDecoder(nn.Module):
             report.new += [f"{role}.{n}" for n in new]
             report.unused += [f"{role}:{k}" for k in unexpected]
             report.sources[role] = str(source)
+        model.tie_weights()  # the parts were loaded one by one: share their tensors again
         if model.enc_to_dec_proj is not None:
             names = [n for n, _ in model.enc_to_dec_proj.named_parameters()]
             load_module_weights(model.enc_to_dec_proj, {}, source="enc_to_dec_proj", weight_map=WeightMap(()),

@@ -128,7 +128,7 @@ def resolve_arguments(model: EncoderDecoder, given: dict[str, Any]) -> Generatio
         try:
             settings = GenerationSettings.model_validate({**settings.model_dump(), **overrides})
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, "generate()")) from None
+            raise ConfigError(format_validation_error(e, "generate()", model=GenerationSettings)) from None
     s = settings
 
     eos = given.get("eos_token_id")

@@ -1,33 +1,87 @@
-"""Finding checkpoint folders: a local folder, or a Hugging Face Hub id through huggingface_hub."""
+"""Finding checkpoint folders: a local folder, or a Hugging Face Hub id through huggingface_hub.
+
+Only the files seqweave reads are fetched: configs, safetensors weights and tokenizer
+files, named exactly so that ONNX, TensorFlow, Flax or Core ML copies in the same
+repository stay on the Hub. Pickled weights are fetched only when a repository has no
+safetensors, and they are read with ``torch.load(weights_only=True)``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from .errors import CheckpointError
 
-__all__ = ["resolve"]
+__all__ = ["MODEL_FILES", "PICKLE_FILES", "TOKENIZER_FILES", "resolve"]
 
-#: What a model folder needs: configs, safetensors weights, tokenizer files. Pickles only as a fallback.
-ALLOW_PATTERNS = [
-    "*.json",
-    "*.safetensors",
+#: What the text-to-text tools read: ``tokenizers`` formats, and the configs that say how.
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
     "vocab.txt",
+    "vocab.json",
     "merges.txt",
-    "*.model",
 ]
+#: What a model folder needs: configs, safetensors weights (single or sharded), tokenizer files.
+MODEL_FILES = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+    *TOKENIZER_FILES,
+    "decoder_tokenizer/*",
+]
+#: Fetched only when a repository has no safetensors weights.
+PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"]
 
 
-def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
+@contextlib.contextmanager
+def _quiet_unless_terminal() -> Iterator[None]:
+    """huggingface_hub's download bars on a terminal only; piped output stays clean."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if sys.stderr.isatty() or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
+
+
+def _download(name: str, revision: str | None, patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    with _quiet_unless_terminal():
+        return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+
+
+def resolve(
+    name_or_path: str | Path, revision: str | None = None, *, kind: Literal["model", "tokenizer"] = "model"
+) -> Path:
     """A local folder with the checkpoint's files, downloading from the Hub when needed.
 
-    A local folder wins. Otherwise ``name_or_path`` is a Hub id: only configs, safetensors
-    and tokenizer files are fetched (``pytorch_model.bin`` only when the repo has no
-    safetensors); the local cache and ``HF_HUB_OFFLINE`` are honoured.
+    A local folder wins. Otherwise ``name_or_path`` is a Hub id: only the files of
+    :data:`MODEL_FILES` (or :data:`TOKENIZER_FILES` for ``kind="tokenizer"``) are
+    fetched, and :data:`PICKLE_FILES` only when the repository has no safetensors. The
+    local cache (``HF_HUB_CACHE`` / ``HF_HOME``) and ``HF_HUB_OFFLINE`` are honoured:
+    offline, a cached snapshot of the revision is used as it is.
+
+    Args:
+        name_or_path: a local folder or a Hub id (``org/name``).
+        revision: a branch, tag or commit to pin (Hub ids only).
+        kind: which files are needed.
 
     Raises:
         CheckpointError: not a folder, not a valid Hub id, or not available (offline and
-            not cached, unknown repo or revision).
+            not cached, unknown repository or revision); the message says which.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -37,23 +91,32 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
     if path.exists():
         raise CheckpointError(f"{path}: is a file; expected a checkpoint folder or a Hub id")
     name = str(name_or_path)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RevisionNotFoundError
 
+    at = f"{name}@{revision}" if revision else name
     try:
-        folder = Path(snapshot_download(name, revision=revision, allow_patterns=ALLOW_PATTERNS))
-        if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(name, revision=revision, allow_patterns=[*ALLOW_PATTERNS, "*.bin"]))
+        folder = _download(name, revision, MODEL_FILES if kind == "model" else TOKENIZER_FILES)
+        if kind == "model" and not any(folder.glob("*.safetensors")):
+            folder = _download(name, revision, [*MODEL_FILES, *PICKLE_FILES])
     except HFValidationError:
-        raise CheckpointError(f"{name}: no such local folder, and not a valid Hub id") from None
-    except Exception as e:  # huggingface_hub's many network, auth and not-found errors
-        hint = ""
-        from huggingface_hub import constants
-
+        raise CheckpointError(f"{name}: no such local folder, and not a valid Hub id (org/name)") from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{name}: the Hub repository has no revision {revision!r}") from None
+    except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            hint = " (HF_HUB_OFFLINE is set and the files are not in the local cache)"
+            raise CheckpointError(
+                f"{at}: no such local folder, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                "while HF_HUB_OFFLINE is set; download it once online, or unset HF_HUB_OFFLINE"
+            ) from None
         raise CheckpointError(
-            f"{name}: no such local folder, and it could not be fetched from the Hub{hint}: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{at}: no such local folder, not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+            "and the Hub could not be reached"
+        ) from None
+    except Exception as e:  # huggingface_hub's many network, auth and not-found errors
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{at}: no such local folder, and it could not be fetched from the Hub: "
+            f"{type(e).__name__}: {first}"
         ) from None
     return folder

@@ -38,21 +38,48 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def _gelu_python(x: torch.Tensor) -> torch.Tensor:
+    # ``GELUActivation(use_gelu_python=True)``: exact GELU through erf, rounded unlike F.gelu.
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    # ``FastGELUActivation``: gelu_new's curve, rounded differently; kept apart for exact parity.
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-#: Activation functions by the names Hugging Face configs use (``hidden_act``, ``activation_function``).
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    # ``LaplaceActivation`` (MEGA), with transformers' constants.
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+#: Activation functions by the names Hugging Face configs use (``hidden_act``, ``activation_function``):
+#: every parameter-free entry of transformers' ``ACT2FN``, each computed as transformers computes it.
+#: (``prelu`` and ``xielu`` carry learnable weights, so they are not plain functions and are left out.)
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
-    "gelu_python": F.gelu,
+    "gelu_python": _gelu_python,
     "gelu_new": _gelu_new,
-    "gelu_fast": _gelu_new,
+    "gelu_fast": _gelu_fast,
+    "gelu_accurate": _gelu_new,  # ``AccurateGELUActivation``: the same expression as gelu_new
+    "gelu_python_tanh": _gelu_new,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10.0, 10.0),
     "quick_gelu": _quick_gelu,
+    "hardswish": F.hardswish,
+    "laplace": _laplace,
+    "leaky_relu": F.leaky_relu,  # nn.LeakyReLU's default slope, 0.01
+    "mish": F.mish,
     "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
     "silu": F.silu,
     "swish": F.silu,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "linear": lambda x: x,
@@ -90,6 +117,12 @@ class Attention(nn.Module):
         scale: the factor applied to ``q @ k^T``; defaults to ``1 / sqrt(hd)``.
         dropout: dropout on the attention probabilities (training only).
         bias: whether the projections have biases.
+        upcast: compute scores, softmax and the weighted sum in float32 when the inputs are
+            half precision, and cast the result back (a no-op in float32).
+
+    Masks are boolean (True = may attend) or additive floats. A query whose row of a
+    boolean mask has no True key gets a zero output, as ``scaled_dot_product_attention``
+    gives with a boolean mask and as transformers' default (SDPA) attention computes it.
     """
 
     def __init__(
@@ -102,6 +135,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         dropout: float = 0.0,
         bias: bool = True,
+        upcast: bool = False,
     ) -> None:
         super().__init__()
         if num_heads <= 0 or dim % num_heads:
@@ -111,6 +145,7 @@ class Attention(nn.Module):
         self.scale = scale if scale is not None else self.head_dim**-0.5
         self.dropout = dropout
         self.cross = cross
+        self.upcast = upcast
         if cross:
             self.q_proj = nn.Linear(dim, dim, bias=bias)
             self.kv_proj = nn.Linear(source_dim or dim, 2 * dim, bias=bias)
@@ -137,7 +172,7 @@ class Attention(nn.Module):
         Args:
             x: the queries' input. For cross-attention ``b`` may be a multiple ``g * b_src``
                 of the source rows: rows ``i*g ... i*g + g-1`` all attend to source ``i``.
-            mask: additive float mask broadcastable to [b, h, t, s], or None.
+            mask: broadcastable to [b, h, t, s]: boolean (True = attend) or additive float; or None.
             source: the sequence cross-attention attends to; may be None when the
                 cache already holds its keys/values.
             cache: this layer's cache; self-attention writes the new keys/values into it
@@ -199,18 +234,47 @@ class Attention(nn.Module):
         is_causal: bool,
         need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``softmax(q k^T * scale + mask) v`` for q [b, h, t, hd], k/v [b, h, s, hd]; SDPA unless weights are wanted."""
+        """``softmax(q k^T * scale + mask) v`` for q [b, h, t, hd], k/v [b, h, s, hd]; SDPA unless weights are wanted.
+
+        Returns the output [b, h, t, hd] in the inputs' dtype and the probabilities (or None).
+        """
         p = self.dropout if self.training else 0.0
-        if not need_weights:
-            return F.scaled_dot_product_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal, scale=self.scale), None
+        dtype = q.dtype
+        if self.upcast:  # e.g. GPT-2's reorder_and_upcast_attn; .float() is free in float32
+            q, k, v = q.float(), k.float(), v.float()
+            if mask is not None and mask.is_floating_point():
+                mask = mask.float()
+        if need_weights:
+            out, weights = self._explicit(q, k, v, mask, is_causal, p)
+            return out.to(dtype), weights.to(dtype)
+        out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal, scale=self.scale)
+        return out.to(dtype), None
+
+    def _explicit(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        p: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What SDPA computes, written out so the probabilities [b, h, t, s] can be returned."""
         scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, h, t, s]
+        keep = None
         if is_causal:
             t, s = scores.shape[-2:]
             keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-            scores = scores + additive_mask(keep, scores.dtype)
-        if mask is not None:
+        if mask is not None and mask.dtype == torch.bool:
+            keep = mask if keep is None else keep & mask
+        elif mask is not None:
             scores = scores + mask
-        weights = F.dropout(scores.softmax(dim=-1), p, self.training)
+        if keep is not None:
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        if keep is not None:  # a query with no key it may see attends to nothing: zeros, as SDPA
+            weights = weights.masked_fill(~keep.any(dim=-1, keepdim=True), 0.0)
+        weights = F.dropout(weights, p, self.training)
         return weights @ v, weights
 
 
@@ -251,16 +315,26 @@ class TransformerLayer(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         bias: bool = True,
+        attn_upcast: bool = False,
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = Attention(dim, num_heads, scale=attn_scale, dropout=attn_dropout, bias=bias)
+        self.self_attn = Attention(
+            dim, num_heads, scale=attn_scale, dropout=attn_dropout, bias=bias, upcast=attn_upcast
+        )
         self.attn_norm = nn.LayerNorm(dim, eps=eps)
         self.cross_attn: Attention | None = None
         self.cross_norm: nn.LayerNorm | None = None
         if cross_attention:
             self.cross_attn = Attention(
-                dim, num_heads, source_dim=source_dim, cross=True, scale=attn_scale, dropout=attn_dropout, bias=bias
+                dim,
+                num_heads,
+                source_dim=source_dim,
+                cross=True,
+                scale=attn_scale,
+                dropout=attn_dropout,
+                bias=bias,
+                upcast=attn_upcast,
             )
             self.cross_norm = nn.LayerNorm(dim, eps=eps)
         self.ffn = FeedForward(dim, ffn_dim, act, bias=bias)
@@ -336,7 +410,11 @@ class Embeddings(nn.Module):
         if positions == "after_padding" and padding_idx is None:
             raise ConfigError("positions='after_padding' needs a padding_idx (the pad token id)")
         self.tokens = nn.Embedding(vocab_size, dim, padding_idx=padding_idx)
-        self.positions = nn.Embedding(max_positions, dim)
+        # With positions after padding, pad tokens sit at position padding_idx: that row is the pad
+        # position, zero at init and never trained (transformers gives RoBERTa's table this padding_idx).
+        self.positions = nn.Embedding(
+            max_positions, dim, padding_idx=padding_idx if positions == "after_padding" else None
+        )
         self.token_types = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm_eps is not None else None
         self.drop = nn.Dropout(dropout)

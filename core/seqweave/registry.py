@@ -81,7 +81,7 @@ class Architecture:
         try:
             return self.config.model_validate(dict(values or {}))
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source)) from None
+            raise ConfigError(format_validation_error(e, source, model=self.config)) from None
 
     def build_module(self, config: ArchitectureConfig, role: Role) -> nn.Module:
         """Build the module for ``role`` and tag it with its architecture and config."""

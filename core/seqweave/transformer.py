@@ -11,24 +11,30 @@ import torch
 from torch import nn
 
 from .cache import Cache
-from .layers import Embeddings, LMHead, TransformerLayer, additive_mask
+from .layers import Embeddings, LMHead, TransformerLayer
 from .outputs import DecoderOutput, EncoderOutput
 
 __all__ = ["TransformerDecoder", "TransformerEncoder", "causal_mask"]
 
 
-def causal_mask(
-    t: int, past: int, attention_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """Additive mask [b or 1, 1, t, past + t]: query i sees keys up to ``past + i`` that are not padding."""
+def causal_mask(t: int, past: int, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Boolean mask [b or 1, 1, t, past + t]: query i sees keys up to ``past + i`` that are not padding.
+
+    Boolean, not additive: a query that sees no key at all (the first position when the
+    start token is also the pad token, GPT-2 style) then gets a zero attention output,
+    which is what SDPA gives for such a row and what transformers computes by default.
+    An additive mask filled with the dtype's minimum would instead attend uniformly to
+    every key, the future ones included.
+    """
     keep = torch.ones(t, past + t, dtype=torch.bool, device=device).tril(past)[None, None]
     if attention_mask is not None:
         keep = keep & attention_mask.bool()[:, None, None, :]
-    return additive_mask(keep, dtype)
+    return keep
 
 
-def _padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if attention_mask is None else additive_mask(attention_mask.bool()[:, None, None, :], dtype)
+def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean mask [b, 1, 1, s] (True = token) from a [b, s] attention mask of ones and zeros."""
+    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
 
 
 class _Stack(nn.Module):
@@ -83,10 +89,13 @@ class _Stack(nn.Module):
 
 
 class TransformerEncoder(_Stack):
-    """Bidirectional encoder: embeddings, layers, optional final norm and optional pooler.
+    """Encoder: embeddings, layers, optional final norm and optional pooler.
 
-    The pooler (a dense layer on the first token) is not used by the composite; it is
-    kept only so that a checkpoint's pooler weights survive a load and a save.
+    Bidirectional by default. ``causal=True`` makes each position see only itself and
+    earlier ones: a decoder-only model used as the encoder (transformers' ``GPT2Model``
+    is causal in either role). The pooler (a dense layer on the first token) is not used
+    by the composite; it is kept only so that a checkpoint's pooler weights survive a
+    load and a save.
     """
 
     def __init__(
@@ -96,9 +105,11 @@ class TransformerEncoder(_Stack):
         *,
         final_norm: nn.LayerNorm | None = None,
         pooler: nn.Linear | None = None,
+        causal: bool = False,
     ) -> None:
         super().__init__(embeddings, layers, final_norm)
         self.pooler = pooler
+        self.causal = causal
 
     def forward(
         self,
@@ -110,9 +121,15 @@ class TransformerEncoder(_Stack):
     ) -> EncoderOutput:
         """Encode ``input_ids`` [b, s] (``attention_mask`` [b, s]: 1 token, 0 padding) into [b, s, d]."""
         x = self.embeddings(input_ids)
+        is_causal = self.causal and attention_mask is None and input_ids.shape[1] > 1
+        if self.causal and attention_mask is not None:
+            mask = causal_mask(input_ids.shape[1], 0, attention_mask, x.device)
+        else:
+            mask = _padding_mask(attention_mask)
         x, hidden, attns, _ = self._run(
             x,
-            _padding_mask(attention_mask, x.dtype),
+            mask,
+            is_causal=is_causal,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
@@ -170,9 +187,11 @@ class TransformerDecoder(_Stack):
         Args:
             input_ids: target tokens; with a cache, only the new ones.
             attention_mask: [b, past + t], 1 for tokens and 0 for padding, or None.
-            encoder_hidden_states: [b, s, d_src]; may be None when the cache holds the
-                cross-attention keys/values.
-            encoder_attention_mask: [b, s] source padding mask, or None.
+            encoder_hidden_states: [b_src, s, d_src], where ``b`` is a multiple ``g * b_src``
+                (rows ``i*g ... i*g + g-1`` decode source ``i``, e.g. its beams); may be None
+                when the cache holds the cross-attention keys/values.
+            encoder_attention_mask: [b_src, s] source padding mask, or None. With a cache it
+                is read once, when the cross-attention keys/values are made, and kept there.
             cache: continue from (and write to) this cache.
         """
         t = input_ids.shape[1]
@@ -183,18 +202,18 @@ class TransformerDecoder(_Stack):
         x = self.embeddings(input_ids, past)
         is_causal = False
         if cache is not None and cache.static:
-            mask = cache.self_attention_mask(t, attention_mask, x.dtype)
+            mask = cache.self_attention_mask(t, attention_mask)
         elif attention_mask is None and past == 0 and not output_attentions:
             mask = None
             is_causal = t > 1
         elif attention_mask is None and t == 1:
             mask = None  # one new query sees every cached key
         else:
-            mask = causal_mask(t, past, attention_mask, x.dtype, x.device)
+            mask = causal_mask(t, past, attention_mask, x.device)
         if cache is not None and cache.has_source:
             source_mask = cache.source_mask  # made once per source, with the cross-attention keys/values
         else:
-            source_mask = _padding_mask(encoder_attention_mask, x.dtype)
+            source_mask = _padding_mask(encoder_attention_mask)
         x, hidden, attns, cross = self._run(
             x,
             mask,

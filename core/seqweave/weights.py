@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .progress import progress
 
 __all__ = ["Rule", "WeightMap", "init_weights", "load_module_weights", "read_state_dict", "rule"]
 
@@ -289,7 +290,7 @@ def load_module_weights(
     Raises:
         CheckpointError: a tensor's shape differs from what the config implies.
     """
-    expected = dict(module.named_parameters())
+    expected = dict(module.named_parameters(remove_duplicate=False))  # tied parameters under every name
     for name, t in ours.items():
         want = expected[name].shape
         if t.shape != want:
@@ -300,7 +301,13 @@ def load_module_weights(
             )
     if dtype is None:
         dtype = next((t.dtype for t in ours.values() if t.is_floating_point()), torch.get_default_dtype())
-    cast = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in ours.items()}
+    # contiguous: a transposed checkpoint tensor (GPT-2's Conv1D) would otherwise stay a strided view, and
+    # matmuls on it round differently from the same values laid out as a freshly built module has them
+    # This is where the memory-mapped pages are read: a bar on a terminal, nothing when piped.
+    cast = {
+        k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)).contiguous()
+        for k, v in progress(ours.items(), total=len(ours), desc=f"loading {Path(str(source)).name}")
+    }
     module.load_state_dict(cast, strict=False, assign=True)
     _tie(module)  # assign=True replaced the tied parameter objects: tie them again
     new = set(new)

@@ -47,16 +47,17 @@ class BertConfig(sw.ArchitectureConfig):
 
     @model_validator(mode="after")
     def _check(self) -> BertConfig:
+        # FieldError puts the problem at the field the user most likely has to change.
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            raise sw.FieldError(
+                "num_attention_heads", f"must divide hidden_size ({self.hidden_size})", self.num_attention_heads
             )
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {', '.join(sorted(ACTIVATIONS))}")
+            raise sw.FieldError("hidden_act", f"must be one of {', '.join(sorted(ACTIVATIONS))}", self.hidden_act)
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if value is not None and value >= self.vocab_size:
-                raise ValueError(f"{name} ({value}) must be below vocab_size ({self.vocab_size})")
+                raise sw.FieldError(name, f"must be below vocab_size ({self.vocab_size})", value)
         return self
 
 
@@ -108,6 +109,7 @@ def bert_family(
     reference: dict[str, str],
     description: str,
     tiny_config: dict[str, object],
+    head_act: str | None = None,
 ) -> sw.Architecture:
     """The :class:`seqweave.Architecture` of a BERT-like model.
 
@@ -122,6 +124,8 @@ def bert_family(
         reference: the transformers class for each role.
         description: one line for ``seqweave plugins``.
         tiny_config: fields of a tiny model, for the contract tests.
+        head_act: the LM head transform's activation; None uses the config's ``hidden_act``
+            (BERT does; RoBERTa's head always uses exact GELU, whatever ``hidden_act`` says).
     """
 
     def build(cfg: BertConfig, role: sw.Role) -> nn.Module:
@@ -152,7 +156,7 @@ def bert_family(
         ]
         if role == "encoder":
             return TransformerEncoder(embeddings, layers, pooler=nn.Linear(d, d))
-        head = LMHead(d, cfg.vocab_size, transform_act=cfg.hidden_act, norm_eps=cfg.layer_norm_eps)
+        head = LMHead(d, cfg.vocab_size, transform_act=head_act or cfg.hidden_act, norm_eps=cfg.layer_norm_eps)
         return TransformerDecoder(embeddings, layers, head, tie_word_embeddings=cfg.tie_word_embeddings)
 
     def weight_map(cfg: BertConfig, role: sw.Role) -> WeightMap:
@@ -171,14 +175,20 @@ def bert_family(
             rule("head.dense.bias", f"{hp}{head_names['dense']}.bias", new_ok=True),
             rule("head.norm.weight", f"{hp}{head_names['norm']}.weight", new_ok=True),
             rule("head.norm.bias", f"{hp}{head_names['norm']}.bias", new_ok=True),
-            rule("head.proj.bias", f"{hp}{head_names['bias']}", new_ok=True),
         ]
-        proj = f"{hp}{head_names['proj']}"
+        proj, own_bias = f"{hp}{head_names['proj']}", f"{hp}{head_names['bias']}"
         if cfg.tie_word_embeddings:
-            ignore.append(re.escape(f"{proj}.weight"))  # a tied copy some checkpoints store
+            # transformers 5.x ties the projection to the word embeddings and its bias to the head's
+            # own bias: read the bias under the head's name, and drop the tied copies some files store.
+            head.append(rule("head.proj.bias", own_bias, new_ok=True))
+            ignore += [re.escape(f"{proj}.weight"), re.escape(f"{proj}.bias")]
         else:
-            head.append(rule("head.proj.weight", f"{proj}.weight", new_ok=True))
-        ignore += [re.escape(f"{proj}.bias"), re.escape(f"{prefix}pooler.") + ".*", r"cls\.seq_relationship\..*"]
+            # Untied, transformers 5.x ties neither: the forward uses the projection's own weight and
+            # bias, and the head's separate bias parameter is unused (we do not keep it).
+            head += [rule("head.proj.weight", f"{proj}.weight", new_ok=True),
+                     rule("head.proj.bias", f"{proj}.bias", new_ok=True)]
+            ignore.append(re.escape(own_bias))
+        ignore += [re.escape(f"{prefix}pooler.") + ".*", r"cls\.seq_relationship\..*"]
         return WeightMap.build(
             [*_prefixed(embeddings, prefix), *head],
             _prefixed(_LAYER + _CROSS, prefix),

@@ -1,0 +1,5 @@
+"""``python -m seqweave``: the same command line as the ``seqweave`` script."""
+
+from .cli import main
+
+raise SystemExit(main())

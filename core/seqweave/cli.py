@@ -1,0 +1,327 @@
+"""The ``seqweave`` command line (DESIGN.md section 4), built on click.
+
+Every user error (a bad config, checkpoint or argument) prints one ``error: ...`` line
+(or a short list) naming the file and the field, and exits with status 2; ``--debug``
+adds the traceback. ``import seqweave`` never imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import SeqweaveError
+
+__all__ = ["cli", "main"]
+
+#: Exit status of every error the user can fix (click uses the same for usage errors).
+USER_ERROR = 2
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dtype(name: str | None) -> Any:
+    import torch
+
+    return None if name is None else getattr(torch, name)
+
+
+def _status(message: str) -> None:
+    """A progress note on a terminal; silent when stderr is piped."""
+    from .progress import show_progress
+
+    if show_progress():
+        click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and info logs.")
+@click.version_option(package_name="seqweave", prog_name="seqweave")
+def cli(debug: bool) -> None:
+    """Compose any registered encoder with any registered decoder into one seq2seq model."""
+
+
+# ----------------------------------------------------------------------------------------
+# build
+
+
+@cli.command(short_help="Compose a model from a config file and save it.")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the checkpoint to (created if needed).",
+)
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Cast the weights before saving.")
+def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | None) -> None:
+    """Compose the model CONFIG describes and save it to a checkpoint folder.
+
+    CONFIG is a .yaml, .toml or .json composition file; KEY=VALUE pairs override its
+    fields (decoder.config.num_hidden_layers=2). Pretrained parts are loaded, the rest
+    initialised; tokenizers found for the model are saved with it.
+    """
+    import seqweave as sw
+
+    from .pipeline import DECODER_TOKENIZER_DIR, resolve_tokenizers
+
+    _status(f"composing {config} ...")
+    model = sw.EncoderDecoder.from_config(config, overrides=list(overrides), dtype=_dtype(dtype))
+    model.save_pretrained(output)
+    saved = ["config.json", "generation_config.json", "model.safetensors"]
+    try:
+        enc, dec = resolve_tokenizers(model)
+    except sw.ConfigError:
+        enc = dec = None  # a model without a tokenizer is still a model; generate will ask for one
+    if enc is not None:
+        saved.append(enc.save(output).name)
+        if dec is not enc:
+            dec.save(output / DECODER_TOKENIZER_DIR)
+            saved.append(f"{DECODER_TOKENIZER_DIR}/tokenizer.json")
+    from .summary import describe
+
+    d = describe(model)
+    click.echo(f"saved {d['architecture']} to {output}: {', '.join(saved)}")
+    click.echo(
+        f"{d['parameters']:,} parameters; {len(d['new'])}/{d['tensors']} tensors new, "
+        f"{len(d['pretrained'])} pretrained" + ("" if enc is not None else "; no tokenizer found")
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# generate
+
+
+def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
+    """TEXT arguments, ``-`` (stdin) and --input FILE, one input per non-empty line of a file."""
+    items: list[str] = []
+    for t in texts:
+        if t == "-":
+            items += [line for line in sys.stdin.read().splitlines() if line.strip()]
+        else:
+            items.append(t)
+    if input_file is not None:
+        if input_file == "-":
+            items += [line for line in sys.stdin.read().splitlines() if line.strip()]
+        else:
+            try:
+                text = Path(input_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise click.BadParameter(f"{input_file}: {e}", param_hint="--input") from None
+            items += [line for line in text.splitlines() if line.strip()]
+    if not items:
+        if texts or input_file is not None:
+            raise click.UsageError("no input text: the file or stdin had no non-empty lines")
+        raise click.UsageError("give TEXT, --input FILE, or - to read stdin")
+    return items
+
+
+@cli.command(short_help="Text in, text out.")
+@click.argument("model")
+@click.argument("texts", nargs=-1, metavar="[TEXT]...")
+@click.option(
+    "-i", "--input", "input_file", metavar="FILE", help="Read inputs from FILE (one per line; - for stdin)."
+)
+@click.option("--tokenizer", help="Tokenizer folder or Hub id (default: from MODEL or its config).")
+@click.option("--decoder-tokenizer", help="Target-side tokenizer when the decoder has its own vocabulary.")
+@click.option("--revision", help="Hub revision of MODEL.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs per batch."
+)
+@click.option("--max-new-tokens", type=int, help="Tokens to generate (default: the model's setting).")
+@click.option("--min-new-tokens", type=int, help="Suppress EOS until this many tokens.")
+@click.option("--num-beams", type=int, help="Beam width; 1 is greedy or sampling.")
+@click.option("--do-sample/--greedy", default=None, help="Sample instead of taking the most likely token.")
+@click.option("--temperature", type=float, help="Divide logits by this before sampling.")
+@click.option("--top-k", type=int, help="Sample from the k most likely tokens.")
+@click.option("--top-p", type=float, help="Sample from the smallest set with this probability mass.")
+@click.option("--repetition-penalty", type=float, help="Penalise tokens already generated.")
+@click.option("--no-repeat-ngram-size", type=int, help="Forbid repeating any n-gram of this size.")
+@click.option("--length-penalty", type=float, help="Beam score = logprob / length ** length_penalty.")
+@click.option(
+    "--early-stopping/--no-early-stopping", default=None, help="Stop beams once num_beams are done."
+)
+@click.option("--num-return-sequences", type=int, help="Outputs per input (one per line).")
+@click.option("--seed", type=int, help="Seed for sampling.")
+@click.option("--device", default="cpu", show_default=True, help="Where the model runs (cpu, cuda, cuda:1).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Cast the weights when loading.")
+@click.option("--jsonl", is_flag=True, help="Print one JSON object per input: {input, output}.")
+def generate(
+    model: str,
+    texts: tuple[str, ...],
+    input_file: str | None,
+    tokenizer: str | None,
+    decoder_tokenizer: str | None,
+    revision: str | None,
+    batch_size: int,
+    device: str,
+    dtype: str | None,
+    jsonl: bool,
+    **options: Any,
+) -> None:
+    """Generate text for each TEXT with MODEL (a checkpoint folder, Hub id or config file).
+
+    Inputs come from TEXT arguments, --input FILE or stdin (-), one per line, and are
+    generated in batches; outputs are printed one per line, in input order.
+    """
+    from .pipeline import TextToText, load_model, resolve_tokenizers
+
+    items = _read_inputs(texts, input_file)
+    _status(f"loading {model} ...")
+    loaded, folder = load_model(model, revision=revision, device=device, dtype=_dtype(dtype))
+    enc, dec = resolve_tokenizers(loaded, folder, tokenizer, decoder_tokenizer)
+    pipe = TextToText(loaded, enc, dec, batch_size=batch_size, device=device)
+    for text, out in zip(items, pipe.iter_generate(items, **options), strict=True):
+        if jsonl:
+            click.echo(json.dumps({"input": text, "output": out}, ensure_ascii=False))
+        else:
+            for line in [out] if isinstance(out, str) else out:
+                click.echo(line.replace("\n", " "))
+
+
+# ----------------------------------------------------------------------------------------
+# inspect, plugins, schema
+
+
+@cli.command(short_help="Parts, parameter counts, pretrained/new/tied tensors.")
+@click.argument("model")
+@click.option("--revision", help="Hub revision of MODEL.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def inspect(model: str, revision: str | None, as_json: bool) -> None:
+    """Show MODEL's parts, parameter counts, and which tensors are pretrained, tied or new.
+
+    MODEL is a checkpoint folder, a Hub id, or a config file (composed, with pretrained
+    parts loaded, to show what a build would produce).
+    """
+    from .pipeline import load_model
+    from .summary import describe, format_description
+
+    _status(f"loading {model} ...")
+    loaded, folder = load_model(model, revision=revision)
+    d = describe(loaded, folder)
+    click.echo(json.dumps(d, indent=2) if as_json else format_description(d))
+
+
+@cli.command(short_help="Plugins, their architectures and load errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def plugins(as_json: bool) -> None:
+    """List plugins: distribution, version, architectures, and load errors."""
+    import dataclasses
+
+    import seqweave as sw
+
+    registry = sw.default_registry()
+    infos = [dataclasses.asdict(p) for p in registry.plugins]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    for p in infos:
+        dist = f"{p['distribution']} {p['version']}" if p["distribution"] else "(not installed)"
+        if p["error"]:
+            click.echo(f"{p['name']:<12} {dist:<24} FAILED: {p['error']}")
+            continue
+        for name in p["architectures"]:
+            arch = registry.get(name)
+            click.echo(f"{p['name']:<12} {dist:<24} {name:<12} {'/'.join(arch.roles):<16} {arch.description}")
+
+
+@cli.command(short_help="JSON Schema of config files.")
+@click.option("--markdown", is_flag=True, help="Print the config reference (docs/config.md) instead.")
+def schema(markdown: bool) -> None:
+    """Print the JSON Schema of config files, built from the registered architectures."""
+    import seqweave as sw
+
+    if markdown:
+        from .configdoc import config_reference
+
+        click.echo(config_reference(sw.default_registry()), nl=False)
+        return
+    click.echo(json.dumps(sw.composition_json_schema(), indent=2))
+
+
+@cli.command(short_help="Build, fine-tune, save, reload, generate: offline.")
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's)."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the trained checkpoint here (default: a temporary folder, removed).",
+)
+def demo(steps: int | None, seed: int, output: Path | None) -> None:
+    """The main job on the embedded default, offline: build, fine-tune, save, reload, generate."""
+    from .demo import run_demo
+
+    run_demo(steps=steps, seed=seed, output=output, echo=click.echo)
+
+
+# ----------------------------------------------------------------------------------------
+# Entry point
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The ``error: ...`` text of an error the user can fix, or None for a bug."""
+    if isinstance(e, SeqweaveError):
+        return str(e)
+    if isinstance(e, click.ClickException):
+        msg = e.format_message()
+        ctx = getattr(e, "ctx", None)
+        return f"{msg} (see '{ctx.command_path} --help')" if ctx is not None else msg
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return None
+
+
+class _StderrHandler(logging.Handler):
+    """``warning: ...`` lines on whatever sys.stderr is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _log_to_stderr(level: int) -> None:
+    logger = logging.getLogger("seqweave")
+    logger.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.propagate = False  # the command line owns the process: no second copy via the root logger
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, 1 for a bug, 2 for a user error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args  # wherever it is written, so that a failing subcommand honours it
+    if debug:
+        args = ["--debug", *[a for a in args if a != "--debug"]]
+    _log_to_stderr(logging.INFO if debug else logging.WARNING)
+    try:
+        result = cli.main(args, prog_name="seqweave", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0  # the reader (head, less) has gone; nothing left to say
+    except Exception as e:
+        msg = _user_error(e)
+        if msg is None:
+            raise  # a bug: the traceback is the report
+        if debug:
+            traceback.print_exception(e)
+        lines = msg.splitlines() or [type(e).__name__]
+        click.echo(f"error: {lines[0]}", err=True)
+        for line in lines[1:]:
+            click.echo(f"error: {line}", err=True)
+        return USER_ERROR

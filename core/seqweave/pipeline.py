@@ -1,0 +1,370 @@
+"""Text in, text out: :func:`pipeline` wraps a model and its tokenizers, batching and padding for the caller.
+
+The same path serves ``seqweave generate`` and Python::
+
+    summarize = seqweave.pipeline("out")                 # a model folder, hub id or config file
+    summarize("some text", num_beams=4)                   # -> str
+    summarize(["one", "two"], max_new_tokens=32)          # -> list[str]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .config import CONFIG_SUFFIXES, GenerationSettings, format_validation_error
+from .errors import ConfigError
+from .progress import progress
+
+if TYPE_CHECKING:
+    import tokenizers
+
+    from .composer import EncoderDecoder
+    from .tokenizer import TextTokenizer
+
+__all__ = ["GENERATION_OPTIONS", "TextToText", "load_model", "pipeline", "resolve_tokenizers"]
+
+#: The subfolder of a model folder that holds the target side's tokenizer when it differs.
+DECODER_TOKENIZER_DIR = "decoder_tokenizer"
+#: Keyword options a pipeline call takes besides the :class:`GenerationSettings` fields.
+EXTRA_OPTIONS = ("seed", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+GENERATION_OPTIONS = (*GenerationSettings.model_fields, *EXTRA_OPTIONS)
+
+
+def load_model(
+    model: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[EncoderDecoder, Path | None]:
+    """A model from a checkpoint folder, a Hub id or a config file, and its folder (None for a config).
+
+    A config file (``.yaml``, ``.yml``, ``.toml``, ``.json`` that exists) is composed with
+    :meth:`EncoderDecoder.from_config` and ``overrides``; anything else is a checkpoint.
+    """
+    from .composer import EncoderDecoder
+    from .hub import resolve
+
+    path = Path(model).expanduser()
+    if path.suffix.lower() in CONFIG_SUFFIXES and path.is_file():
+        if revision is not None:
+            raise ConfigError(f"{path}: --revision applies to checkpoints; pin revisions in the config file")
+        return EncoderDecoder.from_config(path, overrides=overrides, dtype=dtype, device=device), None
+    if overrides:
+        raise ConfigError(f"{model}: key=value overrides apply to config files, not to checkpoints")
+    folder = resolve(model, revision)
+    return EncoderDecoder.from_pretrained(folder, dtype=dtype, device=device), folder
+
+
+def _as_tokenizer(value: Any) -> TextTokenizer:
+    from .tokenizer import TextTokenizer, load_tokenizer
+
+    if isinstance(value, TextTokenizer):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load_tokenizer(value)
+    import tokenizers
+
+    if isinstance(value, tokenizers.Tokenizer):
+        return TextTokenizer(value)
+    raise ConfigError(
+        f"tokenizer must be a folder, a Hub id or a tokenizers.Tokenizer, not {type(value).__name__}"
+    )
+
+
+def resolve_tokenizers(
+    model: EncoderDecoder,
+    folder: Path | None = None,
+    tokenizer: str | os.PathLike | TextTokenizer | tokenizers.Tokenizer | None = None,
+    decoder_tokenizer: str | os.PathLike | TextTokenizer | tokenizers.Tokenizer | None = None,
+) -> tuple[TextTokenizer, TextTokenizer]:
+    """The source and target tokenizers of ``model``, first found wins.
+
+    Source: ``tokenizer``; the model folder (``folder``, or the one the model was loaded
+    from); the config's ``tokenizer``; the encoder's
+    pretrained checkpoint. Target: ``decoder_tokenizer``; the folder's
+    ``decoder_tokenizer/``; the config's ``decoder_tokenizer``; the decoder's pretrained
+    checkpoint when the source came from the encoder's; else the source tokenizer.
+
+    Raises:
+        ConfigError: no tokenizer anywhere; the message says where it looked.
+        CheckpointError: a tokenizer folder without usable files.
+    """
+    from .tokenizer import has_tokenizer_files
+
+    report = getattr(model, "load_report", None)
+    if folder is None and "model" in getattr(report, "sources", {}):
+        folder = Path(report.sources["model"]).parent  # loaded from a folder: its tokenizer files count
+    # The folders the parts were warm-started from often carry their tokenizers (bert2gpt2).
+    part_folders = {
+        role: Path(f).parent
+        for role, f in getattr(report, "sources", {}).items()
+        if role in ("encoder", "decoder") and has_tokenizer_files(Path(f).parent)
+    }
+    source_tok: Any = tokenizer
+    if source_tok is None and folder is not None and has_tokenizer_files(folder):
+        source_tok = folder
+    if source_tok is None:
+        source_tok = getattr(model, "tokenizer_source", None)
+    from_parts = source_tok is None
+    if from_parts:
+        source_tok = part_folders.get("encoder")
+    if source_tok is None:
+        where = (
+            f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json + merges.txt), "
+            if folder
+            else ""
+        )
+        raise ConfigError(f"no tokenizer: {where}the config names none; pass --tokenizer (or tokenizer=)")
+    target_tok: Any = decoder_tokenizer
+    if target_tok is None and folder is not None and has_tokenizer_files(folder / DECODER_TOKENIZER_DIR):
+        target_tok = folder / DECODER_TOKENIZER_DIR
+    if target_tok is None:
+        target_tok = getattr(model, "decoder_tokenizer_source", None)
+    if target_tok is None and from_parts:
+        target_tok = part_folders.get("decoder")
+    enc = _as_tokenizer(source_tok)
+    return enc, (enc if target_tok is None or target_tok == source_tok else _as_tokenizer(target_tok))
+
+
+def _max_source_length(encoder: torch.nn.Module) -> int | None:
+    """How many source positions the encoder's position table holds, if it has one."""
+    from .layers import Embeddings
+
+    emb = getattr(encoder, "embeddings", None)
+    if not isinstance(emb, Embeddings):
+        return None
+    rows = emb.positions.num_embeddings
+    # RoBERTa's scheme spends the rows up to padding_idx on nothing.
+    return rows - emb.padding_idx - 1 if emb.position_scheme == "after_padding" else rows
+
+
+def _fallback_greedy_generate(
+    model: EncoderDecoder,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    decoder_start_token_id: int | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Greedy decoding with the KV cache, for models without ``generate`` (until DESIGN §2's lands).
+
+    Returns [b, t] ids starting with the start token, finished rows padded with
+    ``pad_token_id``, as ``EncoderDecoder.generate`` will. Any other option is refused.
+    """
+    defaults = GenerationSettings().model_dump()
+    unsupported = sorted(
+        k for k, v in options.items() if k in defaults and v != defaults[k] or k not in defaults
+    )
+    if unsupported:
+        raise ConfigError(
+            f"this model has no generate() yet; the greedy fallback cannot apply: {', '.join(unsupported)}"
+        )
+    start = decoder_start_token_id if decoder_start_token_id is not None else model.decoder_start_token_id
+    if start is None:
+        raise ConfigError("decoder_start_token_id is not set: set it in the config or pass it")
+    eos = torch.tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long).reshape(-1)
+    pad = pad_token_id if pad_token_id is not None else (model.pad_token_id or 0)
+    with torch.no_grad():
+        encoded = model.encoder(input_ids, attention_mask)
+        seq = input_ids.new_full((input_ids.shape[0], 1), start)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        cache = None
+        for step in range(max_new_tokens):
+            out = model(
+                attention_mask=attention_mask,
+                encoder_outputs=encoded,
+                decoder_input_ids=seq if cache is None else seq[:, -1:],
+                cache=cache,
+                use_cache=True,
+            )
+            cache = out.cache
+            logits = out.logits[:, -1]
+            if step < min_new_tokens and eos.numel():
+                logits[:, eos] = float("-inf")
+            nxt = logits.argmax(-1).masked_fill(done, pad)
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            done |= torch.isin(nxt, eos.to(nxt.device))
+            if done.all():
+                break
+    return seq
+
+
+@dataclass
+class TextToText:
+    """A model with its tokenizers: ``(texts, **generation_options) -> strings``.
+
+    Attributes:
+        model: the encoder-decoder (put in eval mode).
+        tokenizer: turns source text into ids.
+        decoder_tokenizer: turns generated ids into text (often the same object).
+        batch_size: inputs per generate call.
+        device: where inputs go (the model's device).
+    """
+
+    model: EncoderDecoder
+    tokenizer: TextTokenizer
+    decoder_tokenizer: TextTokenizer
+    batch_size: int = 8
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1 (got {self.batch_size})")
+        # A tokenizer with more ids than the embedding table is the wrong tokenizer; say so
+        # now rather than fail with an index error on the first text that uses a high id.
+        for side, tok, vocab in (
+            (
+                "encoder",
+                self.tokenizer,
+                getattr(getattr(self.model.encoder, "config", None), "vocab_size", None),
+            ),
+            ("decoder", self.decoder_tokenizer, self.model.decoder.vocab_size),
+        ):
+            if vocab is not None and tok.vocab_size > vocab:
+                raise ConfigError(
+                    f"{tok.source}: the tokenizer has {tok.vocab_size} tokens but the {side}'s vocab_size is "
+                    f"{vocab}; use the tokenizer the model was trained with"
+                    + (" (--decoder-tokenizer sets the target side's)" if side == "decoder" else "")
+                )
+
+    def settings(self, **options: Any) -> dict[str, Any]:
+        """The model's generation defaults with ``options`` applied, checked; plus the ids and generator."""
+        import difflib
+
+        unknown = [k for k in options if k not in GENERATION_OPTIONS]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], GENERATION_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(GENERATION_OPTIONS)}"
+            raise ConfigError(f"unknown generation option {unknown[0]!r}{hint}")
+        given = {k: v for k, v in options.items() if v is not None}
+        from pydantic import ValidationError
+
+        try:
+            merged = GenerationSettings.model_validate(
+                {
+                    **self.model.generation_settings.model_dump(),
+                    **{k: v for k, v in given.items() if k in GenerationSettings.model_fields},
+                }
+            ).model_dump()
+        except ValidationError as e:
+            raise ConfigError(
+                format_validation_error(e, "generation options", model=GenerationSettings)
+            ) from None
+        for key in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            merged[key] = given.get(key, getattr(self.model, key))
+        if given.get("seed") is not None:
+            merged["generator"] = torch.Generator(device=self.device).manual_seed(int(given["seed"]))
+        return merged
+
+    def generate_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **settings: Any
+    ) -> torch.Tensor:
+        """``model.generate`` (or the greedy fallback while the model has none): [b * n, t] ids."""
+        generate = getattr(self.model, "generate", None)
+        if generate is None:
+            settings.pop("generator", None)
+            return _fallback_greedy_generate(self.model, input_ids, attention_mask, **settings)
+        return generate(input_ids, attention_mask, **settings)
+
+    def decode(self, ids: torch.Tensor, settings: dict[str, Any]) -> list[str]:
+        """Text of each generated row: the start token, everything from the first EOS, and padding dropped."""
+        eos = settings.get("eos_token_id")
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        pad = settings.get("pad_token_id")
+        texts = []
+        for row in ids[:, 1:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
+            texts.append(self.decoder_tokenizer.decode([t for t in row[:cut] if t != pad]).strip())
+        return texts
+
+    def batches(self, texts: Sequence[str], batch_size: int | None = None) -> Iterator[list[str]]:
+        """``texts`` in chunks of ``batch_size``."""
+        size = batch_size or self.batch_size
+        for i in range(0, len(texts), size):
+            yield list(texts[i : i + size])
+
+    def __call__(
+        self, texts: str | Sequence[str], *, batch_size: int | None = None, **options: Any
+    ) -> str | list[str] | list[list[str]]:
+        """Generate text for one text or many.
+
+        Args:
+            texts: a string, or a sequence of strings (batched and padded here).
+            batch_size: inputs per generate call (default: :attr:`batch_size`).
+            options: generation options (:class:`GenerationSettings` fields, ``seed``,
+                ``eos_token_id``, ``pad_token_id``, ``decoder_start_token_id``); the
+                model's configured defaults fill the rest.
+
+        Returns:
+            A string for a string; a list of strings for a list. With
+            ``num_return_sequences`` > 1, each input gives a list of that many strings.
+        """
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        out = list(self.iter_generate(items, batch_size=batch_size, **options))
+        return out[0] if single else out
+
+    def iter_generate(
+        self, texts: Sequence[str], *, batch_size: int | None = None, **options: Any
+    ) -> Iterator[str | list[str]]:
+        """Like calling the pipeline, but yields each input's result as soon as its batch is done."""
+        settings = self.settings(**options)
+        n = settings["num_return_sequences"]
+        size = batch_size or self.batch_size
+        limit = _max_source_length(self.model.encoder)
+        total = -(-len(texts) // size)
+        for chunk in progress(
+            self.batches(texts, size), total=total, desc="generating", enabled=None if total > 1 else False
+        ):
+            ids, mask = self.tokenizer.encode(chunk, max_length=limit, pad_token_id=settings["pad_token_id"])
+            generated = self.generate_ids(ids.to(self.device), mask.to(self.device), **settings)
+            decoded = self.decode(generated.cpu(), settings)
+            for i in range(len(chunk)):
+                yield decoded[i] if n == 1 else decoded[i * n : (i + 1) * n]
+
+
+def pipeline(
+    model: EncoderDecoder | str | os.PathLike,
+    tokenizer: str | os.PathLike | TextTokenizer | tokenizers.Tokenizer | None = None,
+    *,
+    decoder_tokenizer: str | os.PathLike | TextTokenizer | tokenizers.Tokenizer | None = None,
+    revision: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    batch_size: int = 8,
+) -> TextToText:
+    """A text-to-text callable, as transformers' ``pipeline("summarization", model=...)`` offers.
+
+    Args:
+        model: an :class:`EncoderDecoder`, or a checkpoint folder, Hub id or config file.
+        tokenizer: source tokenizer (folder, Hub id or object); found from the model when None
+            (see :func:`resolve_tokenizers`).
+        decoder_tokenizer: target tokenizer when the decoder has its own vocabulary.
+        revision: Hub revision of ``model``.
+        device: where the model runs.
+        dtype: cast the weights to this when loading.
+        batch_size: inputs per generate call.
+
+    Returns:
+        ``TextToText``: call it with a string (returns a string) or a list of strings.
+    """
+    folder = None
+    if isinstance(model, (str, os.PathLike)):
+        model, folder = load_model(model, revision=revision, device=device, dtype=dtype)
+    else:
+        model = model.to(device)
+    enc, dec = resolve_tokenizers(model, folder, tokenizer, decoder_tokenizer)
+    return TextToText(model, enc, dec, batch_size=batch_size, device=device)

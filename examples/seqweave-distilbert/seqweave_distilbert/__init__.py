@@ -1,0 +1,106 @@
+"""DistilBERT as a seqweave encoder: an example of a plugin that lives outside seqweave.
+
+DistilBERT is a post-LayerNorm BERT without token types, with its own field and tensor
+names. The plugin is only data over seqweave's shared blocks: a config model with
+transformers' ``DistilBertConfig`` names, a builder, and a weight map. transformers has
+no DistilBERT decoder (no cross-attention), so the plugin offers the encoder role only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import Field, model_validator
+from torch import nn
+
+import seqweave as sw
+from seqweave.layers import ACTIVATIONS, Embeddings, TransformerLayer
+from seqweave.transformer import TransformerEncoder
+from seqweave.weights import WeightMap, rule
+
+__all__ = ["DISTILBERT", "DistilBertConfig", "seqweave_register_architectures"]
+
+
+class DistilBertConfig(sw.ArchitectureConfig):
+    """transformers' ``DistilBertConfig`` fields and defaults."""
+
+    vocab_size: int = Field(30522, ge=1)
+    max_position_embeddings: int = Field(512, ge=1)
+    sinusoidal_pos_embds: bool = Field(False, description="The table is stored in the checkpoint either way.")
+    n_layers: int = Field(6, ge=0)
+    n_heads: int = Field(12, ge=1)
+    dim: int = Field(768, ge=1)
+    hidden_dim: int = Field(3072, ge=1)
+    dropout: float = Field(0.1, ge=0, le=1)
+    attention_dropout: float = Field(0.1, ge=0, le=1)
+    activation: str = "gelu"
+    initializer_range: float = Field(0.02, gt=0)
+    qa_dropout: float = 0.1
+    seq_classif_dropout: float = 0.2
+    pad_token_id: int | None = Field(0, ge=0)
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    tie_word_embeddings: bool = True
+
+    @property
+    def hidden_size(self) -> int:
+        return self.dim
+
+    @model_validator(mode="after")
+    def _check(self) -> DistilBertConfig:
+        if self.dim % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide dim ({self.dim})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {', '.join(sorted(ACTIVATIONS))}")
+        return self
+
+
+def build(cfg: DistilBertConfig, role: sw.Role) -> nn.Module:
+    embeddings = Embeddings(cfg.vocab_size, cfg.dim, cfg.max_position_embeddings, norm_eps=1e-12,
+                            dropout=cfg.dropout, padding_idx=cfg.pad_token_id)
+    layers = [
+        TransformerLayer(cfg.dim, cfg.n_heads, cfg.hidden_dim, cfg.activation, norm_first=False, eps=1e-12,
+                         dropout=cfg.dropout, attn_dropout=cfg.attention_dropout)
+        for _ in range(cfg.n_layers)
+    ]
+    return TransformerEncoder(embeddings, layers)
+
+
+def weight_map(cfg: DistilBertConfig, role: sw.Role) -> WeightMap:
+    top = [
+        rule("embeddings.tokens.weight", "embeddings.word_embeddings.weight"),
+        rule("embeddings.positions.weight", "embeddings.position_embeddings.weight"),
+        rule("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
+        rule("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+    ]
+    p = "transformer.layer.{}."
+    per_layer = [
+        *(rule(f"layers.{{}}.self_attn.qkv_proj.{w}", *(f"{p}attention.{n}_lin.{w}" for n in "qkv"))
+          for w in ("weight", "bias")),
+        *(rule(f"layers.{{}}.self_attn.out_proj.{w}", f"{p}attention.out_lin.{w}") for w in ("weight", "bias")),
+        *(rule(f"layers.{{}}.attn_norm.{w}", f"{p}sa_layer_norm.{w}") for w in ("weight", "bias")),
+        *(rule(f"layers.{{}}.ffn.fc_in.{w}", f"{p}ffn.lin1.{w}") for w in ("weight", "bias")),
+        *(rule(f"layers.{{}}.ffn.fc_out.{w}", f"{p}ffn.lin2.{w}") for w in ("weight", "bias")),
+        *(rule(f"layers.{{}}.ffn_norm.{w}", f"{p}output_layer_norm.{w}") for w in ("weight", "bias")),
+    ]
+    ignore = [r".*position_ids", r"vocab_.*|qa_outputs\..*|pre_classifier\..*|classifier\..*"]
+    return WeightMap.build(top, per_layer, cfg.n_layers, ignore=ignore, base_prefix="distilbert.")
+
+
+DISTILBERT = sw.Architecture(
+    name="distilbert",
+    config=DistilBertConfig,
+    build=build,
+    weight_map=weight_map,
+    roles=("encoder",),
+    reference={"encoder": "DistilBertModel"},
+    description="DistilBERT encoder (example out-of-tree plugin)",
+    tiny_config={"vocab_size": 99, "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 37,
+                 "max_position_embeddings": 64},
+)
+
+
+@sw.hookimpl
+def seqweave_register_architectures(register: Callable[[sw.Architecture], None]) -> None:
+    """Register DistilBERT."""
+    register(DISTILBERT)

@@ -1,0 +1,116 @@
+"""The plugin registry: entry points, load errors, duplicates, validation at registration."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+from pydantic import Field
+
+import seqweave as sw
+
+
+def _arch(name: str, **kw) -> sw.Architecture:
+    class Cfg(sw.ArchitectureConfig):
+        hidden_size: int = Field(8)
+        vocab_size: int = 10
+        initializer_range: float = 0.02
+        tie_word_embeddings: bool = True
+
+    base = sw.default_registry().get("bert")
+    return sw.Architecture(name=name, config=kw.pop("config", Cfg), build=base.build, weight_map=base.weight_map, **kw)
+
+
+class _Plugin:
+    def __init__(self, *archs):
+        self.archs = archs
+
+    @sw.hookimpl
+    def seqweave_register_architectures(self, register):
+        for a in self.archs:
+            register(a)
+
+
+def test_builtin_plugins_come_from_entry_points():
+    reg = sw.default_registry()
+    eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="seqweave")}
+    assert eps["bert"] == "seqweave_bert"
+    info = next(p for p in reg.plugins if p.name == "bert")
+    assert info.distribution == "seqweave" and info.version == sw.__version__
+    assert info.architectures == ["bert"] and info.error is None
+    assert reg.owner("bert") is info
+
+
+def test_duplicate_architecture_names_both_plugins():
+    reg = sw.Registry(load_entry_points=False)
+    reg.register(_Plugin(_arch("toy")), "first", distribution="dist-one", version="1")
+    with pytest.raises(sw.PluginError, match=r"plugin 'second' \(dist-two 2\).*'toy'.*'first' \(dist-one\)"):
+        reg.register(_Plugin(_arch("toy")), "second", distribution="dist-two", version="2")
+    assert reg.names() == ["toy"]
+    assert [p.name for p in reg.plugins] == ["first"]
+
+
+def test_failing_entry_point_is_recorded_not_raised(monkeypatch):
+    class EP:
+        name = "broken"
+        dist = type("D", (), {"name": "broken-dist", "version": "0.3"})()
+
+        def load(self):
+            raise ImportError("no module named torch_extras")
+
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [*real(group=group), EP()] if group == "seqweave" else real(group=group))
+    reg = sw.Registry()
+    broken = next(p for p in reg.plugins if p.name == "broken")
+    assert broken.distribution == "broken-dist" and broken.version == "0.3"
+    assert broken.error == "ImportError: no module named torch_extras"
+    assert "bert" in reg  # the others still load
+    with pytest.raises(sw.ConfigError, match="plugins that failed to load: broken"):
+        reg.get("missing")
+
+
+def test_unknown_architecture_lists_the_registered_ones():
+    with pytest.raises(sw.ConfigError, match=r"unknown architecture 'bart'; registered: .*bert"):
+        sw.default_registry().get("bart")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "Bad Name"}, "must be lowercase"),
+        ({"name": "ok", "roles": ("encoder", "middle")}, "roles must be"),
+        ({"name": "ok", "config": dict}, "must subclass seqweave.ArchitectureConfig"),
+    ],
+)
+def test_invalid_architectures_are_refused_at_registration(kwargs, message):
+    reg = sw.Registry(load_entry_points=False)
+    with pytest.raises(sw.PluginError, match=message):
+        reg.register(_Plugin(_arch(**kwargs)), "p")
+    assert reg.names() == []
+
+
+def test_config_lacking_required_attributes_is_refused():
+    class Thin(sw.ArchitectureConfig):
+        vocab_size: int = 3
+
+    with pytest.raises(sw.PluginError, match="lacks hidden_size, initializer_range, tie_word_embeddings"):
+        sw.Registry(load_entry_points=False).register(_Plugin(_arch("thin", config=Thin)), "p")
+
+
+def test_architecture_role_is_checked():
+    arch = _arch("enc-only", roles=("encoder",))
+    with pytest.raises(sw.ConfigError, match="cannot be used as decoder"):
+        arch.build_module(arch.config(), "decoder")
+
+
+def test_build_from_registry_by_name():
+    enc = sw.build_encoder("bert", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=40)
+    assert enc.architecture == "bert" and enc.config.hidden_size == 16
+    assert isinstance(enc, sw.Encoder)
+    dec = sw.build_decoder("bert", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=40)
+    assert isinstance(dec, sw.Decoder)
+    with pytest.raises(sw.ConfigError, match=r"decoder config \(bert\): num_hidden_layers: Input should be greater"):
+        sw.build_decoder("bert", num_hidden_layers=-1)
+    with pytest.raises(sw.ConfigError, match="nope: unknown key"):
+        sw.build_encoder("bert", nope=1)
