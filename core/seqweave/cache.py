@@ -53,13 +53,14 @@ class LayerCache:
             self.k.index_copy_(2, owner.write_index, k)
             self.v.index_copy_(2, owner.write_index, v)
             return self.k, self.v
-        start = owner.length
-        end = start + k.shape[2]
-        if self.k is None or end > self.k.shape[2]:
-            self._grow(k, end)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        start, t = owner.length, k.shape[2]
+        if self.k is None or start + t > self.k.shape[2]:
+            self._grow(k, start + t)
+        # narrow + copy_ rather than slice assignment: the same copy, a few microseconds less
+        # Python per call, and this runs twice per layer per generated token.
+        self.k.narrow(2, start, t).copy_(k)
+        self.v.narrow(2, start, t).copy_(v)
+        return self.k.narrow(2, 0, start + t), self.v.narrow(2, 0, start + t)
 
     def _allocate(self, like: torch.Tensor, capacity: int) -> None:
         b, h, _, hd = like.shape

@@ -62,7 +62,8 @@ class _Stack(nn.Module):
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
         hidden, attns, cross = [], [], []
-        for i, layer in enumerate(self.layers):
+        caches = cache.layers if cache is not None else [None] * len(self.layers)
+        for layer, layer_cache in zip(self.layers, caches):
             if output_hidden_states:
                 hidden.append(x)
             x, w, cw = layer(
@@ -70,12 +71,13 @@ class _Stack(nn.Module):
                 mask,
                 source=source,
                 source_mask=source_mask,
-                cache=cache.layers[i] if cache is not None else None,
+                cache=layer_cache,
                 is_causal=is_causal,
                 need_weights=output_attentions,
             )
-            attns.append(w)
-            cross.append(cw)
+            if output_attentions:
+                attns.append(w)
+                cross.append(cw)
         if self.final_norm is not None:
             x = self.final_norm(x)
         if output_hidden_states:
