@@ -37,9 +37,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
-
-import seqweave as sw  # noqa: E402
+import seqweave as sw
+import torch
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -77,8 +76,13 @@ def decoder_config(arch: str, small: bool) -> Any:
         cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4) if small else transformers.GPT2Config()
         cfg.pad_token_id = cfg.eos_token_id
     else:
-        cfg = (transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                       intermediate_size=256) if small else transformers.BertConfig())
+        cfg = (
+            transformers.BertConfig(
+                hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
+            )
+            if small
+            else transformers.BertConfig()
+        )
     cfg.is_decoder = True
     cfg.add_cross_attention = True
     return cfg
@@ -97,8 +101,9 @@ def build_composite(folder: Path, decoder_arch: str, small: bool) -> None:
 
     torch.manual_seed(0)
     if small:
-        enc_cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                          intermediate_size=256)
+        enc_cfg = transformers.BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
+        )
         encoder = transformers.BertModel(enc_cfg)
     else:
         encoder = transformers.BertModel.from_pretrained(minilm_folder())
@@ -139,7 +144,9 @@ def timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Ten
     return time.perf_counter() - t0, out
 
 
-def run_case(case: Case, runners: dict[str, Callable[[], torch.Tensor]], device: str, check: tuple[str, str] | None):
+def run_case(
+    case: Case, runners: dict[str, Callable[[], torch.Tensor]], device: str, check: tuple[str, str] | None
+):
     """Alternate the runners ``repeats`` times after one warm-up each; ``check`` pairs must give equal tokens."""
     outs: dict[str, torch.Tensor] = {}
     for name, fn in runners.items():  # warm-up (and the reference tokens)
@@ -163,11 +170,21 @@ def median_ms(times: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--decoder", choices=["gpt2", "bert"], default=None,
-                        help="decoder architecture (default: gpt2 if registered, else bert)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="bfloat16 also times both libraries in bfloat16, against seqweave in float32")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--decoder",
+        choices=["gpt2", "bert"],
+        default=None,
+        help="decoder architecture (default: gpt2 if registered, else bert)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16 also times both libraries in bfloat16, against seqweave in float32",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -178,9 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     decoder = args.decoder or ("gpt2" if "gpt2" in sw.default_registry() else "bert")
     if decoder not in sw.default_registry():
-        sys.exit(f"the {decoder} plugin is not installed; registered: {', '.join(sw.default_registry().names())}")
+        sys.exit(
+            f"the {decoder} plugin is not installed; registered: {', '.join(sw.default_registry().names())}"
+        )
     if args.decoder is None and decoder != "gpt2":
-        print("note: the gpt2 plugin is not registered; using BERT decoders of the same sizes", file=sys.stderr)
+        print(
+            "note: the gpt2 plugin is not registered; using BERT decoders of the same sizes", file=sys.stderr
+        )
     big_name = f"minilm+{decoder}" + ("-small" if decoder == "gpt2" else "-base")
     tiny_name = f"bert2{decoder} 2x64"
     n = args.max_new_tokens
@@ -209,8 +230,10 @@ def main(argv: list[str] | None = None) -> None:
                 hf16, ours16 = load_pair(folder, torch.bfloat16, args.device)
                 models[key].update(hf16=hf16, sw16=ours16)
 
-        print(f"# {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-              f"max_new_tokens={n}, medians of {r_big} (large) / {r_tiny} (small) alternating runs")
+        print(
+            f"# {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"max_new_tokens={n}, medians of {r_big} (large) / {r_tiny} (small) alternating runs"
+        )
         header = "| case | new tokens | transformers ms | seqweave ms | transformers / seqweave |"
         if bf16:
             header += " seqweave bf16 ms | seqweave fp32 / bf16 | transformers bf16 ms | tf bf16 / sw bf16 | bf16 tokens equal |"
@@ -220,20 +243,25 @@ def main(argv: list[str] | None = None) -> None:
             m = models[case.model]
             ids, mask = source_batch(case.batch, args.device)
             kw = {"max_new_tokens": n, **case.kwargs}
-            runners = {
-                "hf": lambda m=m, kw=kw: m["hf"].generate(input_ids=ids, attention_mask=mask, **kw),
-                "sw": lambda m=m, kw=kw: m["sw"].generate(ids, mask, **kw),
-            }
+
+            def hf_run(key: str, m=m, kw=kw, ids=ids, mask=mask) -> Callable[[], torch.Tensor]:
+                return lambda: m[key].generate(input_ids=ids, attention_mask=mask, **kw)
+
+            def sw_run(key: str, m=m, kw=kw, ids=ids, mask=mask) -> Callable[[], torch.Tensor]:
+                return lambda: m[key].generate(ids, mask, **kw)
+
+            runners = {"hf": hf_run("hf"), "sw": sw_run("sw")}
             if bf16:
-                runners["sw16"] = lambda m=m, kw=kw: m["sw16"].generate(ids, mask, **kw)
-                runners["hf16"] = lambda m=m, kw=kw: m["hf16"].generate(input_ids=ids, attention_mask=mask, **kw)
+                runners.update(sw16=sw_run("sw16"), hf16=hf_run("hf16"))
             outs = run_case(case, runners, args.device, ("hf", "sw"))
             t = {k: median_ms(v) for k, v in case.times.items()}
             line = f"| {case.name} | {outs['sw'].shape[1] - 1} | {t['hf']:.1f} | {t['sw']:.1f} | {t['hf'] / t['sw']:.2f}x |"
             if bf16:
                 same = outs["sw16"].shape == outs["hf16"].shape and bool((outs["sw16"] == outs["hf16"]).all())
-                line += (f" {t['sw16']:.1f} | {t['sw'] / t['sw16']:.2f}x | {t['hf16']:.1f} | "
-                         f"{t['hf16'] / t['sw16']:.2f}x | {'yes' if same else 'no'} |")
+                line += (
+                    f" {t['sw16']:.1f} | {t['sw'] / t['sw16']:.2f}x | {t['hf16']:.1f} | "
+                    f"{t['hf16'] / t['sw16']:.2f}x | {'yes' if same else 'no'} |"
+                )
             print(line, flush=True)
 
 

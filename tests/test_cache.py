@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import seqweave as sw
 import torch
 from conftest import DECODERS, ENCODERS, hf_composite, source_batch
-
-import seqweave as sw
 
 PAIRS = [(e, d) for e in ENCODERS for d in DECODERS]
 
@@ -34,8 +33,13 @@ def test_incremental_logits_equal_full_forward(model, static):
     cache = sw.Cache(model.decoder.num_layers, capacity=targets.shape[1], static=static)
     steps = []
     for i in range(targets.shape[1]):
-        out = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=targets[:, i : i + 1],
-                    cache=cache, use_cache=True)
+        out = model(
+            encoder_outputs=encoded,
+            attention_mask=mask,
+            decoder_input_ids=targets[:, i : i + 1],
+            cache=cache,
+            use_cache=True,
+        )
         assert out.cache is cache
         steps.append(out.logits)
     assert len(cache) == targets.shape[1]
@@ -72,8 +76,12 @@ def test_rows_sharing_a_source_report_per_row_attention(model):
     ids, mask = source_batch(model.decoder.vocab_size, 0)
     targets = _targets(model, ids.shape[0] * 2)
     shared = model(ids, mask, decoder_input_ids=targets, output_attentions=True)
-    repeated = model(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), decoder_input_ids=targets,
-                     output_attentions=True)
+    repeated = model(
+        ids.repeat_interleave(2, 0),
+        mask.repeat_interleave(2, 0),
+        decoder_input_ids=targets,
+        output_attentions=True,
+    )
     for a, b in zip(shared.cross_attentions, repeated.cross_attentions, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -88,7 +96,9 @@ def test_buffers_are_allocated_once_and_written_in_place(model):
     pointers = [(layer.k.data_ptr(), layer.v.data_ptr()) for layer in cache.layers]
     assert all(layer.k.shape[2] == targets.shape[1] for layer in cache.layers)
     for i in range(1, targets.shape[1]):
-        model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=targets[:, i : i + 1], cache=cache)
+        model(
+            encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=targets[:, i : i + 1], cache=cache
+        )
     assert [(layer.k.data_ptr(), layer.v.data_ptr()) for layer in cache.layers] == pointers
     cache.reorder(torch.tensor([2, 0, 1]))
     assert [(layer.k.data_ptr(), layer.v.data_ptr()) for layer in cache.layers] == pointers
@@ -107,7 +117,7 @@ def test_reorder_permutes_rows_in_place():
 def test_dynamic_cache_grows_past_its_capacity():
     cache = sw.Cache(1, capacity=2)
     for i in range(5):
-        k, v = cache.layers[0].append(torch.full((1, 1, 1, 2), float(i)), torch.zeros(1, 1, 1, 2))
+        k, _ = cache.layers[0].append(torch.full((1, 1, 1, 2), float(i)), torch.zeros(1, 1, 1, 2))
         cache.advance(1)
     assert k[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
 

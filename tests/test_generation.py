@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import seqweave as sw
 import torch
 from conftest import DECODERS, ENCODERS, hf_composite, source_batch
-
-import seqweave as sw
 
 PAIRS = [(e, d) for e in ENCODERS for d in DECODERS]
 MAX_NEW = 10
@@ -58,7 +57,9 @@ def pair(request, tmp_path_factory) -> Pair:
         eos = pick_eos(greedy)
         if eos is not None:
             return Pair(hf, model, ids, mask, eos, greedy)
-    pytest.fail(f"no seed gives a {encoder}2{decoder} model whose greedy output has an eos candidate at step 2-4")
+    pytest.fail(
+        f"no seed gives a {encoder}2{decoder} model whose greedy output has an eos candidate at step 2-4"
+    )
 
 
 def hf_generate(p: Pair, **kwargs: Any) -> torch.Tensor:
@@ -116,8 +117,13 @@ def test_greedy_matches_transformers(pair, case):
 def test_beam_search_matches_transformers(pair, case):
     kwargs = _resolve(pair, BEAM_CASES[case])
     ours = pair.sw.generate_with_scores(pair.ids, pair.mask, **kwargs)
-    theirs = pair.hf.generate(input_ids=pair.ids, attention_mask=pair.mask, output_scores=True,
-                              return_dict_in_generate=True, **kwargs)
+    theirs = pair.hf.generate(
+        input_ids=pair.ids,
+        attention_mask=pair.mask,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
     assert_same(ours.sequences, theirs.sequences)
     torch.testing.assert_close(ours.scores, theirs.sequences_scores, rtol=1e-5, atol=1e-5)
 
@@ -154,6 +160,23 @@ def test_unpadded_sources_without_a_mask(pair):
     with torch.no_grad():
         theirs = pair.hf.generate(input_ids=ids, **kwargs)
     assert_same(pair.sw.generate(ids, **kwargs), theirs)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_large_vocabulary_matches_transformers(decoder, tmp_path):
+    """5000 target tokens: beam search's block-wise top-k (and argmax over many logits) in play."""
+    vocab = 5000
+    hf = hf_composite(tmp_path, ENCODERS[0], decoder, decoder_overrides={"vocab_size": vocab}, seed=3)
+    model = sw.EncoderDecoder.from_pretrained(tmp_path)
+    ids, mask = source_batch(99, 0, seed=3, shape=(3, 8))
+    greedy = model.generate(ids, mask, max_new_tokens=MAX_NEW)
+    eos = pick_eos(greedy)
+    assert eos is not None, "seed 3 should give an eos candidate at step 2-4"
+    for kwargs in ({}, {"num_beams": 3}, {"num_beams": 4, "num_return_sequences": 2, "length_penalty": 0.7}):
+        kwargs = {"max_new_tokens": MAX_NEW, "eos_token_id": eos, **kwargs}
+        with torch.no_grad():
+            theirs = hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        assert_same(model.generate(ids, mask, **kwargs), theirs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,10 +237,14 @@ def test_defaults_come_from_the_generation_settings(pair):
     model = pair.sw
     saved = model.generation_settings
     try:
-        model.generation_settings = sw.GenerationSettings(max_new_tokens=4, num_beams=2, num_return_sequences=2)
+        model.generation_settings = sw.GenerationSettings(
+            max_new_tokens=4, num_beams=2, num_return_sequences=2
+        )
         out = model.generate(pair.ids, pair.mask)
         assert out.shape[0] == 2 * pair.ids.shape[0]
-        assert_same(out, model.generate(pair.ids, pair.mask, max_new_tokens=4, num_beams=2, num_return_sequences=2))
+        assert_same(
+            out, model.generate(pair.ids, pair.mask, max_new_tokens=4, num_beams=2, num_return_sequences=2)
+        )
     finally:
         model.generation_settings = saved
 
@@ -228,13 +255,20 @@ def test_special_token_defaults_come_from_the_model(pair):
     try:
         model.eos_token_id, model.pad_token_id = pair.eos, 7
         out = model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW)
-        assert_same(out, model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=pair.eos,
-                                        pad_token_id=7))
+        assert_same(
+            out,
+            model.generate(
+                pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=pair.eos, pad_token_id=7
+            ),
+        )
         assert (out[:, 0] == model.decoder_start_token_id).all()
         model.pad_token_id = None  # falls back to the eos id, as in transformers
-        assert_same(model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW),
-                    model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=pair.eos,
-                                   pad_token_id=pair.eos))
+        assert_same(
+            model.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW),
+            model.generate(
+                pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=pair.eos, pad_token_id=pair.eos
+            ),
+        )
     finally:
         model.eos_token_id, model.pad_token_id = saved
 

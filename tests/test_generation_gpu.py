@@ -5,11 +5,12 @@ Skipped without a CUDA device; ``benchmarks/gpu_check.sh`` runs these on a GPU m
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
-from test_generation import MAX_NEW, Pair, _resolve, assert_same, pair  # noqa: F401  (pair is a fixture)
-
 from seqweave import generation
+from test_generation import MAX_NEW, Pair, _resolve, assert_same, pair  # noqa: F401  (pair is a fixture)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -35,7 +36,7 @@ def cuda_pair(pair):  # noqa: F811
 
 
 class _Recording(generation.CudaGraphStep):
-    made: list[generation.CudaGraphStep] = []
+    made: ClassVar[list[generation.CudaGraphStep]] = []
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import seqweave as sw
 import torch
 from conftest import DECODERS, ENCODERS, REGISTRY, randomize
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
-
-import seqweave as sw
 from seqweave import generation
 
 START, PAD = 2, 1
@@ -84,7 +83,9 @@ def test_cached_generation_equals_uncached(setup, steps, pick):
             if done.all():
                 break
     assert torch.equal(out, prefix)
-    assert torch.equal(model.generate(ids, mask, max_new_tokens=steps, eos_token_id=eos, static_cache=True), out)
+    assert torch.equal(
+        model.generate(ids, mask, max_new_tokens=steps, eos_token_id=eos, static_cache=True), out
+    )
 
 
 @SETTINGS
@@ -121,8 +122,16 @@ def test_sampling_with_top_k_1_is_greedy_search(setup, steps, pick, seed):
     model, ids, mask, _ = setup
     eos = eos_of(model, ids, mask, pick, steps)
     greedy = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=eos)
-    sampled = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=eos, do_sample=True, top_k=1,
-                             temperature=1.7, generator=torch.Generator().manual_seed(seed))
+    sampled = model.generate(
+        ids,
+        mask,
+        max_new_tokens=steps,
+        eos_token_id=eos,
+        do_sample=True,
+        top_k=1,
+        temperature=1.7,
+        generator=torch.Generator().manual_seed(seed),
+    )
     assert torch.equal(sampled, greedy)
 
 
@@ -135,13 +144,22 @@ def test_sampling_with_top_k_1_is_greedy_search(setup, steps, pick, seed):
     length_penalty=st.sampled_from([1.0, 0.5, 2.0, -0.5]),
     early_stopping=st.sampled_from([False, True, "never"]),
 )
-def test_beam_scores_are_teacher_forced_log_probabilities(setup, steps, pick, beams, length_penalty, early_stopping):
+def test_beam_scores_are_teacher_forced_log_probabilities(
+    setup, steps, pick, beams, length_penalty, early_stopping
+):
     """score = sum of the tokens' log-probabilities (eos included) / new_tokens ** length_penalty."""
     model, ids, mask, _ = setup
     eos = eos_of(model, ids, mask, pick, steps)
-    out = model.generate_with_scores(ids, mask, max_new_tokens=steps, eos_token_id=eos, num_beams=beams,
-                                     num_return_sequences=beams, length_penalty=length_penalty,
-                                     early_stopping=early_stopping)
+    out = model.generate_with_scores(
+        ids,
+        mask,
+        max_new_tokens=steps,
+        eos_token_id=eos,
+        num_beams=beams,
+        num_return_sequences=beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
     sources = ids.repeat_interleave(beams, 0)
     source_mask = mask.repeat_interleave(beams, 0)
     with torch.no_grad():
@@ -171,8 +189,11 @@ def test_beam_scores_are_teacher_forced_log_probabilities(setup, steps, pick, be
 def test_nothing_but_padding_after_eos(setup, steps, pick, mode):
     model, ids, mask, _ = setup
     eos = eos_of(model, ids, mask, pick, steps)
-    kwargs = {"greedy": {}, "sample": {"do_sample": True, "generator": torch.Generator().manual_seed(pick)},
-              "beam": {"num_beams": 3}}[mode]
+    kwargs = {
+        "greedy": {},
+        "sample": {"do_sample": True, "generator": torch.Generator().manual_seed(pick)},
+        "beam": {"num_beams": 3},
+    }[mode]
     out = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=eos, **kwargs)
     assert (out[:, 0] == START).all()
     assert out.shape[1] <= 1 + steps
@@ -190,6 +211,8 @@ def test_exactly_max_new_tokens_when_eos_never_comes(setup, steps, pick, beams):
     out = model.generate(ids, mask, max_new_tokens=steps, num_beams=beams)  # no eos at all
     assert out.shape == (ids.shape[0], 1 + steps)
     eos = eos_of(model, ids, mask, pick, steps)
-    held = model.generate(ids, mask, max_new_tokens=steps, min_new_tokens=steps, eos_token_id=eos, num_beams=beams)
+    held = model.generate(
+        ids, mask, max_new_tokens=steps, min_new_tokens=steps, eos_token_id=eos, num_beams=beams
+    )
     assert held.shape == (ids.shape[0], 1 + steps)
     assert not (held[:, 1:] == eos).any()

@@ -25,7 +25,7 @@ from .config import (
     load_config,
 )
 from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
-from .generation import GenerateOptions, Generated
+from .generation import Generated, GenerateOptions
 from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
 from .pipeline import TextToText, pipeline
 from .protocols import Decoder, Encoder
@@ -55,9 +55,9 @@ __all__ = [
     "Registry",
     "Role",
     "Seq2SeqOutput",
+    "SeqweaveError",
     "TextToText",
     "TextTokenizer",
-    "SeqweaveError",
     "__version__",
     "build_decoder",
     "build_encoder",

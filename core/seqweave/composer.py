@@ -20,7 +20,7 @@ from . import __version__, generation
 from .cache import Cache
 from .config import CompositionConfig, GenerationSettings, PartConfig, load_config
 from .errors import CheckpointError, ConfigError
-from .generation import GenerateOptions, Generated
+from .generation import Generated, GenerateOptions
 from .hub import resolve
 from .outputs import EncoderOutput, Seq2SeqOutput
 from .registry import Architecture, Registry, Role, default_registry

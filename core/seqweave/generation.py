@@ -47,8 +47,8 @@ __all__ = [
     "CudaGraphStep",
     "DecodeStep",
     "GenerateOptions",
-    "GenerationArgs",
     "Generated",
+    "GenerationArgs",
     "beam_search",
     "generate",
     "generate_stream",
@@ -60,8 +60,8 @@ __all__ = [
     "resolve_arguments",
     "temperature",
     "top_k",
-    "topk",
     "top_p",
+    "topk",
 ]
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,7 +97,13 @@ class GenerationArgs:
     generator: torch.Generator | None
 
 
-_ARGUMENTS = {*GenerationSettings.model_fields, "eos_token_id", "pad_token_id", "decoder_start_token_id", "generator"}
+_ARGUMENTS = {
+    *GenerationSettings.model_fields,
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "generator",
+}
 
 
 def _token_id(name: str, value: Any) -> int:
@@ -175,7 +181,9 @@ def resolve_arguments(model: EncoderDecoder, given: dict[str, Any]) -> Generatio
         )
     generator = given.get("generator")
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ConfigError(f"generate(): generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise ConfigError(
+            f"generate(): generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     return GenerationArgs(
         max_new_tokens=s.max_new_tokens,
         min_new_tokens=s.min_new_tokens,
@@ -265,7 +273,9 @@ def logits_processors(args: GenerationArgs, *, prompt_length: int, device: torch
         procs.append(partial(no_repeat_ngram, n=args.no_repeat_ngram_size))
     if args.min_new_tokens > 0 and args.eos is not None:
         eos = torch.tensor(args.eos, device=device)
-        procs.append(partial(min_new_tokens, eos=eos, prompt_length=prompt_length, minimum=args.min_new_tokens))
+        procs.append(
+            partial(min_new_tokens, eos=eos, prompt_length=prompt_length, minimum=args.min_new_tokens)
+        )
     if args.do_sample:
         keep = (len(args.eos) + 1 if args.eos else 2) if args.num_beams > 1 else 1
         if args.temperature != 1.0:
@@ -305,7 +315,10 @@ class DecodeStep:
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.source is not None:
             logits = self.decoder(
-                tokens, encoder_hidden_states=self.source, encoder_attention_mask=self.source_mask, cache=self.cache
+                tokens,
+                encoder_hidden_states=self.source,
+                encoder_attention_mask=self.source_mask,
+                cache=self.cache,
             ).logits
             self.source = self.source_mask = None  # the cache holds what the decoder needs from them now
         else:
@@ -544,7 +557,9 @@ def beam_search(
 
         # Top-K continuations over all beams of a source (or K sampled without replacement).
         if args.do_sample:
-            picked = torch.multinomial(F.softmax(accumulated, dim=-1), num_samples=keep, generator=args.generator)
+            picked = torch.multinomial(
+                F.softmax(accumulated, dim=-1), num_samples=keep, generator=args.generator
+            )
             top_scores = accumulated.gather(1, picked)
             top_scores, order = top_scores.sort(dim=-1, descending=True)
             picked = picked.gather(1, order)
@@ -581,9 +596,13 @@ def beam_search(
             done_scores += (~just_finished) * -1.0e9
             merged_scores = torch.cat((beam_scores, done_scores), dim=1)
             best = torch.topk(merged_scores, k=n)[1]
-            sequences = torch.cat((sequences, candidates), dim=1).gather(1, best[:, :, None].expand(b, n, length))
+            sequences = torch.cat((sequences, candidates), dim=1).gather(
+                1, best[:, :, None].expand(b, n, length)
+            )
             beam_scores = merged_scores.gather(1, best)
-            new_tokens = torch.cat((new_tokens, new_tokens.new_full((b, keep), cur + 1 - prompt)), 1).gather(1, best)
+            new_tokens = torch.cat((new_tokens, new_tokens.new_full((b, keep), cur + 1 - prompt)), 1).gather(
+                1, best
+            )
             finished = torch.cat((finished, just_finished), dim=1).gather(1, best)
             any_finished = True
 
@@ -670,7 +689,9 @@ def _prepare(
     args = resolve_arguments(model, given)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ConfigError(f"generate(): input_ids must be an integer tensor [batch, source_length], got {shape}")
+        raise ConfigError(
+            f"generate(): input_ids must be an integer tensor [batch, source_length], got {shape}"
+        )
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ConfigError(
             f"generate(): attention_mask has shape {list(attention_mask.shape)}, "
@@ -691,7 +712,9 @@ def _prepare(
         raise ConfigError("generate(): cuda_graph=True needs static_cache=True (or None)")
     static = cuda_graph or bool(static_cache)
 
-    encoder_states = model.encoder(input_ids, attention_mask).last_hidden_state  # [b, s, d_enc], once per source
+    encoder_states = model.encoder(
+        input_ids, attention_mask
+    ).last_hidden_state  # [b, s, d_enc], once per source
     if model.enc_to_dec_proj is not None:
         encoder_states = model.enc_to_dec_proj(encoder_states)
     b = input_ids.shape[0]
@@ -705,8 +728,12 @@ def _prepare(
 
 
 def _run(p: _Prepared, scores: torch.Tensor | None) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
-    out = torch.full((p.rows, 1 + p.args.max_new_tokens), p.args.pad if p.args.pad is not None else 0,
-                     dtype=torch.long, device=p.device)
+    out = torch.full(
+        (p.rows, 1 + p.args.max_new_tokens),
+        p.args.pad if p.args.pad is not None else 0,
+        dtype=torch.long,
+        device=p.device,
+    )
     out[:, 0] = p.args.start
     return out, greedy_search(p.step, out, p.args, p.processors, scores)
 
@@ -735,7 +762,9 @@ def generate(
     p = _prepare(model, input_ids, attention_mask, given, cuda_graph, static_cache)
     if p.args.num_beams > 1:
         if streamer is not None:
-            raise ConfigError("generate(): streamer works with greedy search and sampling, not with num_beams > 1")
+            raise ConfigError(
+                "generate(): streamer works with greedy search and sampling, not with num_beams > 1"
+            )
         sequences, scores = beam_search(p.step, p.cache, p.batch_size, p.args, p.processors, p.device)
         return Generated(sequences, scores) if return_scores else sequences
     scores = torch.zeros(p.rows, device=p.device) if return_scores else None
@@ -767,7 +796,9 @@ def generate_stream(
     with torch.no_grad():
         p = _prepare(model, input_ids, attention_mask, given, cuda_graph, static_cache)
     if p.args.num_beams > 1:
-        raise ConfigError("generate_stream(): streaming works with greedy search and sampling, not num_beams > 1")
+        raise ConfigError(
+            "generate_stream(): streaming works with greedy search and sampling, not num_beams > 1"
+        )
     _, steps = _run(p, None)
     return _no_grad_iter(steps)
 

@@ -230,7 +230,7 @@ class Attention(nn.Module):
         """
         if self.cross:
             return self._cross(x, mask, source, cache, need_weights)
-        b, t, d = x.shape
+        b, t, _ = x.shape
         h, hd = self.num_heads, self.head_dim
         if t == 1:  # decoding: [b, 1, 3, h, hd] is laid out as [b, 3, h, 1, hd], no permute needed
             q, k, v = self.qkv_proj(x).view(b, 3, h, 1, hd).unbind(1)

@@ -1,0 +1,68 @@
+"""The two speed-ups under generation that must not change results: block-wise top-k and oneDNN linears."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from seqweave import generation
+from seqweave.layers import ONEDNN_LINEAR, Linear
+
+
+@pytest.mark.parametrize(
+    ("rows", "size", "k"),
+    [(1, 4 * 50257, 8), (3, 2 * 30522, 6), (2, 256 * 64, 4), (2, 256 * 64 + 17, 4), (4, 100, 3)],
+)
+def test_blockwise_topk_equals_torch_topk(rows, size, k):
+    g = torch.Generator().manual_seed(size)
+    scores = torch.randn(rows, size, generator=g)
+    scores[0, : size // 2] = -float("inf")  # banned tokens, as processors make them
+    scores[-1, -1] = 50.0  # the winner sits in the partial last block
+    values, indices = generation.topk(scores, k)
+    expected = torch.topk(scores, k)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(indices, expected.indices)
+
+
+def test_blockwise_topk_keeps_ties_as_values():
+    scores = torch.zeros(2, 256 * 64)
+    scores[:, 1000:1010] = 1.0
+    values, indices = generation.topk(scores, 4)
+    assert torch.equal(values, torch.ones(2, 4))
+    assert all(1000 <= i < 1010 for i in indices.flatten().tolist())
+
+
+needs_onednn = pytest.mark.skipif(not ONEDNN_LINEAR, reason="this PyTorch build has no oneDNN linear")
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 768), (4, 1, 768), (2, 5, 768)])
+def test_onednn_linear_agrees_with_f_linear(shape, dtype):
+    torch.manual_seed(0)
+    layer = Linear(768, 1024).to(dtype)
+    assert layer.onednn
+    x = torch.randn(shape, dtype=dtype)
+    with torch.no_grad():
+        got = layer(x)
+    expected = F.linear(x, layer.weight, layer.bias)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+@needs_onednn
+def test_linear_trains_through_f_linear():
+    layer = Linear(768, 1024)
+    x = torch.randn(2, 768, requires_grad=True)
+    y = layer(x)
+    assert torch.equal(y, F.linear(x, layer.weight, layer.bias))  # the autograd path is the plain one
+    y.sum().backward()
+    assert layer.weight.grad is not None and x.grad is not None
+
+
+def test_small_linears_stay_on_f_linear():
+    layer = Linear(64, 192)
+    assert not layer.onednn
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
