@@ -287,6 +287,8 @@ def test_special_token_defaults_come_from_the_model(pair):
         ({"max_new_tokens": 10_000}, "max_new_tokens"),
         ({"eos_token_id": -1}, "eos_token_id"),
         ({"pad_token_id": "x"}, "pad_token_id"),
+        ({"pad_token_id": 10_000}, "vocab_size"),
+        ({"decoder_start_token_id": 10_000}, "vocab_size"),
         ({"generator": 3}, "generator"),
         ({"max_length": 5}, "unknown argument"),
         ({"cuda_graph": True}, "cuda_graph"),
@@ -320,3 +322,36 @@ def test_start_token_falls_back_to_bos_or_is_a_config_error(pair):
             assert (model.generate(pair.ids, max_new_tokens=2)[:, 0] == bos).all()
     finally:
         model.decoder_start_token_id = saved
+
+
+class _HandWritten(torch.nn.Module):
+    """A decoder satisfying the protocol by hand (delegating), without declaring static-cache support."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.hidden_size = inner.hidden_size
+        self.vocab_size = inner.vocab_size
+        self.cross_attention_hidden_size = inner.cross_attention_hidden_size
+        self.num_layers = inner.num_layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        return self.inner(input_ids, attention_mask, **kwargs)
+
+
+def test_a_hand_written_decoder_generates_the_same(pair):
+    model = pair.sw
+    composed = sw.EncoderDecoder(
+        model.encoder,
+        _HandWritten(model.decoder),
+        decoder_start_token_id=model.decoder_start_token_id,
+        pad_token_id=model.pad_token_id,
+    )
+    composed.enc_to_dec_proj = model.enc_to_dec_proj
+    for kwargs in ({}, {"num_beams": 3}):
+        kwargs = _resolve(pair, kwargs)
+        assert_same(
+            composed.generate(pair.ids, pair.mask, **kwargs), model.generate(pair.ids, pair.mask, **kwargs)
+        )
+    with pytest.raises(sw.ConfigError, match="supports_static_cache"):
+        composed.generate(pair.ids, static_cache=True)

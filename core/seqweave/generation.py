@@ -159,6 +159,12 @@ def resolve_arguments(model: EncoderDecoder, given: dict[str, Any]) -> Generatio
         pad = eos[0]
     start = _token_id("decoder_start_token_id", start)
     pad = None if pad is None else _token_id("pad_token_id", pad)
+    vocab = getattr(model.decoder, "vocab_size", None)
+    for name, value in (("decoder_start_token_id", start), ("pad_token_id", pad)):
+        if isinstance(vocab, int) and value is not None and value >= vocab:  # both are fed to the decoder
+            raise ConfigError(
+                f"generate(): {name} must be below the decoder's vocab_size ({vocab}), got {value}"
+            )
 
     if s.num_beams == 1 and not s.do_sample and s.num_return_sequences > 1:
         raise ConfigError(
@@ -704,17 +710,24 @@ def _prepare(
         attention_mask = attention_mask.to(device)
         if bool(attention_mask.all()):
             attention_mask = None  # no padding: attention needs no mask at all
+    # A static cache needs a decoder that reads its position from the cache and masks the
+    # whole buffer (TransformerDecoder does); a hand-written one may not.
+    supports_static = bool(getattr(model.decoder, "supports_static_cache", False))
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and static_cache is not False
+        cuda_graph = device.type == "cuda" and static_cache is not False and supports_static
     if cuda_graph and device.type != "cuda":
         raise ConfigError(f"generate(): cuda_graph=True needs the model on a CUDA device; it is on {device}")
     if cuda_graph and static_cache is False:
         raise ConfigError("generate(): cuda_graph=True needs static_cache=True (or None)")
     static = cuda_graph or bool(static_cache)
+    if static and not supports_static:
+        raise ConfigError(
+            f"generate(): static_cache/cuda_graph need a decoder with supports_static_cache = True; "
+            f"{type(model.decoder).__name__} does not declare it"
+        )
 
-    encoder_states = model.encoder(
-        input_ids, attention_mask
-    ).last_hidden_state  # [b, s, d_enc], once per source
+    # [b, s, d_enc]: once per source, however many beams or samples decode it
+    encoder_states = model.encoder(input_ids, attention_mask).last_hidden_state
     if model.enc_to_dec_proj is not None:
         encoder_states = model.enc_to_dec_proj(encoder_states)
     b = input_ids.shape[0]

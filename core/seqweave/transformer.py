@@ -139,7 +139,13 @@ class TransformerEncoder(_Stack):
 
 
 class TransformerDecoder(_Stack):
-    """Causal decoder with cross-attention in every layer and a language-model head."""
+    """Causal decoder with cross-attention in every layer and a language-model head.
+
+    Works with both kinds of :class:`Cache`: dynamic, and static (fixed shapes for CUDA graphs).
+    """
+
+    #: Generation may give this decoder a static cache (see :class:`~seqweave.Cache`).
+    supports_static_cache = True
 
     def __init__(
         self,
