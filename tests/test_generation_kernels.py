@@ -24,6 +24,22 @@ def test_blockwise_topk_equals_torch_topk(rows, size, k):
     assert torch.equal(indices, expected.indices)
 
 
+@pytest.mark.parametrize("size", [50257, 256 * 64, 99, 30522])
+def test_blockwise_argmax_equals_torch_argmax(size):
+    g = torch.Generator().manual_seed(size)
+    for trial in range(30):
+        scores = torch.randn(1, size, generator=g)
+        if trial % 3 == 0:
+            scores[0, -1] = 9.0  # in the partial last block
+        if trial % 4 == 0:
+            scores[0, size // 3] = scores[0, size // 2] = 9.5  # a tie: the first one wins
+        if trial % 5 == 0:
+            scores[0, -2] = float("nan")  # NaN counts as the largest
+        assert torch.equal(generation.argmax(scores), scores.argmax(dim=-1)), trial
+    batch = torch.randn(3, size, generator=g)
+    assert torch.equal(generation.argmax(batch), batch.argmax(dim=-1))
+
+
 def test_blockwise_topk_keeps_ties_as_values():
     scores = torch.zeros(2, 256 * 64)
     scores[:, 1000:1010] = 1.0

@@ -49,6 +49,7 @@ __all__ = [
     "GenerateOptions",
     "Generated",
     "GenerationArgs",
+    "argmax",
     "beam_search",
     "generate",
     "generate_stream",
@@ -448,7 +449,7 @@ def greedy_search(
             probs = F.softmax(logits, dim=-1)
             tokens = torch.multinomial(probs, num_samples=1, generator=args.generator).squeeze(1)
         else:
-            tokens = logits.argmax(dim=-1)
+            tokens = argmax(logits)
         if scores is not None:
             chosen = logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
             scores += chosen.masked_fill_(~unfinished, 0.0)
@@ -489,6 +490,27 @@ def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         cols = torch.cat((cols, torch.arange(n, size, device=scores.device).expand(rows, size - n)), dim=1)
     values, where = scores.gather(1, cols).topk(k)
     return values, cols.gather(1, where)
+
+
+def argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(dim=-1)`` for ``scores`` [r, V]; for one row on the CPU, in blocks.
+
+    ``argmax`` is not vectorised on the CPU (about 0.9 ns an element: 45 µs for GPT-2's
+    50257 logits, a tenth of a small model's decode step), while the maxima of blocks of
+    256 are. The first block holding the largest value, then the first index in it that
+    holds it: the same index ``argmax`` returns, ties and NaN (counted as the largest) alike.
+    """
+    rows, size = scores.shape
+    blocks = size // _BLOCK
+    if rows != 1 or blocks < 32 or scores.device.type != "cpu" or not scores.is_contiguous():
+        return scores.argmax(dim=-1)
+    flat = scores.view(size)
+    n = blocks * _BLOCK
+    maxima = flat[:n].view(blocks, _BLOCK).amax(dim=-1)
+    if n < size:  # the partial last block
+        maxima = torch.cat((maxima, flat[n:].amax(dim=0, keepdim=True)))
+    start = int(maxima.argmax()) * _BLOCK
+    return torch.tensor([start + int(flat[start : start + _BLOCK].argmax())], device=scores.device)
 
 
 def beam_search(
