@@ -355,3 +355,24 @@ def test_a_hand_written_decoder_generates_the_same(pair):
         )
     with pytest.raises(sw.ConfigError, match="supports_static_cache"):
         composed.generate(pair.ids, static_cache=True)
+
+
+def test_hooks_on_inner_modules_still_fire_during_generation(pair):
+    """The layers skip nn.Module.__call__'s bookkeeping only when no hook could notice."""
+    ffn_calls: list[int] = []
+    seen: set[str] = set()
+    names = {id(m): n for n, m in pair.sw.decoder.named_modules()}
+    hook = pair.sw.decoder.layers[0].ffn.register_forward_hook(lambda m, a, o: ffn_calls.append(1))
+    try:
+        out = pair.sw.generate(pair.ids, pair.mask, max_new_tokens=4)
+    finally:
+        hook.remove()
+    assert len(ffn_calls) == out.shape[1] - 1  # one decode step per generated column
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, a, o: seen.add(names.get(id(m), ""))
+    )
+    try:
+        pair.sw.generate(pair.ids, pair.mask, max_new_tokens=2)
+    finally:
+        handle.remove()
+    assert {"layers.0.self_attn.qkv_proj", "layers.0.ffn_norm", "head"} <= seen

@@ -441,6 +441,7 @@ def greedy_search(
     pad = None if args.pad is None else torch.tensor(args.pad, device=device)
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     stop = _StopCheck(device)
+    lagged = stop.lagged
     for cur in range(1, length):
         logits = step(out[:, cur - 1 : cur]).float()
         for process in processors:
@@ -457,7 +458,7 @@ def greedy_search(
             tokens = torch.where(unfinished, tokens, pad)  # finished rows get padding
             unfinished &= (tokens != eos) if len(eos) == 1 else ~torch.isin(tokens, eos)
         out.select(1, cur).copy_(tokens)
-        if stop.finished_before():
+        if lagged and stop.finished_before():
             return  # lagged check: the previous step finished every row, so this one is discarded
         yield tokens
         if eos is not None and stop.finished(unfinished):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .cache import Cache
-from .layers import Embeddings, LMHead, TransformerLayer
+from .layers import Embeddings, LMHead, TransformerLayer, call
 from .outputs import DecoderOutput, EncoderOutput
 
 __all__ = ["TransformerDecoder", "TransformerEncoder", "causal_mask"]
@@ -66,7 +66,8 @@ class _Stack(nn.Module):
         for layer, layer_cache in zip(self.layers, caches):
             if output_hidden_states:
                 hidden.append(x)
-            x, w, cw = layer(
+            x, w, cw = call(
+                layer,
                 x,
                 mask,
                 source=source,
@@ -79,7 +80,7 @@ class _Stack(nn.Module):
                 attns.append(w)
                 cross.append(cw)
         if self.final_norm is not None:
-            x = self.final_norm(x)
+            x = call(self.final_norm, x)
         if output_hidden_states:
             hidden.append(x)
         return (
@@ -207,7 +208,7 @@ class TransformerDecoder(_Stack):
         if cache is not None:
             cache.begin(t)
             past = cache.past
-        x = self.embeddings(input_ids, past)
+        x = call(self.embeddings, input_ids, past)
         is_causal = False
         if cache is not None and cache.static:
             mask = cache.self_attention_mask(t, attention_mask)
@@ -236,4 +237,4 @@ class TransformerDecoder(_Stack):
             if encoder_hidden_states is not None and not cache.has_source:
                 cache.source_mask, cache.has_source = source_mask, True
             cache.advance(t)
-        return DecoderOutput(self.head(x), cache, hidden, attns, cross)
+        return DecoderOutput(call(self.head, x), cache, hidden, attns, cross)
