@@ -534,7 +534,9 @@ def beam_search(
     hypotheses are finished), or at the maximum length.
 
     Only the self-attention cache is reordered (in place), never the encoder output or the
-    cross-attention keys/values.
+    cross-attention keys/values. The one case where the result can differ from
+    transformers': processors giving every continuation of a source a score of -inf, where
+    transformers' own result depends on the order ``torch.topk`` gives equal scores.
 
     Args:
         step: the decode step over ``batch_size * num_beams`` rows.
@@ -638,14 +640,15 @@ def beam_search(
         cur += 1
         if last:  # every candidate hit max_length: nothing can continue
             break
-        if any_finished:  # with no finished hypothesis (worst score -1e9) a running beam can always improve
-            # Can a running beam still beat the worst finished hypothesis?
-            best_length = length - prompt if es == "never" and lp > 0.0 else cur - prompt
-            best_running = running_scores[:, :1] / (best_length**lp)
-            worst_finished = torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], -1.0e9)
-            improvable = improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
-            if not bool(improvable.any()) or (es is True and bool(finished.all())):
-                break
+        # Can a running beam still beat the worst finished hypothesis (-1e9 while there is none)?
+        best_length = length - prompt if es == "never" and lp > 0.0 else cur - prompt
+        best_running = running_scores[:, :1] / (best_length**lp)
+        worst_finished = (
+            torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], -1.0e9) if any_finished else -1.0e9
+        )
+        improvable = improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
+        if not bool(improvable.any()) or (es is True and any_finished and bool(finished.all())):
+            break
 
     r = args.num_return_sequences
     longest = prompt + int(new_tokens[:, :r].max())
