@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .composer import EncoderDecoder
+    from .protocols import Decoder
 
 __all__ = [
     "CudaGraphStep",
@@ -312,7 +313,7 @@ class DecodeStep:
     """
 
     def __init__(
-        self, decoder: Any, source: torch.Tensor, source_mask: torch.Tensor | None, cache: Cache
+        self, decoder: Decoder, source: torch.Tensor, source_mask: torch.Tensor | None, cache: Cache
     ) -> None:
         self.decoder = decoder
         self.source: torch.Tensor | None = source
@@ -345,7 +346,7 @@ class CudaGraphStep(DecodeStep):
     """
 
     def __init__(
-        self, decoder: Any, source: torch.Tensor, source_mask: torch.Tensor | None, cache: Cache
+        self, decoder: Decoder, source: torch.Tensor, source_mask: torch.Tensor | None, cache: Cache
     ) -> None:
         assert cache.static, "CUDA graphs need a static cache"
         super().__init__(decoder, source, source_mask, cache)
@@ -365,7 +366,7 @@ class CudaGraphStep(DecodeStep):
                 logits = super().__call__(tokens)
             torch.cuda.current_stream().wait_stream(side)
             return logits
-        if self.graph is None:
+        if self.graph is None or self.tokens is None or self.logits is None:
             self.tokens = tokens.clone()
             self.graph = torch.cuda.CUDAGraph()
             # Capturing runs the Python once (advancing the cache's Python counter) and
@@ -438,7 +439,8 @@ def greedy_search(
     rows, length = out.shape
     device = out.device
     eos = None if args.eos is None else torch.tensor(args.eos, device=device)
-    pad = None if args.pad is None else torch.tensor(args.pad, device=device)
+    # resolve_arguments makes the pad id the first eos id when there is an eos and no pad id
+    pad = torch.tensor(args.pad if args.pad is not None else 0, device=device)
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     stop = _StopCheck(device)
     lagged = stop.lagged
@@ -759,9 +761,10 @@ def _prepare(
     b = input_ids.shape[0]
     rows = b * (args.num_beams if args.num_beams > 1 else args.num_return_sequences)
     capacity = 1 + args.max_new_tokens
-    cache = Cache(model.decoder.num_layers, capacity, static=static, device=device)
+    decoder = cast("Decoder", model.decoder)  # the composer checked it has the protocol's attributes
+    cache = Cache(decoder.num_layers, capacity, static=static, device=device)
     step_type = CudaGraphStep if cuda_graph else DecodeStep
-    step = step_type(model.decoder, encoder_states, attention_mask, cache)
+    step = step_type(decoder, encoder_states, attention_mask, cache)
     procs = logits_processors(args, prompt_length=1, device=device)
     return _Prepared(args, step, cache, b, rows, procs, device)
 
@@ -804,8 +807,8 @@ def generate(
             raise ConfigError(
                 "generate(): streamer works with greedy search and sampling, not with num_beams > 1"
             )
-        sequences, scores = beam_search(p.step, p.cache, p.batch_size, p.args, p.processors, p.device)
-        return Generated(sequences, scores) if return_scores else sequences
+        sequences, beam_scores = beam_search(p.step, p.cache, p.batch_size, p.args, p.processors, p.device)
+        return Generated(sequences, beam_scores) if return_scores else sequences
     scores = torch.zeros(p.rows, device=p.device) if return_scores else None
     out, steps = _run(p, scores)
     n = 0
@@ -814,7 +817,7 @@ def generate(
         if streamer is not None:
             streamer(tokens)
     sequences = out[:, : 1 + n]
-    return Generated(sequences, scores) if return_scores else sequences
+    return Generated(sequences, scores) if scores is not None else sequences
 
 
 def generate_stream(
