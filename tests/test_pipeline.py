@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import seqweave as sw
 import torch
-from seqweave.pipeline import _fallback_greedy_generate
 from seqweave.progress import progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,23 +103,6 @@ def naive_greedy(model, ids, mask, steps: int) -> torch.Tensor:
     return seq
 
 
-def test_fallback_greedy_matches_full_forward_decoding(model):
-    tok = sw.load_tokenizer(WORDPIECE)
-    ids, mask = tok.encode(["some text", "hello world model"])
-    got = _fallback_greedy_generate(model, ids, mask, max_new_tokens=6, eos_token_id=None, pad_token_id=0)
-    want = naive_greedy(model, ids, mask, 6)
-    assert torch.equal(got, want)
-
-
-def test_fallback_pads_finished_rows_and_stops(model):
-    tok = sw.load_tokenizer(WORDPIECE)
-    ids, mask = tok.encode(["some text", "hello world model"])
-    free = _fallback_greedy_generate(model, ids, mask, max_new_tokens=6, pad_token_id=0)
-    eos = int(free[0, 2])  # make row 0's second token the end
-    got = _fallback_greedy_generate(model, ids, mask, max_new_tokens=6, eos_token_id=eos, pad_token_id=0)
-    assert got[0, 2] == eos and (got[0, 3:] == 0).all()
-
-
 def test_pipeline_string_in_string_out_and_batches(model):
     pipe = sw.pipeline(model, batch_size=2)
     texts = ["some text", "hello world", "the model", "a b c d e f g"]
@@ -167,9 +149,3 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
     assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
     assert list(progress(range(3), total=3, desc="bar", enabled=True)) == [0, 1, 2]
     assert "bar" in capsys.readouterr().err
-
-
-def test_fallback_refuses_options_it_cannot_honour(model):
-    ids, mask = sw.load_tokenizer(WORDPIECE).encode(["x"])
-    with pytest.raises(sw.ConfigError, match="the greedy fallback cannot apply: do_sample, num_beams"):
-        _fallback_greedy_generate(model, ids, mask, max_new_tokens=2, num_beams=2, do_sample=True)

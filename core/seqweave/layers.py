@@ -30,7 +30,6 @@ __all__ = [
     "Linear",
     "TransformerLayer",
     "activation",
-    "additive_mask",
     "call",
 ]
 
@@ -122,15 +121,6 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return ACTIVATIONS[name]
     except KeyError:
         raise ConfigError(f"unknown activation {name!r}; allowed: {', '.join(sorted(ACTIVATIONS))}") from None
-
-
-def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Turn a boolean mask (True = attend) into the additive float mask SDPA takes.
-
-    Masked positions get the dtype's minimum, not ``-inf``, as transformers does: a row
-    with every key masked then attends uniformly instead of producing NaN.
-    """
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
 
 #: Whether this PyTorch build has oneDNN's linear (the kernel torch.compile's CPU backend uses).

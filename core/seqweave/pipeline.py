@@ -146,61 +146,6 @@ def _max_source_length(encoder: torch.nn.Module) -> int | None:
     return rows - emb.padding_idx - 1 if emb.position_scheme == "after_padding" else rows
 
 
-def _fallback_greedy_generate(
-    model: EncoderDecoder,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    max_new_tokens: int,
-    min_new_tokens: int = 0,
-    eos_token_id: int | list[int] | None = None,
-    pad_token_id: int | None = None,
-    decoder_start_token_id: int | None = None,
-    **options: Any,
-) -> torch.Tensor:
-    """Greedy decoding with the KV cache, for models without ``generate`` (until DESIGN §2's lands).
-
-    Returns [b, t] ids starting with the start token, finished rows padded with
-    ``pad_token_id``, as ``EncoderDecoder.generate`` will. Any other option is refused.
-    """
-    defaults = GenerationSettings().model_dump()
-    unsupported = sorted(
-        k for k, v in options.items() if k in defaults and v != defaults[k] or k not in defaults
-    )
-    if unsupported:
-        raise ConfigError(
-            f"this model has no generate() yet; the greedy fallback cannot apply: {', '.join(unsupported)}"
-        )
-    start = decoder_start_token_id if decoder_start_token_id is not None else model.decoder_start_token_id
-    if start is None:
-        raise ConfigError("decoder_start_token_id is not set: set it in the config or pass it")
-    eos = torch.tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long).reshape(-1)
-    pad = pad_token_id if pad_token_id is not None else (model.pad_token_id or 0)
-    with torch.no_grad():
-        encoded = model.encoder(input_ids, attention_mask)
-        seq = input_ids.new_full((input_ids.shape[0], 1), start)
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        cache = None
-        for step in range(max_new_tokens):
-            out = model(
-                attention_mask=attention_mask,
-                encoder_outputs=encoded,
-                decoder_input_ids=seq if cache is None else seq[:, -1:],
-                cache=cache,
-                use_cache=True,
-            )
-            cache = out.cache
-            logits = out.logits[:, -1]
-            if step < min_new_tokens and eos.numel():
-                logits[:, eos] = float("-inf")
-            nxt = logits.argmax(-1).masked_fill(done, pad)
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            done |= torch.isin(nxt, eos.to(nxt.device))
-            if done.all():
-                break
-    return seq
-
-
 @dataclass
 class TextToText:
     """A model with its tokenizers: ``(texts, **generation_options) -> strings``.
@@ -272,12 +217,8 @@ class TextToText:
     def generate_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **settings: Any
     ) -> torch.Tensor:
-        """``model.generate`` (or the greedy fallback while the model has none): [b * n, t] ids."""
-        generate = getattr(self.model, "generate", None)
-        if generate is None:
-            settings.pop("generator", None)
-            return _fallback_greedy_generate(self.model, input_ids, attention_mask, **settings)
-        return generate(input_ids, attention_mask, **settings)
+        """``model.generate``: [b * n, t] ids."""
+        return self.model.generate(input_ids, attention_mask, **settings)
 
     def decode(self, ids: torch.Tensor, settings: dict[str, Any]) -> list[str]:
         """Text of each generated row: the start token, everything from the first EOS, and padding dropped."""
