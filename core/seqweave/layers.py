@@ -55,7 +55,7 @@ def call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         or module._forward_pre_hooks
         or _GLOBAL_FORWARD_HOOKS[0]
         or _GLOBAL_FORWARD_HOOKS[1]
-        or module._compiled_call_impl is not None
+        or getattr(module, "_compiled_call_impl", None) is not None
         or torch._C._get_tracing_state()
     ):
         return module(*args, **kwargs)
