@@ -4,7 +4,8 @@
 
 Each run is a new Python process, alternating transformers and seqweave; the wall time is
 measured by the parent around the whole process (interpreter start-up included, the same
-for both), the peak resident memory by the child (``ru_maxrss``). The composite is written
+for both), the peak resident memory by the child (``VmHWM``; not ``ru_maxrss``, which a
+child inherits from the parent that forked it, here one holding a model). Linux only. The composite is written
 once by transformers' ``save_pretrained`` and read by both.
 
     python benchmarks/cold_start.py [--runs 3]
@@ -34,14 +35,15 @@ model = seqweave.EncoderDecoder.from_pretrained({folder!r})
 """,
 }
 COMMON = """
-import resource, sys, time, torch
+import sys, time, torch
 torch.set_num_threads(2)
 t0 = time.perf_counter()
 {load}
 ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
 with torch.no_grad():
     out = model.generate(ids, max_new_tokens=1)
-print(out.tolist(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+hwm = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+print(out.tolist(), hwm, file=sys.stderr)
 """
 
 

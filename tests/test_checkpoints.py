@@ -201,3 +201,18 @@ def test_loads_in_the_requested_dtype(folder):
 def test_loading_does_not_copy_tied_weights(folder):
     model = sw.EncoderDecoder.from_pretrained(folder)
     assert model.decoder.head.proj.weight is model.decoder.embeddings.tokens.weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_fresh_reads_equal_the_mapped_tensors(tmp_path, dtype):
+    from seqweave.weights import read_state_dict
+
+    tensors = {"a": torch.arange(12).reshape(3, 4).to(dtype), "b.c": torch.ones(5).to(dtype), "empty": torch.zeros(0, 2)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    sd, _ = read_state_dict(tmp_path)
+    for name, want in tensors.items():
+        got = sd.fresh(name)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+        assert got.data_ptr() != sd[name].data_ptr() or got.numel() == 0  # its own memory, not the map
+    renamed = sd.renamed(lambda k: "x." + k)
+    assert torch.equal(renamed.fresh("x.a"), tensors["a"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,11 +121,16 @@ class WeightMap:
             return dict(sd)
         wants_prefix = any(h.startswith(p) for r in self.rules for h in r.hf)
         has_prefix = any(k.startswith(p) for k in sd)
+        rename = None
         if wants_prefix and not has_prefix:
-            return {p + k: v for k, v in sd.items()}
-        if not wants_prefix and has_prefix:
-            return {k.removeprefix(p): v for k, v in sd.items()}
-        return dict(sd)
+            rename = lambda k: p + k  # noqa: E731
+        elif not wants_prefix and has_prefix:
+            rename = lambda k: k.removeprefix(p)  # noqa: E731
+        if rename is None:
+            return sd if isinstance(sd, CheckpointTensors) else dict(sd)
+        if isinstance(sd, CheckpointTensors):
+            return sd.renamed(rename)
+        return {rename(k): v for k, v in sd.items()}
 
     def from_hf(self, sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[Rule], list[str]]:
         """Map a Hugging Face state dict to ours.
@@ -140,8 +146,12 @@ class WeightMap:
             if not all(h in sd for h in r.hf):
                 missing.append(r)
                 continue
-            parts = [sd[h].T if r.transpose else sd[h] for h in r.hf]
-            ours[r.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            # A tensor that must be copied (transposed, fused) is read into memory of its own
+            # when the checkpoint can (see CheckpointTensors.fresh), not through the map.
+            copied = r.transpose or len(r.hf) > 1
+            get = getattr(sd, "fresh", sd.__getitem__) if copied else sd.__getitem__
+            parts = [get(h).T if r.transpose else get(h) for h in r.hf]
+            ours[r.ours] = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)).contiguous()
             used.update(r.hf)
         unexpected = [k for k in sd if k not in used and not self.is_ignored(k)]
         return ours, missing, unexpected
@@ -167,13 +177,75 @@ class WeightMap:
 # Files
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class CheckpointTensors(dict):
+    """A checkpoint's tensors by name, memory-mapped, that can also read one into memory of its own.
+
+    Tensors used as they are stay views of the memory map: no copy. Tensors that loading
+    must copy anyway (transposed, fused) are better read with :meth:`fresh`: read through
+    the map, their file pages would stay resident beside the copy for as long as any
+    tensor of the file is alive, so peak memory would hold them twice.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor] = (), locations: Mapping[str, tuple] | None = None):
+        super().__init__(tensors)
+        #: name -> (file, byte offset, byte count, dtype, shape) for :meth:`fresh`
+        self.locations: dict[str, tuple] = dict(locations or {})
+
+    def fresh(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` read from its file into new memory (the mapped view if it can't be)."""
+        where = self.locations.get(name)
+        if where is None:
+            return self[name]
+        path, offset, nbytes, dtype, shape = where
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(nbytes)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if f.readinto(buf) != nbytes:
+                raise CheckpointError(f"{path}: truncated: tensor {name} is cut short")
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def renamed(self, rename) -> CheckpointTensors:
+        """The same tensors under ``rename(name)``."""
+        return CheckpointTensors({rename(k): v for k, v in self.items()},
+                                 {rename(k): v for k, v in self.locations.items()})
+
+
+def _safetensors_locations(path: Path) -> dict[str, tuple]:
+    """Where each tensor's bytes lie in a safetensors file (its JSON header says; nothing is executed)."""
+    if sys.byteorder != "little":  # the file is little-endian; let safetensors convert
+        return {}
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    start = 8 + size
+    out = {}
+    for name, info in header.items():
+        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
+        if name == "__metadata__" or dtype is None:
+            continue
+        begin, end = info["data_offsets"]
+        out[name] = (path, start + begin, end - begin, dtype, tuple(info["shape"]))
+    return out
+
+
+def _read_safetensors(path: Path) -> CheckpointTensors:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))  # memory-mapped: tensors are read as they are used
+        tensors = load_file(str(path))  # memory-mapped: tensors are read as they are used
     except Exception as e:  # safetensors raises its own types for corrupt headers and truncation
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    # safetensors has validated the header above, so reading it again cannot fail on its form.
+    return CheckpointTensors(tensors, _safetensors_locations(path))
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -192,12 +264,14 @@ def _read_index(path: Path, read) -> dict[str, torch.Tensor]:
         weight_map = json.loads(path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a valid shard index ({e})") from None
-    sd: dict[str, torch.Tensor] = {}
+    sd = CheckpointTensors()
     for shard in sorted(set(weight_map.values())):
         shard_path = path.parent / shard
         if not shard_path.is_file():
             raise CheckpointError(f"{path}: names shard {shard!r}, which is missing")
-        sd.update(read(shard_path))
+        part = read(shard_path)
+        sd.update(part)
+        sd.locations.update(getattr(part, "locations", {}))
     return sd
 
 
