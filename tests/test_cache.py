@@ -130,3 +130,11 @@ def test_static_cache_refuses_to_overflow():
         cache.begin(1)
     with pytest.raises(sw.ConfigError, match="capacity"):
         sw.Cache(1, static=True)
+
+
+def test_a_cache_of_another_depth_is_refused():
+    import seqweave as sw
+
+    dec = sw.build_decoder("bert", hidden_size=16, num_hidden_layers=2, num_attention_heads=2, vocab_size=40).eval()
+    with pytest.raises(sw.ConfigError, match="the cache has 1 layers but the decoder has 2"):
+        dec(torch.tensor([[1, 2]]), cache=sw.Cache(1))

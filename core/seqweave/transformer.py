@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .cache import Cache
+from .errors import ConfigError
 from .layers import Embeddings, LMHead, TransformerLayer, call
 from .outputs import DecoderOutput, EncoderOutput
 
@@ -63,6 +64,9 @@ class _Stack(nn.Module):
     ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
         hidden, attns, cross = [], [], []
         caches = cache.layers if cache is not None else [None] * len(self.layers)
+        if len(caches) != len(self.layers):  # zip would silently run only the first layers
+            raise ConfigError(f"the cache has {len(caches)} layers but the decoder has {len(self.layers)}; "
+                              "make it with this decoder's new_cache() or use_cache=True")
         for layer, layer_cache in zip(self.layers, caches):
             if output_hidden_states:
                 hidden.append(x)
