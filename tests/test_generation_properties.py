@@ -8,7 +8,6 @@ so that the suite is deterministic.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import seqweave as sw
@@ -111,8 +110,8 @@ def test_beam_search_with_one_beam_is_greedy_search(setup, steps, pick):
     greedy = model.generate(ids, mask, max_new_tokens=steps, eos_token_id=eos)
     with torch.no_grad():
         p = generation._prepare(model, ids, mask, {"max_new_tokens": steps, "eos_token_id": eos}, None)
-        args = dataclasses.replace(p.args, num_beams=1, early_stopping=True)
-        beams, _ = generation.beam_search(p.step, p.cache, p.batch_size, args, p.processors, p.device)
+        settings = p.settings.model_copy(update={"num_beams": 1, "early_stopping": True})
+        beams, _ = generation.beam_search(p.step, p.cache, p.batch_size, settings, p.processors, p.device)
     assert torch.equal(beams, greedy)
 
 

@@ -25,7 +25,7 @@ from .config import (
     load_config,
 )
 from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
-from .generation import Generated, GenerateOptions
+from .generation import Generated
 from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
 from .pipeline import TextToText, pipeline
 from .protocols import Decoder, Encoder
@@ -45,7 +45,6 @@ __all__ = [
     "EncoderDecoder",
     "EncoderOutput",
     "FieldError",
-    "GenerateOptions",
     "Generated",
     "GenerationSettings",
     "LoadReport",

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,57 @@ def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
     return items
 
 
+#: Flag spellings that differ from ``--field-name/--no-field-name`` (kept from earlier releases).
+_FLAG_NAMES = {"do_sample": "--do-sample/--greedy"}
+
+
+def _generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per :class:`~seqweave.GenerationSettings` field, typed and described by the field.
+
+    ``--max-new-tokens INTEGER``, ``--top-p FLOAT``; a field that takes a bool becomes
+    ``--x/--no-x`` (its other values stay config-only, as early_stopping's "never"); a
+    list becomes a repeatable flag (``--eos-token-id 2 --eos-token-id 5``). Every flag
+    defaults to None, "the model's setting"; values are checked by the model, not here.
+    """
+    from .config import GenerationSettings
+
+    for name, field in reversed(GenerationSettings.model_fields.items()):
+        flag = "--" + name.replace("_", "-")
+        types = _scalar_types(field.annotation)
+        help_text = (field.description or "").replace("%", "%%")
+        if bool in types:
+            decls = _FLAG_NAMES.get(name, f"{flag}/--no-{flag[2:]}")
+            command = click.option(decls, name, default=None, help=help_text)(command)
+        elif list in types:
+            kind = next((t for t in types if t in (int, float, str)), str)
+            help_text += " Repeat the flag for several."
+            command = click.option(flag, name, type=kind, multiple=True, help=help_text)(command)
+        else:
+            kind = next((t for t in types if t in (int, float)), str)
+            command = click.option(flag, name, type=kind, default=None, help=help_text)(command)
+    return command
+
+
+def _scalar_types(annotation: Any) -> set[Any]:
+    """The types a field's annotation takes: ``int | list[int] | None`` -> {int, list}."""
+    import types
+    import typing
+
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    found = set()
+    for a in args or (annotation,):
+        origin = typing.get_origin(a)
+        found.add(list if origin is list else str if origin is typing.Literal else a)
+        if origin is list:
+            found |= set(typing.get_args(a))
+    return found
+
+
+def _generation_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The flags' values as generation options: a repeatable flag not given is None, not ()."""
+    return {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
 @cli.command(short_help="Text in, text out.")
 @click.argument("model")
 @click.argument("texts", nargs=-1, metavar="[TEXT]...")
@@ -136,21 +187,8 @@ def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs per batch."
 )
-@click.option("--max-new-tokens", type=int, help="Tokens to generate (default: the model's setting).")
-@click.option("--min-new-tokens", type=int, help="Suppress EOS until this many tokens.")
-@click.option("--num-beams", type=int, help="Beam width; 1 is greedy or sampling.")
-@click.option("--do-sample/--greedy", default=None, help="Sample instead of taking the most likely token.")
-@click.option("--temperature", type=float, help="Divide logits by this before sampling.")
-@click.option("--top-k", type=int, help="Sample from the k most likely tokens.")
-@click.option("--top-p", type=float, help="Sample from the smallest set with this probability mass.")
-@click.option("--repetition-penalty", type=float, help="Penalise tokens already generated.")
-@click.option("--no-repeat-ngram-size", type=int, help="Forbid repeating any n-gram of this size.")
-@click.option("--length-penalty", type=float, help="Beam score = logprob / length ** length_penalty.")
-@click.option(
-    "--early-stopping/--no-early-stopping", default=None, help="Stop beams once num_beams are done."
-)
-@click.option("--num-return-sequences", type=int, help="Outputs per input (one per line).")
-@click.option("--seed", type=int, help="Seed for sampling.")
+@_generation_flags
+@click.option("--seed", type=int, help="Seed for sampling (a generator for this run, not a setting).")
 @click.option("--device", default="cpu", show_default=True, help="Where the model runs (cpu, cuda, cuda:1).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Cast the weights when loading.")
 @click.option("--jsonl", is_flag=True, help="Print one JSON object per input: {input, output}.")
@@ -170,7 +208,8 @@ def generate(
     """Generate text for each TEXT with MODEL (a checkpoint folder, Hub id or config file).
 
     Inputs come from TEXT arguments, --input FILE or stdin (-), one per line, and are
-    generated in batches; outputs are printed one per line, in input order.
+    generated in batches; outputs are printed one per line, in input order. Generation
+    flags left out take the model's settings (its config's generation: block).
     """
     from .pipeline import TextToText, load_model, resolve_tokenizers
 
@@ -179,7 +218,7 @@ def generate(
     loaded, folder = load_model(model, revision=revision, device=device, dtype=_dtype(dtype))
     enc, dec = resolve_tokenizers(loaded, folder, tokenizer, decoder_tokenizer)
     pipe = TextToText(loaded, enc, dec, batch_size=batch_size, device=device)
-    for text, out in zip(items, pipe.iter_generate(items, **options), strict=True):
+    for text, out in zip(items, pipe.iter_generate(items, **_generation_options(options)), strict=True):
         if jsonl:
             click.echo(json.dumps({"input": text, "output": out}, ensure_ascii=False))
         else:

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,16 +18,13 @@ from torch import nn
 
 from . import __version__, generation
 from .cache import Cache
-from .config import CompositionConfig, GenerationSettings, PartConfig, load_config
+from .config import TOKEN_ID_FIELDS, CompositionConfig, GenerationSettings, PartConfig, load_config
 from .errors import CheckpointError, ConfigError
-from .generation import Generated, GenerateOptions
+from .generation import Generated
 from .hub import resolve
-from .outputs import EncoderOutput, Seq2SeqOutput
+from .outputs import Encoded, EncoderOutput, Seq2SeqOutput
 from .registry import Architecture, Registry, Role, default_registry
 from .weights import SAFETENSORS, WeightMap, init_weights, load_module_weights, read_state_dict, rule
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
 
 __all__ = ["EncoderDecoder", "LoadReport", "build_decoder", "build_encoder", "shift_tokens_right"]
 
@@ -67,14 +64,6 @@ def _build(name: str, role: Role, values: Mapping[str, Any], registry: Registry 
     if hasattr(module, "tie_weights"):
         module.tie_weights()
     return module
-
-
-_NOT_OPTIONS = ("self", "input_ids", "attention_mask", "streamer", "cuda_graph", "static_cache")
-
-
-def _given(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The generation options a call to ``generate`` set (None means: use the default)."""
-    return {k: v for k, v in arguments.items() if k not in _NOT_OPTIONS and not k.startswith("__") and v is not None}
 
 
 def summarize_names(names: list[str]) -> list[str]:
@@ -300,22 +289,15 @@ class EncoderDecoder(nn.Module):
         Returns:
             A :class:`Seq2SeqOutput` with ``loss`` (when labels are given) and ``logits`` [b, t, vocab].
         """
-        if encoder_outputs is None:
-            if input_ids is None:
-                raise ConfigError("pass input_ids or encoder_outputs")
-            encoder_outputs = self.encoder(
-                input_ids,
-                attention_mask,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-            )
-        elif isinstance(encoder_outputs, torch.Tensor):
-            encoder_outputs = EncoderOutput(encoder_outputs)
-        elif isinstance(encoder_outputs, tuple):
-            encoder_outputs = EncoderOutput(*encoder_outputs)
-        source = encoder_outputs.last_hidden_state
-        if self.enc_to_dec_proj is not None:
-            source = self.enc_to_dec_proj(source)
+        if encoder_outputs is None and input_ids is None:
+            raise ConfigError("pass input_ids or encoder_outputs")
+        source = self.encode(
+            input_ids,
+            attention_mask,
+            encoder_outputs=encoder_outputs,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = shift_tokens_right(labels, self.pad_token_id, self.decoder_start_token_id)
             if decoder_attention_mask is None:
@@ -327,8 +309,8 @@ class EncoderDecoder(nn.Module):
         out = self.decoder(
             decoder_input_ids,
             decoder_attention_mask,
-            encoder_hidden_states=source,
-            encoder_attention_mask=attention_mask,
+            encoder_hidden_states=source.states,
+            encoder_attention_mask=source.mask,
             cache=cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -343,65 +325,93 @@ class EncoderDecoder(nn.Module):
             decoder_hidden_states=out.hidden_states,
             decoder_attentions=out.attentions,
             cross_attentions=out.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
+            encoder_last_hidden_state=source.encoder.last_hidden_state,
+            encoder_hidden_states=source.encoder.hidden_states,
+            encoder_attentions=source.encoder.attentions,
         )
+
+    def encode(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        encoder_outputs: EncoderOutput | tuple | torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> Encoded:
+        """Run the encoder and bring its states to the width the decoder's cross-attention takes.
+
+        Used by :meth:`forward` and by generation (once per source, however many beams).
+
+        Args:
+            input_ids: source tokens [b, s] (unless ``encoder_outputs`` is given).
+            attention_mask: [b, s], 1 for tokens, 0 for padding; passed on as the source mask.
+            encoder_outputs: reuse an earlier encoder result (an :class:`EncoderOutput`, a
+                tuple in its field order, or its last hidden state [b, s, d_enc]).
+            output_attentions, output_hidden_states: ask the encoder for them.
+
+        Returns:
+            An :class:`~seqweave.outputs.Encoded`: ``states`` [b, s, d_cross] (projected by
+            ``enc_to_dec_proj`` when the widths differ), ``mask`` and the encoder's own output.
+        """
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ConfigError("pass input_ids or encoder_outputs")
+            encoder_outputs = self.encoder(
+                input_ids,
+                attention_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        elif isinstance(encoder_outputs, torch.Tensor):
+            encoder_outputs = EncoderOutput(encoder_outputs)
+        elif isinstance(encoder_outputs, tuple):
+            encoder_outputs = EncoderOutput(*encoder_outputs)
+        states = encoder_outputs.last_hidden_state
+        if self.enc_to_dec_proj is not None:
+            states = self.enc_to_dec_proj(states)
+        return Encoded(states, attention_mask, encoder_outputs)
 
     # ------------------------------------------------------------------------------------
     # Generation
+
+    def generation_defaults(self) -> GenerationSettings:
+        """Every generation option's default for this model: :attr:`generation_settings`, with its token
+        ids left at None taken from the model's ``decoder_start_token_id``, ``pad_token_id`` and
+        ``eos_token_id``."""
+        ids = {k: getattr(self, k) for k in TOKEN_ID_FIELDS if getattr(self.generation_settings, k) is None}
+        return self.generation_settings.merged(ids, type(self).__name__)
 
     def generate(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         *,
-        max_new_tokens: int | None = None,
-        num_beams: int | None = None,
-        do_sample: bool | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float | None = None,
-        no_repeat_ngram_size: int | None = None,
-        min_new_tokens: int | None = None,
-        length_penalty: float | None = None,
-        early_stopping: bool | str | None = None,
-        num_return_sequences: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        decoder_start_token_id: int | None = None,
         generator: torch.Generator | None = None,
         streamer: Callable[[torch.Tensor], None] | None = None,
         cuda_graph: bool | None = None,
         static_cache: bool | None = None,
+        **options: Any,
     ) -> torch.Tensor:
         """Generate target token ids for the sources ``input_ids`` [b, s].
 
         Greedy search (default), sampling (``do_sample=True``) or beam search
         (``num_beams > 1``), with the semantics of transformers' ``generate`` for an
-        encoder-decoder model. An argument left at None takes the model's default: the
-        :attr:`generation_settings` (the config's ``generation:`` block) and the model's
-        ``decoder_start_token_id``, ``pad_token_id`` and ``eos_token_id``.
+        encoder-decoder model.
 
         Args:
             input_ids: [b, s] source token ids.
             attention_mask: [b, s] 1 for tokens, 0 for padding (padded sources).
-            max_new_tokens: tokens to generate after the start token, at most.
-            num_beams: beam width; 1 is greedy search or sampling.
-            do_sample: draw tokens instead of taking the most likely one.
-            temperature, top_k, top_p: sampling warpers (with ``do_sample`` only).
-            repetition_penalty: divide positive / multiply negative scores of tokens already generated.
-            no_repeat_ngram_size: forbid repeating an n-gram of this size.
-            min_new_tokens: forbid eos before this many new tokens.
-            length_penalty: beam score = sum of log-probabilities / new_tokens ** length_penalty.
-            early_stopping: beam search stopping rule: True, False or "never" (see
-                :func:`seqweave.generation.beam_search`).
-            num_return_sequences: sequences per source (beam search: the best ones, at most
-                ``num_beams``; sampling: independent draws).
-            eos_token_id: one id or several; a row ends at the first.
-            pad_token_id: fills finished rows; defaults to the (first) eos id.
-            decoder_start_token_id: the first decoder token.
+            options: the fields of :class:`~seqweave.GenerationSettings`, each documented
+                there (``max_new_tokens``, ``num_beams``, ``do_sample``, ``temperature``,
+                ``top_k``, ``top_p``, ``eos_token_id``, ...; docs/generation.md has the table).
+                An option left out or None takes the model's default,
+                :meth:`generation_defaults`: the config's ``generation:`` block, then the
+                model's token ids; the start token falls back to the decoder's ``bos_token_id``
+                and the pad token to the (first) eos id, as in transformers.
+
+            These belong to this call only and are not settings:
+
             generator: the random generator sampling draws from (the global one if None).
             streamer: called with each step's new tokens [b * num_return_sequences] as
                 they are chosen (greedy search and sampling).
@@ -416,26 +426,42 @@ class EncoderDecoder(nn.Module):
             ``n`` is the longest row's length (``max_new_tokens`` unless every row ended).
 
         Raises:
-            ConfigError: an argument is out of range or unsupported in this combination.
+            ConfigError: an option is unknown, out of range or unsupported in this combination.
         """
-        return generation.generate(self, input_ids, attention_mask, streamer=streamer, cuda_graph=cuda_graph,
-                                   static_cache=static_cache, **_given(locals()))
+        return generation.generate(self, input_ids, attention_mask, generator=generator, streamer=streamer,
+                                   cuda_graph=cuda_graph, static_cache=static_cache, **options)
 
     def generate_with_scores(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Unpack[GenerateOptions]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        cuda_graph: bool | None = None,
+        static_cache: bool | None = None,
+        **options: Any,
     ) -> Generated:
         """:meth:`generate`, also returning each sequence's score (see :class:`seqweave.Generated`)."""
-        return generation.generate(self, input_ids, attention_mask, return_scores=True, **options)
+        return generation.generate(self, input_ids, attention_mask, return_scores=True, generator=generator,
+                                   cuda_graph=cuda_graph, static_cache=static_cache, **options)
 
     def generate_stream(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Unpack[GenerateOptions]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        cuda_graph: bool | None = None,
+        static_cache: bool | None = None,
+        **options: Any,
     ) -> Iterator[torch.Tensor]:
         """Like :meth:`generate` (greedy search or sampling), yielding each step's new tokens [b * r] as they come.
 
         The arguments are checked and the encoder runs when this is called; the yielded
         columns, after the start token, are exactly what :meth:`generate` returns.
         """
-        return generation.generate_stream(self, input_ids, attention_mask, **options)
+        return generation.generate_stream(self, input_ids, attention_mask, generator=generator,
+                                          cuda_graph=cuda_graph, static_cache=static_cache, **options)
 
     # ------------------------------------------------------------------------------------
     # The Hugging Face layout
@@ -611,7 +637,8 @@ class EncoderDecoder(nn.Module):
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not valid JSON: {e}") from None
-        known = GenerationSettings.model_fields
+        # The token ids stay the model's own (filled below when unset), not generation overrides of them.
+        known = GenerationSettings.model_fields.keys() - TOKEN_ID_FIELDS
         values = {k: v for k, v in data.items() if k in known and v is not None}
         try:
             self.generation_settings = GenerationSettings.model_validate(

@@ -17,7 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -30,9 +38,12 @@ __all__ = [
     "FieldError",
     "GenerationSettings",
     "PartConfig",
+    "TOKEN_ID_FIELDS",
+    "check_token_ids",
     "composition_json_schema",
     "format_validation_error",
     "load_config",
+    "token_id_problems",
 ]
 
 #: The file types :func:`load_config` reads, by suffix.
@@ -131,8 +142,25 @@ class ArchitectureConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+#: The generation options that are token ids: checked against the decoder's vocabulary by
+#: :func:`token_id_problems`, and on a model defaulting to its own ids of the same names.
+TOKEN_ID_FIELDS = ("decoder_start_token_id", "pad_token_id", "eos_token_id")
+
+
 class GenerationSettings(BaseModel):
-    """Defaults for :meth:`seqweave.EncoderDecoder.generate` (the config file's ``generation:`` block)."""
+    """Every generation option, with its default and its checks: the one list of them.
+
+    The config file's ``generation:`` block, a checkpoint's ``generation_config.json``, the
+    keyword options of :meth:`seqweave.EncoderDecoder.generate` (and ``generate_with_scores``,
+    ``generate_stream``), the pipeline's options and ``seqweave generate``'s flags are all
+    these fields (docs/generation.md: "To add an option"). A field left at None means "the
+    default": for a token id, the model's own id of that name. Arguments of one call that
+    are not settings (``generator``, ``streamer``, ``cuda_graph``, ``static_cache``) are
+    keyword arguments of ``generate`` and not listed here.
+
+    Checks that need the decoder (token ids below its vocabulary, positions it can embed)
+    run when a call's options are resolved against a model (:func:`token_id_problems`).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -156,17 +184,94 @@ class GenerationSettings(BaseModel):
         "beam (scored at the current length) cannot beat the worst finished one; 'never' scores it at max length.",
     )
     num_return_sequences: int = Field(1, ge=1, description="Sequences returned per input (<= num_beams).")
+    decoder_start_token_id: int | None = Field(
+        None, ge=0, description="First decoder token; null: the model's, else the decoder's bos_token_id."
+    )
+    pad_token_id: int | None = Field(
+        None, ge=0, description="Fills finished rows; null: the model's, else the first eos id."
+    )
+    eos_token_id: int | list[int] | None = Field(
+        None, description="End-of-sequence id(s): a row ends at the first; null: the model's."
+    )
+
+    @field_validator(*TOKEN_ID_FIELDS, mode="before")
+    @classmethod
+    def _token_ids(cls, value: Any) -> Any:
+        # A token id is an int as written: not True, not 3.0, not "3" (pydantic's lax mode takes those).
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError("must be a token id (an int >= 0)" + ("" if value is v else " or a list of them"))
+        return list(value) if isinstance(value, tuple) else value
 
     @model_validator(mode="after")
     def _check(self) -> GenerationSettings:
-        # transformers refuses the same combination: beam search has only num_beams hypotheses.
-        if not self.do_sample and self.num_return_sequences > self.num_beams:
+        # transformers refuses the same combinations: beam search has only num_beams hypotheses,
+        # and greedy search returns one sequence per input.
+        if self.num_return_sequences > self.num_beams and (self.num_beams > 1 or not self.do_sample):
             raise FieldError(
                 "num_return_sequences",
-                f"must be at most num_beams ({self.num_beams}) unless do_sample is true",
+                f"must be at most num_beams ({self.num_beams})" + ("" if self.num_beams > 1 else " unless do_sample is true"),
                 self.num_return_sequences,
             )
+        if self.min_new_tokens > self.max_new_tokens:
+            raise FieldError(
+                "min_new_tokens", f"must be at most max_new_tokens ({self.max_new_tokens})", self.min_new_tokens
+            )
         return self
+
+    @property
+    def eos_ids(self) -> tuple[int, ...] | None:
+        """``eos_token_id`` as a tuple of ids, or None when there is none."""
+        eos = self.eos_token_id
+        ids = (eos,) if isinstance(eos, int) else tuple(eos or ())
+        return ids or None
+
+    def merged(self, values: Mapping[str, Any], source: str) -> GenerationSettings:
+        """These settings with ``values`` (field -> value; None = not given) applied, all checked again.
+
+        Raises:
+            ConfigError: a value is invalid, or the combination is; one line per problem,
+                ``source: field: message (got value)``; an unknown name too.
+        """
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return self
+        try:
+            return type(self).model_validate({**self.model_dump(), **given})
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, source, model=type(self))) from None
+
+
+def token_id_problems(values: Mapping[str, Any], vocab_size: int | None) -> list[tuple[str, str, Any]]:
+    """The token ids among ``values`` that the decoder's vocabulary does not hold: ``(field, message, value)``.
+
+    The one range check of token ids, wherever they are written: the config file (its top
+    level and its ``generation:`` block), a model's ids, a call's options. Each field of
+    :data:`TOKEN_ID_FIELDS` present in ``values`` may be None, an id, or a list of ids.
+
+    Args:
+        values: field name -> value (other keys are ignored).
+        vocab_size: the decoder's vocabulary size; None (unknown) finds no problem.
+    """
+    problems: list[tuple[str, str, Any]] = []
+    if vocab_size is None:
+        return problems
+    for name in TOKEN_ID_FIELDS:
+        value = values.get(name)
+        if any(isinstance(v, int) and not 0 <= v < vocab_size for v in (value if isinstance(value, list) else [value])):
+            problems.append((name, f"must be below the decoder's vocab_size ({vocab_size})", value))
+    return problems
+
+
+def check_token_ids(values: Mapping[str, Any], vocab_size: int | None, source: str) -> None:
+    """Raise the problems :func:`token_id_problems` finds, as ``source: field: message (got value)`` lines.
+
+    Raises:
+        ConfigError: some id is not below ``vocab_size``.
+    """
+    problems = token_id_problems(values, vocab_size)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {name}: {msg}{_shown(value)}" for name, msg, value in problems))
 
 
 class PartConfig(BaseModel):

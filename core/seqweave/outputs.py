@@ -10,7 +10,7 @@ import torch
 if TYPE_CHECKING:
     from .cache import Cache
 
-__all__ = ["DecoderOutput", "EncoderOutput", "Seq2SeqOutput"]
+__all__ = ["DecoderOutput", "Encoded", "EncoderOutput", "Seq2SeqOutput"]
 
 
 @dataclass
@@ -29,6 +29,23 @@ class EncoderOutput:
 
     def __getitem__(self, i: int) -> torch.Tensor:  # ``encoder_outputs[0]``, as with transformers
         return self.last_hidden_state if i == 0 else (self.hidden_states, self.attentions)[i - 1]
+
+
+@dataclass
+class Encoded:
+    """What :meth:`seqweave.EncoderDecoder.encode` returns: the source as the decoder's cross-attention takes it.
+
+    Attributes:
+        states: [b, s, d_cross] the encoder's last hidden states, projected to the decoder's
+            ``cross_attention_hidden_size`` when the widths differ (``enc_to_dec_proj``).
+        mask: [b, s] 1 for tokens, 0 for padding (the source's attention mask), or None.
+        encoder: the encoder's own output (unprojected), with hidden states and attentions
+            when they were asked for.
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor | None
+    encoder: EncoderOutput
 
 
 @dataclass

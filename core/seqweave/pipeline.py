@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import CONFIG_SUFFIXES, GenerationSettings, format_validation_error
+from .config import CONFIG_SUFFIXES, GenerationSettings
 from .errors import ConfigError
 from .progress import progress
 
@@ -31,8 +31,10 @@ __all__ = ["GENERATION_OPTIONS", "TextToText", "load_model", "pipeline", "resolv
 
 #: The subfolder of a model folder that holds the target side's tokenizer when it differs.
 DECODER_TOKENIZER_DIR = "decoder_tokenizer"
-#: Keyword options a pipeline call takes besides the :class:`GenerationSettings` fields.
-EXTRA_OPTIONS = ("seed", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+#: Keyword options a pipeline call takes besides the :class:`GenerationSettings` fields: ``seed``
+#: makes the call's random generator (a generate-time argument, not a setting).
+EXTRA_OPTIONS = ("seed",)
+#: Every keyword option a pipeline call takes: the settings' fields, then :data:`EXTRA_OPTIONS`.
 GENERATION_OPTIONS = (*GenerationSettings.model_fields, *EXTRA_OPTIONS)
 
 
@@ -186,7 +188,11 @@ class TextToText:
                 )
 
     def settings(self, **options: Any) -> dict[str, Any]:
-        """The model's generation defaults with ``options`` applied, checked; plus the ids and generator."""
+        """The model's generation defaults with ``options`` applied, checked: every setting, plus the generator.
+
+        Raises:
+            ConfigError: an unknown option (with a "did you mean"), or an invalid value.
+        """
         import difflib
 
         unknown = [k for k in options if k not in GENERATION_OPTIONS]
@@ -194,24 +200,10 @@ class TextToText:
             close = difflib.get_close_matches(unknown[0], GENERATION_OPTIONS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(GENERATION_OPTIONS)}"
             raise ConfigError(f"unknown generation option {unknown[0]!r}{hint}")
-        given = {k: v for k, v in options.items() if v is not None}
-        from pydantic import ValidationError
-
-        try:
-            merged = GenerationSettings.model_validate(
-                {
-                    **self.model.generation_settings.model_dump(),
-                    **{k: v for k, v in given.items() if k in GenerationSettings.model_fields},
-                }
-            ).model_dump()
-        except ValidationError as e:
-            raise ConfigError(
-                format_validation_error(e, "generation options", model=GenerationSettings)
-            ) from None
-        for key in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
-            merged[key] = given.get(key, getattr(self.model, key))
-        if given.get("seed") is not None:
-            merged["generator"] = torch.Generator(device=self.device).manual_seed(int(given["seed"]))
+        seed = options.pop("seed", None)
+        merged = self.model.generation_defaults().merged(options, "generation options").model_dump()
+        if seed is not None:
+            merged["generator"] = torch.Generator(device=self.device).manual_seed(int(seed))
         return merged
 
     def generate_ids(

@@ -1,0 +1,301 @@
+"""The searches: greedy search and sampling (one step per ``yield``) and beam search.
+
+Both run a decode step (tokens [B, 1] -> logits [B, V]) over ``B = b * g`` rows
+(source-major: rows ``i*g ... i*g + g-1`` belong to source ``i``) against resolved
+:class:`~seqweave.GenerationSettings` (start and pad ids set), and match transformers 5.24's
+``_sample`` / ``_beam_search`` token for token. ``topk`` and ``argmax`` are the block-wise
+CPU versions of torch's, same results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..cache import Cache
+from ..config import GenerationSettings
+from .processors import Processor
+
+__all__ = ["argmax", "beam_search", "greedy_search", "topk"]
+
+
+class _StopCheck:
+    """Whether every row has finished.
+
+    On the CPU this reads the flag right away. On CUDA, reading it would make the host
+    wait for the device every step; instead the flag is copied to pinned memory without
+    blocking and read one step later, so the device always has the next step queued.
+    The step run after the last one is then thrown away (all its rows are padding).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.lagged = device.type == "cuda"
+        if self.lagged:
+            self.host = torch.zeros((), dtype=torch.bool).pin_memory()
+            self.event = torch.cuda.Event()
+            self.pending = False
+
+    def finished_before(self) -> bool:
+        """Lagged mode: whether the previous step had already finished every row."""
+        if not self.lagged or not self.pending:
+            return False
+        self.event.synchronize()
+        return bool(self.host)
+
+    def finished(self, unfinished: torch.Tensor) -> bool:
+        """Whether no row is left (immediate mode); lagged mode records the flag and returns False."""
+        if not self.lagged:
+            return not bool(unfinished.any())
+        self.host.copy_(~unfinished.any(), non_blocking=True)
+        self.event.record()
+        self.pending = True
+        return False
+
+
+def greedy_search(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    out: torch.Tensor,
+    settings: GenerationSettings,
+    processors: Sequence[Processor],
+    scores: torch.Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Greedy search or sampling; yields each step's new tokens [B] as they are chosen.
+
+    Args:
+        step: the decode step (tokens [B, 1] -> logits [B, V]).
+        out: [B, L] the output buffer, column 0 holding the start token; filled in place.
+            When the iterator ends, ``out[:, : 1 + number of tokens yielded]`` is the result.
+        settings: the resolved settings (the pad id set when there is an eos).
+        processors: logits processors, applied in order.
+        scores: [B] if given, accumulates each row's log-probability of its tokens under the
+            distribution they were chosen from (after the processors), up to its eos.
+        generator: the random generator sampling draws from (the global one if None).
+    """
+    rows, length = out.shape
+    device = out.device
+    eos_ids, pad_id = settings.eos_ids, settings.pad_token_id
+    eos = None if eos_ids is None else torch.tensor(eos_ids, device=device)
+    # resolution makes the pad id the first eos id when there is an eos and no pad id
+    pad = torch.tensor(pad_id if pad_id is not None else 0, device=device)
+    unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+    stop = _StopCheck(device)
+    lagged = stop.lagged
+    for cur in range(1, length):
+        logits = step(out[:, cur - 1 : cur]).float()
+        for process in processors:
+            logits = process(out[:, :cur], logits)
+        if settings.do_sample:
+            probs = F.softmax(logits, dim=-1)
+            tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        else:
+            tokens = argmax(logits)
+        if scores is not None:
+            chosen = logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
+            scores += chosen.masked_fill_(~unfinished, 0.0)
+        if eos is not None:
+            tokens = torch.where(unfinished, tokens, pad)  # finished rows get padding
+            unfinished &= (tokens != eos) if len(eos) == 1 else ~torch.isin(tokens, eos)
+        out.select(1, cur).copy_(tokens)
+        if lagged and stop.finished_before():
+            return  # lagged check: the previous step finished every row, so this one is discarded
+        yield tokens
+        if eos is not None and stop.finished(unfinished):
+            return
+
+
+_BLOCK = 256
+
+
+def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(scores, k)`` over the last dim of ``scores`` [r, N] for a small ``k``, in blocks.
+
+    Beam search asks every step for the ``2 * num_beams`` best of ``num_beams * V`` scores
+    (200 000 for 4 beams of GPT-2), and ``torch.topk`` on the CPU scans about 1.6 ns an
+    element (0.3 ms there). The maximum of each block of 256 is a vectorised reduction;
+    the ``k`` blocks with the largest maxima hold the ``k`` largest elements (a block
+    holding the j-th largest has a maximum at least that large, and fewer than j blocks
+    have a larger one), so only they are searched. Same values and indices, sorted; equal
+    values may come in another order, as ``torch.topk`` does not fix that order either.
+    """
+    rows, size = scores.shape
+    blocks = size // _BLOCK
+    if scores.device.type != "cpu" or blocks < 8 * k or not scores.is_contiguous():
+        return torch.topk(scores, k)
+    n = blocks * _BLOCK
+    maxima = scores.as_strided((rows, blocks, _BLOCK), (size, _BLOCK, 1)).amax(dim=-1)  # [r, blocks]
+    starts = maxima.topk(k).indices * _BLOCK  # [r, k]
+    cols = (starts[:, :, None] + torch.arange(_BLOCK, device=scores.device)).view(rows, k * _BLOCK)
+    if n < size:  # the last partial block is always searched
+        cols = torch.cat((cols, torch.arange(n, size, device=scores.device).expand(rows, size - n)), dim=1)
+    values, where = scores.gather(1, cols).topk(k)
+    return values, cols.gather(1, where)
+
+
+def argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(dim=-1)`` for ``scores`` [r, V]; for one row on the CPU, in blocks.
+
+    ``argmax`` is not vectorised on the CPU (about 0.9 ns an element: 45 µs for GPT-2's
+    50257 logits, a tenth of a small model's decode step), while the maxima of blocks of
+    256 are. The first block holding the largest value, then the first index in it that
+    holds it: the same index ``argmax`` returns, ties and NaN (counted as the largest) alike.
+    """
+    rows, size = scores.shape
+    blocks = size // _BLOCK
+    if rows != 1 or blocks < 32 or scores.device.type != "cpu" or not scores.is_contiguous():
+        return scores.argmax(dim=-1)
+    flat = scores.view(size)
+    n = blocks * _BLOCK
+    maxima = flat[:n].view(blocks, _BLOCK).amax(dim=-1)
+    if n < size:  # the partial last block
+        maxima = torch.cat((maxima, flat[n:].amax(dim=0, keepdim=True)))
+    start = int(maxima.argmax()) * _BLOCK
+    return torch.tensor([start + int(flat[start : start + _BLOCK].argmax())], device=scores.device)
+
+
+def beam_search(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    cache: Cache,
+    batch_size: int,
+    settings: GenerationSettings,
+    processors: Sequence[Processor],
+    device: torch.device,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search, with transformers' vectorised ``_beam_search`` semantics step for step.
+
+    Every step keeps the ``K = max(2, 1 + number of eos ids) * num_beams`` best continuations
+    of each source; those ending in eos (or at the maximum length) become finished
+    hypotheses scored ``sum_logprobs / new_tokens ** length_penalty`` (new tokens counting
+    the eos), the best ``num_beams`` of the others keep running. Generation stops when no
+    running beam can still beat a finished one (``early_stopping``: False compares the best
+    running beam scored at the current length with the worst finished one; "never" scores
+    it at the maximum length when ``length_penalty > 0``; True stops once ``num_beams``
+    hypotheses are finished), or at the maximum length.
+
+    Only the self-attention cache is reordered (in place), never the encoder output or the
+    cross-attention keys/values. The one case where the result can differ from
+    transformers': processors giving every continuation of a source a score of -inf, where
+    transformers' own result depends on the order ``torch.topk`` gives equal scores.
+
+    Args:
+        step: the decode step over ``batch_size * num_beams`` rows.
+        cache: the step's cache, reordered as beams are chosen.
+        batch_size: ``b``, the number of sources.
+        settings: the resolved settings (the start id set).
+        processors: applied to the log-probabilities, in order.
+        device: where the bookkeeping tensors live.
+        generator: the random generator beam sampling draws from (the global one if None).
+
+    Returns:
+        The sequences [b * num_return_sequences, 1 + longest] (best first within a source)
+        and their scores [b * num_return_sequences].
+    """
+    s, eos_ids = settings, settings.eos_ids
+    assert s.decoder_start_token_id is not None, "resolved settings carry the start token"
+    b, n = batch_size, s.num_beams
+    length = 1 + s.max_new_tokens  # transformers' max_length
+    prompt = 1  # the decoder prompt is the start token
+    eos = None if eos_ids is None else torch.tensor(eos_ids, device=device)
+    keep = max(2, 1 + (0 if eos_ids is None else len(eos_ids))) * n
+    # transformers fills unwritten positions with ``pad_token_id or eos_token_id[0]`` when there
+    # is an eos (so a pad id of 0 falls through to eos), else -1.
+    fill = (s.pad_token_id or eos_ids[0]) if eos_ids is not None else -1
+    lp, es = s.length_penalty, s.early_stopping
+
+    running = torch.full((b, n, length), fill, dtype=torch.long, device=device)
+    running[:, :, 0] = s.decoder_start_token_id
+    sequences = running.clone()  # finished hypotheses
+    running_scores = torch.zeros(b, n, device=device)
+    running_scores[:, 1:] = -1e9  # only beam 0 may start, or all beams would pick the same tokens
+    beam_scores = torch.full((b, n), -1e9, device=device)
+    finished = torch.zeros(b, n, dtype=torch.bool, device=device)
+    # transformers counts a hypothesis's generated tokens through its beam indices; the count
+    # is all that the output length needs, so it is kept directly.
+    new_tokens = torch.zeros(b, n, dtype=torch.long, device=device)
+    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+    top_n = torch.arange(keep, device=device) < n  # [K]: candidates that may become finished
+    row_offset = torch.arange(b, device=device)[:, None] * n  # [b, 1]
+    any_finished = False
+
+    cur = prompt
+    while True:
+        logits = step(running[:, :, cur - 1].reshape(b * n, 1)).float()
+        log_probs = F.log_softmax(logits, dim=-1)
+        if processors:
+            history = running[:, :, :cur].reshape(b * n, cur)
+            for process in processors:
+                log_probs = process(history, log_probs)
+        vocab = log_probs.shape[-1]
+        accumulated = (log_probs.view(b, n, vocab) + running_scores[:, :, None]).view(b, n * vocab)
+
+        # Top-K continuations over all beams of a source (or K sampled without replacement).
+        if s.do_sample:
+            picked = torch.multinomial(F.softmax(accumulated, dim=-1), num_samples=keep, generator=generator)
+            top_scores = accumulated.gather(1, picked)
+            top_scores, order = top_scores.sort(dim=-1, descending=True)
+            picked = picked.gather(1, order)
+        else:
+            top_scores, picked = topk(accumulated, keep)
+        parent = picked // vocab  # [b, K] beam each continuation extends
+        candidates = running.gather(1, parent[:, :, None].expand(b, keep, length))
+        candidates[:, :, cur] = picked % vocab
+        if cur + 1 >= length:
+            hits = torch.ones(b, keep, dtype=torch.bool, device=device)
+        elif eos is not None:
+            hits = torch.isin(candidates[:, :, cur], eos)
+        else:
+            hits = torch.zeros(b, keep, dtype=torch.bool, device=device)
+
+        # The best num_beams continuations that did not just finish keep running.
+        running_candidates = top_scores + hits.to(torch.float32) * -1.0e9
+        chosen = torch.topk(running_candidates, k=n)[1]
+        running = candidates.gather(1, chosen[:, :, None].expand(b, n, length))
+        running_scores = running_candidates.gather(1, chosen)
+        cache.reorder((parent.gather(1, chosen) + row_offset).view(-1))
+
+        # Finished continuations among the top num_beams join the finished hypotheses if good enough.
+        # When none of them just finished the merge is skipped: every other candidate then scores
+        # -1e9 or less (log-probabilities are <= 0), no better than an empty slot, and the first
+        # finished hypothesis, at the latest at max_length, displaces whatever a tie let in.
+        just_finished = hits & top_n
+        last = cur + 1 >= length  # max_length: every candidate "hits"
+        if last or bool(just_finished.any()):
+            done_scores = top_scores / ((cur + 1 - prompt) ** lp)
+            full = finished.all(dim=-1, keepdim=True) & (es is True)
+            done_scores += full.to(torch.float32) * -1.0e9
+            done_scores += (~improvable).to(torch.float32) * -1.0e9
+            done_scores += (~just_finished) * -1.0e9
+            merged_scores = torch.cat((beam_scores, done_scores), dim=1)
+            best = torch.topk(merged_scores, k=n)[1]
+            sequences = torch.cat((sequences, candidates), dim=1).gather(
+                1, best[:, :, None].expand(b, n, length)
+            )
+            beam_scores = merged_scores.gather(1, best)
+            new_tokens = torch.cat((new_tokens, new_tokens.new_full((b, keep), cur + 1 - prompt)), 1).gather(
+                1, best
+            )
+            finished = torch.cat((finished, just_finished), dim=1).gather(1, best)
+            any_finished = True
+
+        cur += 1
+        if last:  # every candidate hit max_length: nothing can continue
+            break
+        # Can a running beam still beat the worst finished hypothesis (-1e9 while there is none)?
+        best_length = length - prompt if es == "never" and lp > 0.0 else cur - prompt
+        best_running = running_scores[:, :1] / (best_length**lp)
+        worst_finished = (
+            torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], -1.0e9) if any_finished else -1.0e9
+        )
+        improvable = improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
+        if not bool(improvable.any()) or (es is True and any_finished and bool(finished.all())):
+            break
+
+    r = s.num_return_sequences
+    longest = prompt + int(new_tokens[:, :r].max())
+    return sequences[:, :r, :longest].reshape(b * r, longest), beam_scores[:, :r].reshape(b * r)
+
