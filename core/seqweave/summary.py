@@ -81,7 +81,7 @@ def describe(model: EncoderDecoder, folder: Path | None = None) -> dict[str, Any
         "pad_token_id": model.pad_token_id,
         "eos_token_id": model.eos_token_id,
         "tie_encoder_decoder": model.tie_encoder_decoder,
-        "generation": model.generation_settings.model_dump(),
+        "generation": model.generation_defaults().model_dump(),
     }
 
 
