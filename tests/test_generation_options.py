@@ -82,7 +82,8 @@ def test_the_cli_flags_are_the_fields():
     assert names - CLI_OWN == FIELDS
     flags = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
     # the flag names of earlier releases keep working
-    assert {"--do-sample", "--greedy", "--early-stopping", "--no-early-stopping", "--seed", "--num-beams"} <= flags
+    old = {"--do-sample", "--greedy", "--early-stopping", "--no-early-stopping", "--seed", "--num-beams"}
+    assert old <= flags
     by_name = {p.name: p for p in command.params}
     for name, field in sw.GenerationSettings.model_fields.items():
         p = by_name[name]
@@ -149,6 +150,12 @@ def test_token_id_problems():
     with pytest.raises(sw.ConfigError) as e:
         check_token_ids({"decoder_start_token_id": 9}, 5, "here")
     assert str(e.value) == "here: decoder_start_token_id: must be below the decoder's vocab_size (5) (got 9)"
+    with pytest.raises(sw.ConfigError) as e:
+        check_token_ids({"pad_token_id": 5, "eos_token_id": 6}, 5, "f.yaml", prefix="generation.")
+    assert str(e.value).splitlines() == [
+        "f.yaml: generation.pad_token_id: must be below the decoder's vocab_size (5) (got 5)",
+        "f.yaml: generation.eos_token_id: must be below the decoder's vocab_size (5) (got 6)",
+    ]
 
 
 @pytest.mark.parametrize("name", TOKEN_ID_FIELDS)
@@ -175,7 +182,8 @@ def test_token_id_errors_read_the_same_from_every_entry_point(model, tmp_path, c
         sw.pipeline(model)("some text", **{name: value})
     messages["pipeline"] = str(e.value)
 
-    flags = [a for v in (value if isinstance(value, list) else [value]) for a in (f"--{name.replace('_', '-')}", v)]
+    flag = f"--{name.replace('_', '-')}"
+    flags = [a for v in (value if isinstance(value, list) else [value]) for a in (flag, v)]
     assert main(["generate", str(TINY), "some text", *map(str, flags)]) == 2
     messages["cli"] = capsys.readouterr().err.removeprefix("error: ").strip()
 

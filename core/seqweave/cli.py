@@ -160,7 +160,8 @@ def _scalar_types(annotation: Any) -> set[Any]:
     import types
     import typing
 
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if is_union else ()
     found = set()
     for a in args or (annotation,):
         origin = typing.get_origin(a)

@@ -376,9 +376,11 @@ class EncoderDecoder(nn.Module):
     # Generation
 
     def generation_defaults(self) -> GenerationSettings:
-        """Every generation option's default for this model: :attr:`generation_settings`, with its token
-        ids left at None taken from the model's ``decoder_start_token_id``, ``pad_token_id`` and
-        ``eos_token_id``."""
+        """Every generation option's default for this model, as :meth:`generate` resolves its options against.
+
+        :attr:`generation_settings` (the config's ``generation:`` block), whose token ids left at
+        None are the model's own ``decoder_start_token_id``, ``pad_token_id`` and ``eos_token_id``.
+        """
         ids = {k: getattr(self, k) for k in TOKEN_ID_FIELDS if getattr(self.generation_settings, k) is None}
         return self.generation_settings.merged(ids, type(self).__name__)
 

@@ -200,7 +200,8 @@ class GenerationSettings(BaseModel):
         # A token id is an int as written: not True, not 3.0, not "3" (pydantic's lax mode takes those).
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError("must be a token id (an int >= 0)" + ("" if value is v else " or a list of them"))
+                more = "" if value is v else " or a list of them"
+                raise ValueError(f"must be a token id (an int >= 0){more}")
         return list(value) if isinstance(value, tuple) else value
 
     @model_validator(mode="after")
@@ -208,14 +209,17 @@ class GenerationSettings(BaseModel):
         # transformers refuses the same combinations: beam search has only num_beams hypotheses,
         # and greedy search returns one sequence per input.
         if self.num_return_sequences > self.num_beams and (self.num_beams > 1 or not self.do_sample):
+            unless = "" if self.num_beams > 1 else " unless do_sample is true"
             raise FieldError(
                 "num_return_sequences",
-                f"must be at most num_beams ({self.num_beams})" + ("" if self.num_beams > 1 else " unless do_sample is true"),
+                f"must be at most num_beams ({self.num_beams}){unless}",
                 self.num_return_sequences,
             )
         if self.min_new_tokens > self.max_new_tokens:
             raise FieldError(
-                "min_new_tokens", f"must be at most max_new_tokens ({self.max_new_tokens})", self.min_new_tokens
+                "min_new_tokens",
+                f"must be at most max_new_tokens ({self.max_new_tokens})",
+                self.min_new_tokens,
             )
         return self
 
@@ -242,8 +246,10 @@ class GenerationSettings(BaseModel):
             raise ConfigError(format_validation_error(e, source, model=type(self))) from None
 
 
-def token_id_problems(values: Mapping[str, Any], vocab_size: int | None) -> list[tuple[str, str, Any]]:
-    """The token ids among ``values`` that the decoder's vocabulary does not hold: ``(field, message, value)``.
+def token_id_problems(
+    values: Mapping[str, Any], vocab_size: int | None, prefix: str = ""
+) -> list[tuple[str, str, Any]]:
+    """The token ids among ``values`` that the decoder's vocabulary lacks, as ``(field, message, value)``.
 
     The one range check of token ids, wherever they are written: the config file (its top
     level and its ``generation:`` block), a model's ids, a call's options. Each field of
@@ -252,26 +258,29 @@ def token_id_problems(values: Mapping[str, Any], vocab_size: int | None) -> list
     Args:
         values: field name -> value (other keys are ignored).
         vocab_size: the decoder's vocabulary size; None (unknown) finds no problem.
+        prefix: put before each field's name (``"generation."`` for that block of a config file).
     """
     problems: list[tuple[str, str, Any]] = []
     if vocab_size is None:
         return problems
     for name in TOKEN_ID_FIELDS:
         value = values.get(name)
-        if any(isinstance(v, int) and not 0 <= v < vocab_size for v in (value if isinstance(value, list) else [value])):
-            problems.append((name, f"must be below the decoder's vocab_size ({vocab_size})", value))
+        ids = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not 0 <= v < vocab_size for v in ids):
+            problems.append((prefix + name, f"must be below the decoder's vocab_size ({vocab_size})", value))
     return problems
 
 
-def check_token_ids(values: Mapping[str, Any], vocab_size: int | None, source: str) -> None:
+def check_token_ids(values: Mapping[str, Any], vocab_size: int | None, source: str, prefix: str = "") -> None:
     """Raise the problems :func:`token_id_problems` finds, as ``source: field: message (got value)`` lines.
 
     Raises:
         ConfigError: some id is not below ``vocab_size``.
     """
-    problems = token_id_problems(values, vocab_size)
+    problems = token_id_problems(values, vocab_size, prefix)
     if problems:
-        raise ConfigError("\n".join(f"{source}: {name}: {msg}{_shown(value)}" for name, msg, value in problems))
+        lines = [f"{source}: {name}: {msg}{_shown(value)}" for name, msg, value in problems]
+        raise ConfigError("\n".join(lines))
 
 
 class PartConfig(BaseModel):

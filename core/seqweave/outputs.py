@@ -33,7 +33,7 @@ class EncoderOutput:
 
 @dataclass
 class Encoded:
-    """What :meth:`seqweave.EncoderDecoder.encode` returns: the source as the decoder's cross-attention takes it.
+    """What :meth:`seqweave.EncoderDecoder.encode` returns: the source as cross-attention takes it.
 
     Attributes:
         states: [b, s, d_cross] the encoder's last hidden states, projected to the decoder's

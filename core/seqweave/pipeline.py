@@ -188,7 +188,7 @@ class TextToText:
                 )
 
     def settings(self, **options: Any) -> dict[str, Any]:
-        """The model's generation defaults with ``options`` applied, checked: every setting, plus the generator.
+        """The model's generation defaults with ``options`` applied and checked, plus the generator.
 
         Raises:
             ConfigError: an unknown option (with a "did you mean"), or an invalid value.

@@ -73,15 +73,17 @@ def resolve(
     unknown = sorted(set(options) - set(GenerationSettings.model_fields))
     if unknown:
         allowed = sorted({*GenerationSettings.model_fields, *RUNTIME_ARGUMENTS})
-        raise ConfigError(f"{source}: unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{source}: unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+        )
     s = defaults.merged(options, source)
     start, pad, eos = s.decoder_start_token_id, s.pad_token_id, s.eos_ids
     if start is None:
         start = getattr(getattr(decoder, "config", None), "bos_token_id", None)
     if start is None:
         raise ConfigError(
-            f"{source}: decoder_start_token_id is not set: pass it, or set it (or the decoder's bos_token_id) "
-            "in the model's config"
+            f"{source}: decoder_start_token_id is not set: pass it, or set it (or the decoder's "
+            "bos_token_id) in the model's config"
         )
     if pad is None and eos is not None:
         pad = eos[0]
@@ -92,7 +94,7 @@ def resolve(
     limit = getattr(decoder, "max_length", None)
     if isinstance(limit, int) and 1 + s.max_new_tokens > limit:
         raise ConfigError(
-            f"{source}: max_new_tokens={s.max_new_tokens} makes {1 + s.max_new_tokens} decoder positions, but the "
-            f"decoder embeds at most {limit}; allowed: max_new_tokens <= {limit - 1}"
+            f"{source}: max_new_tokens={s.max_new_tokens} makes {1 + s.max_new_tokens} decoder positions, "
+            f"but the decoder embeds at most {limit}; allowed: max_new_tokens <= {limit - 1}"
         )
     return s
