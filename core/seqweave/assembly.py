@@ -1,5 +1,5 @@
-"""Assembling a composition: parts of registered architectures built at random, protocol checks, sharing
-encoder and decoder weights, and labels shifted into decoder inputs."""
+"""Assembling a composition: parts of registered architectures built at random, protocol checks,
+encoder and decoder weights shared, and labels shifted into decoder inputs."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def check_parts(encoder: nn.Module, decoder: nn.Module) -> None:
 
 
 def tie_encoder_to_decoder(encoder: nn.Module, decoder: nn.Module) -> list[str]:
-    """Point encoder modules' parameters at the same-named decoder modules' ones; return the encoder names tied.
+    """Point encoder modules' parameters at the same-named decoder modules' ones; return the names tied.
 
     A module is shared when the decoder has a module of the same name whose own
     parameters have the same names and shapes: a Linear's weight and bias go together,

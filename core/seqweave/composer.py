@@ -99,7 +99,7 @@ class EncoderDecoder(nn.Module):
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
         self.decoder_tokenizer_source = decoder_tokenizer
-        #: what loading did; a model assembled from modules reports every tensor as new (the loaders replace it)
+        #: what loading did; assembled from modules, every tensor is new (the loaders replace the report)
         self.load_report = LoadReport(new=[n for n, _ in self.named_parameters()])
         #: config.json fields we carry but do not use, by part and at the top ("top"), written back on save
         self.hf_extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
@@ -383,8 +383,9 @@ class EncoderDecoder(nn.Module):
         cfg = load_config(config, overrides, registry=registry)
         fields = cfg.model_dump(include={"decoder_start_token_id", "pad_token_id", "eos_token_id",
                                          "tie_encoder_decoder", "tokenizer", "decoder_tokenizer"})
-        model = load.load_composition(cls, {"encoder": cfg.encoder, "decoder": cfg.decoder}, registry, dtype=dtype,
-                                      device=device, generation=cfg.generation, **fields)
+        model = load.load_composition(cls, {"encoder": cfg.encoder, "decoder": cfg.decoder}, registry,
+                                      dtype=dtype, device=device, generation=cfg.generation, **fields)
         # load_config checks these only when the decoder's vocabulary is known without loading.
-        check_token_ids(cfg, model.decoder.vocab_size, f"{config}" if isinstance(config, (str, os.PathLike)) else None)
+        source = str(config) if isinstance(config, (str, os.PathLike)) else None
+        check_token_ids(cfg, model.decoder.vocab_size, source)
         return model

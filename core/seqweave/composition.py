@@ -329,7 +329,8 @@ def load_config(
     try:
         cfg = CompositionConfig.model_validate(data, context={"registry": registry, "check_parts": False})
     except ValidationError as e:
-        lines[:0] = format_validation_error(e, name, data=data, part_config=_part_config_of(registry)).splitlines()
+        hints = _part_config_of(registry)
+        lines[:0] = format_validation_error(e, name, data=data, part_config=hints).splitlines()
     if lines:
         raise ConfigError("\n".join(lines))
     if base is not None:
@@ -350,7 +351,9 @@ def check_token_ids(cfg: CompositionConfig, vocab_size: int, source: str | None 
         value = getattr(cfg, name)
         if any(v is not None and v >= vocab_size for v in (value if isinstance(value, list) else [value])):
             where = f"{source}: " if source is not None else ""
-            raise ConfigError(f"{where}{name}: must be below the decoder's vocab_size ({vocab_size}) (got {value!r})")
+            raise ConfigError(
+                f"{where}{name}: must be below the decoder's vocab_size ({vocab_size}) (got {value!r})"
+            )
 
 
 CompositionConfig.part_checker = lambda data, registry: _part_problems(data, registry or default_registry())

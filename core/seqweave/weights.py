@@ -1,8 +1,9 @@
 """The two-way weight map, and loading weights into modules built on ``meta``.
 
-Reading checkpoint files is :mod:`seqweave.checkpoint`'s job. A weight map is data: a list of rules, each naming one of our tensors and the Hugging
+A weight map is data: a list of rules, each naming one of our tensors and the Hugging
 Face tensor(s) it comes from. The same rules read a checkpoint (:meth:`WeightMap.from_hf`)
-and write one (:meth:`WeightMap.to_hf`), so ``to_hf(from_hf(sd)) == sd``.
+and write one (:meth:`WeightMap.to_hf`), so ``to_hf(from_hf(sd)) == sd``. Reading the
+checkpoint files is :mod:`seqweave.checkpoint`'s job.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class WeightMap:
             rename = lambda k: p + k  # noqa: E731
         elif not wants_prefix and has_prefix:
             rename = lambda k: k.removeprefix(p)  # noqa: E731
-        renamed = getattr(sd, "renamed", None)  # seqweave.checkpoint's CheckpointTensors keep their file offsets
+        renamed = getattr(sd, "renamed", None)  # CheckpointTensors (seqweave.checkpoint) keep their offsets
         if rename is None:
             return sd if renamed is not None else dict(sd)
         if renamed is not None:

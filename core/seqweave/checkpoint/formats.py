@@ -1,4 +1,4 @@
-"""Weight files: one table of readers, safetensors first; pickles only through ``torch.load(weights_only=True)``.
+"""Weight files: one table of readers, safetensors first; pickles only by ``torch.load(weights_only=True)``.
 
 :data:`WEIGHT_FORMATS` is the single list of the weight files a checkpoint folder may
 hold, in order of preference. :func:`read_state_dict` walks it, and :mod:`seqweave.hub`
@@ -154,7 +154,8 @@ def _index_of(read: Callable[[Path], CheckpointTensors]) -> Callable[[Path], Che
 #: The weight files of a checkpoint folder, the preferred first: the first one present is read.
 WEIGHT_FORMATS: tuple[WeightFormat, ...] = (
     WeightFormat("model.safetensors", _read_safetensors),
-    WeightFormat("model.safetensors.index.json", _index_of(_read_safetensors), shards="model-*-of-*.safetensors"),
+    WeightFormat("model.safetensors.index.json", _index_of(_read_safetensors),
+                 shards="model-*-of-*.safetensors"),
     WeightFormat("pytorch_model.bin", _read_pickle, pickle=True),
     WeightFormat("pytorch_model.bin.index.json", _index_of(_read_pickle), shards="pytorch_model-*-of-*.bin",
                  pickle=True),

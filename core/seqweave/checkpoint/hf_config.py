@@ -47,8 +47,9 @@ COMPOSITE_MODEL_TYPE = "encoder-decoder"
 #: The composition's token ids, at the top of a composite's config.json and in generation_config.json.
 TOKEN_FIELDS = ("decoder_start_token_id", "pad_token_id", "eos_token_id")
 #: Top-level fields of a composite's config.json that we read or write ourselves; the rest is carried.
-TOP_FIELDS = frozenset({"encoder", "decoder", "model_type", "is_encoder_decoder", "architectures", *TOKEN_FIELDS,
-                        "tie_encoder_decoder", "dtype", "seqweave_version", "transformers_version"})
+TOP_FIELDS = frozenset({"encoder", "decoder", "model_type", "is_encoder_decoder", "architectures",
+                        *TOKEN_FIELDS, "tie_encoder_decoder", "dtype", "seqweave_version",
+                        "transformers_version"})
 
 
 @dataclass
@@ -97,7 +98,7 @@ def split_hf_config(
 def composite_config(
     data: Mapping[str, Any], where: str, registry: Registry
 ) -> tuple[dict[str, PartSpec], dict[str, Any], dict[str, Any]]:
-    """A composite ``config.json``: its two parts, the composition's arguments and the top-level fields carried.
+    """A composite ``config.json``: its two parts, the model's arguments and the top-level fields carried.
 
     Returns:
         The parts by role; ``decoder_start_token_id``, ``pad_token_id``, ``eos_token_id`` and
@@ -117,7 +118,8 @@ def composite_config(
         sub = data.get(role)
         if not isinstance(sub, dict):
             raise CheckpointError(f"{where}: no {role!r} object")
-        parts[role] = split_hf_config(architecture_of(sub, f"{where}: {role}", registry), sub, f"{where}: {role}")
+        source = f"{where}: {role}"
+        parts[role] = split_hf_config(architecture_of(sub, source, registry), sub, source)
     kwargs = {k: data.get(k) for k in TOKEN_FIELDS}
     kwargs["tie_encoder_decoder"] = bool(data.get("tie_encoder_decoder", False))
     return parts, kwargs, {k: v for k, v in data.items() if k not in TOP_FIELDS}
@@ -151,7 +153,7 @@ def weight_map_of(model: nn.Module) -> WeightMap:
 
 
 def hf_config(model: nn.Module) -> dict[str, Any]:
-    """The ``config.json`` transformers' ``EncoderDecoderModel`` reads, for an :class:`~seqweave.EncoderDecoder`."""
+    """The ``config.json`` transformers' ``EncoderDecoderModel`` reads, for an ``EncoderDecoder``."""
     parts = {}
     for role in ("encoder", "decoder"):
         p = part_of(model, role)
@@ -183,7 +185,7 @@ def generation_config(model: nn.Module) -> dict[str, Any]:
 
 
 def read_generation_config(model: nn.Module, folder: Path) -> None:
-    """Take the generation defaults, and the token ids the model lacks, from ``folder``'s generation_config.json.
+    """Take generation defaults, and token ids the model lacks, from ``folder``'s generation_config.json.
 
     Fields transformers writes that we do not know are skipped; an absent file changes nothing.
 

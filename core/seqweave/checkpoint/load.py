@@ -26,7 +26,14 @@ from ..hub import resolve
 from ..registry import Registry, Role
 from ..weights import WeightMap, load_module_weights, rule
 from .formats import read_state_dict
-from .hf_config import PartSpec, architecture_of, composite_config, dtype_of, read_generation_config, split_hf_config
+from .hf_config import (
+    PartSpec,
+    architecture_of,
+    composite_config,
+    dtype_of,
+    read_generation_config,
+    split_hf_config,
+)
 from .jsonio import CONFIG_JSON, read_config_json
 from .report import LoadReport, summarize_names
 
@@ -57,7 +64,7 @@ def load_part(
     dtype: torch.dtype,
     device: torch.device | str,
 ) -> list[str]:
-    """Fill ``module`` (built on ``meta``) from checkpoint tensors, or initialise it, and record what happened.
+    """Fill ``module`` (built on ``meta``) from checkpoint tensors, or initialise it; record what happened.
 
     Args:
         module: the encoder, the decoder or the projection, its parameters on the meta device.
@@ -89,8 +96,8 @@ def load_part(
     """
     if tensors is None:
         new = [n for n, _ in module.named_parameters()]
-        load_module_weights(module, {}, source=source, weight_map=WeightMap(()), new=new, std=std, dtype=dtype,
-                            device=device)
+        load_module_weights(module, {}, source=source, weight_map=WeightMap(()), new=new, std=std,
+                            dtype=dtype, device=device)
         report.new += [f"{role}.{n}" for n in new]
         return new
     composite = prefix is not None
@@ -101,7 +108,9 @@ def load_part(
     missing = [r for r in missing if r.ours not in filled]
     required = [h for r in missing if composite or not r.new_ok for h in r.hf if h not in tensors]
     if required:
-        raise CheckpointError(f"{source}: missing {len(required)} tensor(s) {what} needs, e.g. {_first(required)}")
+        raise CheckpointError(
+            f"{source}: missing {len(required)} tensor(s) {what} needs, e.g. {_first(required)}"
+        )
     mine = [k for k in tensors if not composite or k.startswith(prefix)]
     unexpected = [k for k in unexpected if not composite or k.startswith(prefix)]
     if composite and unexpected:
@@ -112,7 +121,8 @@ def load_part(
     used = {h for r in wmap.rules for h in r.hf}
     skipped = set(unexpected)
     new = [r.ours for r in missing]
-    load_module_weights(module, ours, source=source, weight_map=wmap, new=new, std=std, dtype=dtype, device=device)
+    load_module_weights(module, ours, source=source, weight_map=wmap, new=new, std=std, dtype=dtype,
+                        device=device)
     report.new += [f"{role}.{n}" for n in new]
     report.unused += [f"{role}:{k}" for k in unexpected]
     report.ignored += [f"{role}:{k}" for k in mine if k not in used and k not in skipped]
@@ -155,9 +165,10 @@ def load_pretrained(
     prefixes = tuple(f"{p}." for p in (*ROLES, *([PROJECTION] if model.enc_to_dec_proj is not None else [])))
     stray = [k for k in sd if not k.startswith(prefixes)]
     if stray:
+        pair = f"{parts['encoder'].arch.name}2{parts['decoder'].arch.name}"
         raise CheckpointError(
-            f"{source}: {len(stray)} tensor(s) that a {parts['encoder'].arch.name}2{parts['decoder'].arch.name} "
-            f"model with this config.json does not have, e.g. {_first(stray)}"
+            f"{source}: {len(stray)} tensor(s) that a {pair} model with this config.json does not have, "
+            f"e.g. {_first(stray)}"
         )
     report = model.load_report = LoadReport(sources={"model": str(source)})
     report.tied = [f"encoder.{n}" for n in model.tied_parameters]
@@ -182,7 +193,7 @@ def part_specs(
     revisions: Mapping[str, str | None],
     overrides: Mapping[str, Any],
 ) -> dict[str, PartConfig]:
-    """The two parts of a warm start; ``encoder_<field>=...`` / ``decoder_<field>=...`` override their configs.
+    """The two parts of a warm start; ``encoder_<field>=...`` / ``decoder_<field>=...`` override fields.
 
     Raises:
         ConfigError: an override that names neither part.
@@ -210,7 +221,9 @@ def _part_spec(role: Role, spec: PartConfig, registry: Registry) -> tuple[PartSp
     data = read_config_json(folder)
     arch = architecture_of(data, where, registry)
     if spec.architecture and spec.architecture != arch.name:
-        raise ConfigError(f"{role}.architecture is {spec.architecture!r} but {where} says model_type {arch.name!r}")
+        raise ConfigError(
+            f"{role}.architecture is {spec.architecture!r} but {where} says model_type {arch.name!r}"
+        )
     part = split_hf_config(arch, data, where)
     if spec.config:  # the merged config is checked under the composition's name for the block
         part.config = arch.make_config({**part.config.model_dump(), **spec.config}, source=f"{role}.config")
@@ -228,7 +241,7 @@ def load_composition(
 ) -> nn.Module:
     """``factory(encoder, decoder, **kwargs)`` with each part warm-started from its checkpoint or initialised.
 
-    See :meth:`seqweave.EncoderDecoder.from_pretrained_parts` and :meth:`~seqweave.EncoderDecoder.from_config`.
+    See :meth:`seqweave.EncoderDecoder.from_pretrained_parts` and ``from_config``.
     """
     parts: dict[str, PartSpec] = {}
     checkpoints: dict[str, tuple[Mapping[str, torch.Tensor], Path]] = {}
@@ -243,9 +256,9 @@ def load_composition(
     for role in ROLES:
         p = parts[role]
         sd, source = checkpoints.get(role, (None, f"{role} (random init)"))
-        new = load_part(getattr(model, role), p.arch.weight_map(p.config, role), sd, what=f"a {p.arch.name} {role}",
-                        role=role, source=source, report=report, std=p.config.initializer_range, dtype=dtype,
-                        device=device)
+        new = load_part(getattr(model, role), p.arch.weight_map(p.config, role), sd,
+                        what=f"a {p.arch.name} {role}", role=role, source=source, report=report,
+                        std=p.config.initializer_range, dtype=dtype, device=device)
         if sd is None:
             shown.append(f"{role} (all {len(new)})")
         else:

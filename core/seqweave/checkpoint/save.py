@@ -1,4 +1,4 @@
-"""Saving: ``config.json``, ``generation_config.json`` and ``model.safetensors`` in transformers' composite layout."""
+"""Saving ``config.json``, ``generation_config.json`` and ``model.safetensors`` in transformers' layout."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> None:
-    """Write ``model``'s three files into ``save_directory``; see :meth:`seqweave.EncoderDecoder.save_pretrained`.
+    """Write ``model``'s three files into ``save_directory`` (:meth:`seqweave.EncoderDecoder.save_pretrained`).
 
     Every file is written to a temporary name first and renamed into place only when all
     are complete, so a failed save leaves an earlier checkpoint in the folder intact.
