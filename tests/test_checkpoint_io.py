@@ -175,6 +175,7 @@ def test_report_of_a_warm_start_matches_what_transformers_creates_and_drops(tmp_
 def test_report_of_a_transformers_4_tied_file_names_the_tied_tensors(tmp_path):
     model = sw.EncoderDecoder(sw.build_encoder("bert", **tiny("bert")), sw.build_decoder("bert", **tiny("bert")),
                               decoder_start_token_id=2, pad_token_id=0, tie_encoder_decoder=True)
+    assert model.load_report.tied == [f"encoder.{n}" for n in model.tied_parameters]  # built directly
     model.save_pretrained(tmp_path)
     wmap = model.weight_map()
     sd = load_file(str(tmp_path / "model.safetensors"))

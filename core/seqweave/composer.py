@@ -100,7 +100,8 @@ class EncoderDecoder(nn.Module):
         self.tokenizer_source = tokenizer
         self.decoder_tokenizer_source = decoder_tokenizer
         #: what loading did; assembled from modules, every tensor is new (the loaders replace the report)
-        self.load_report = LoadReport(new=[n for n, _ in self.named_parameters()])
+        self.load_report = LoadReport(new=[n for n, _ in self.named_parameters()],
+                                      tied=[f"encoder.{n}" for n in self.tied_parameters])
         #: config.json fields we carry but do not use, by part and at the top ("top"), written back on save
         self.hf_extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
 

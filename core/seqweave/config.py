@@ -79,6 +79,7 @@ def format_validation_error(
     model: type[BaseModel] | None = None,
     data: Any = None,
     part_config: PartConfigOf | None = None,
+    registry: Any = None,
 ) -> str:
     """One line per problem: ``source: dotted.location: message (got value)``.
 
@@ -90,7 +91,11 @@ def format_validation_error(
         data: the validated input (for the hint inside a part's ``config``).
         part_config: an architecture name's config model (for the hint inside a part's
             ``config``); :mod:`seqweave.composition` passes the registry's.
+        registry: instead of ``part_config``, a :class:`seqweave.Registry` (used as it is;
+            this module does not import the registry).
     """
+    if part_config is None and registry is not None:
+        part_config = lambda name: registry.get(name).config if name in registry else None  # noqa: E731
     lines = []
     for err in e.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]

@@ -73,7 +73,7 @@ def load_part(
         what: the part in error messages (``"a bert decoder"``).
         role: the part's name in the model and in :class:`LoadReport` (``encoder``, ``decoder``,
             ``enc_to_dec_proj``).
-        source: the file the tensors come from, for errors and ``report.sources``.
+        source: the file the tensors come from (for errors and the progress bar).
         report: the report to add to.
         prefix: None for a single-model checkpoint: names are normalised to the map's layout
             (``base_prefix``), absent ``new_ok`` tensors are created, tensors no rule uses are
