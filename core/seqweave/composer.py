@@ -282,7 +282,6 @@ class EncoderDecoder(nn.Module):
         """
         return generation.generate_stream(self, input_ids, attention_mask, **options)
 
-
     # ------------------------------------------------------------------------------------
     # The Hugging Face layout (seqweave.checkpoint does the work)
 
