@@ -121,7 +121,8 @@ def load_part(architecture: str, role: str, folder: Path):
     """
     import json
 
-    from seqweave.weights import load_module_weights, read_state_dict
+    from seqweave.checkpoint.formats import read_state_dict
+    from seqweave.weights import load_module_weights
 
     arch = REGISTRY.get(architecture)
     data = json.loads((Path(folder) / "config.json").read_text())

@@ -205,7 +205,7 @@ def test_loading_does_not_copy_tied_weights(folder):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
 def test_fresh_reads_equal_the_mapped_tensors(tmp_path, dtype):
-    from seqweave.weights import read_state_dict
+    from seqweave.checkpoint.formats import read_state_dict
 
     tensors = {"a": torch.arange(12).reshape(3, 4).to(dtype), "b.c": torch.ones(5).to(dtype), "empty": torch.zeros(0, 2)}
     save_file(tensors, str(tmp_path / "model.safetensors"))

@@ -128,7 +128,7 @@ def _save_pretrained_part(name: str, folder, seed: int, **overrides):
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_from_pretrained_parts_lists_new_tensors(case, tmp_path) -> None:
-    from seqweave.weights import read_state_dict
+    from seqweave.checkpoint.formats import read_state_dict
 
     encoder, decoder, width = case
     enc_dir, dec_dir, out_dir = tmp_path / "enc", tmp_path / "dec", tmp_path / "out"

@@ -11,19 +11,13 @@ Quick tour::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
+from .assembly import build_decoder, build_encoder, shift_tokens_right
 from .cache import Cache
-from .composer import EncoderDecoder, LoadReport, build_decoder, build_encoder, shift_tokens_right
-from .config import (
-    ArchitectureConfig,
-    CompositionConfig,
-    FieldError,
-    GenerationSettings,
-    PartConfig,
-    composition_json_schema,
-    load_config,
-)
+from .checkpoint.report import LoadReport
+from .composer import EncoderDecoder
+from .composition import composition_json_schema, load_config
+from .config import ArchitectureConfig, CompositionConfig, FieldError, GenerationSettings, PartConfig
 from .errors import CheckpointError, ConfigError, PluginError, SeqweaveError
 from .generation import Generated
 from .outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput

@@ -1,164 +1,35 @@
-"""The composer: any encoder and any decoder woven into one sequence-to-sequence model."""
+"""The composer: any encoder and any decoder woven into one sequence-to-sequence model.
+
+:class:`EncoderDecoder` is the model and its entry points; reading and writing checkpoints
+lives in :mod:`seqweave.checkpoint`, composition files in :mod:`seqweave.composition`.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, generation
+from . import generation
+from .assembly import build_decoder, build_encoder, check_parts, shift_tokens_right, tie_encoder_to_decoder
 from .cache import Cache
-from .config import TOKEN_ID_FIELDS, CompositionConfig, GenerationSettings, PartConfig, load_config
-from .errors import CheckpointError, ConfigError
+from .checkpoint import hf_config as hf_layout
+from .checkpoint import load, save
+from .checkpoint.report import LoadReport
+from .composition import load_config
+from .config import TOKEN_ID_FIELDS, CompositionConfig, GenerationSettings, check_token_ids
+from .errors import ConfigError
 from .generation import Generated
-from .hub import resolve
 from .outputs import Encoded, EncoderOutput, Seq2SeqOutput
-from .registry import Architecture, Registry, Role, default_registry
-from .weights import SAFETENSORS, WeightMap, init_weights, load_module_weights, read_state_dict, rule
+from .registry import Registry, default_registry
+from .weights import WeightMap
 
 __all__ = ["EncoderDecoder", "LoadReport", "build_decoder", "build_encoder", "shift_tokens_right"]
 
-logger = logging.getLogger("seqweave")
-
-#: Fields of a part's config.json that say which role it plays; the composer sets them.
-ROLE_FIELDS = ("is_decoder", "add_cross_attention")
-COMPOSITE_MODEL_TYPE = "encoder-decoder"
-
-
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
-    """Decoder inputs from labels [b, t]: start token first, labels shifted right, -100 turned into pad."""
-    if decoder_start_token_id is None:
-        raise ConfigError("decoder_start_token_id is not set: pass it to the model or set it in the config")
-    if pad_token_id is None:
-        raise ConfigError("pad_token_id is not set: pass it to the model or set it in the config")
-    shifted = labels.new_zeros(labels.shape)
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[:, 0] = decoder_start_token_id
-    return shifted.masked_fill_(shifted == -100, pad_token_id)
-
-
-def build_encoder(architecture: str, *, registry: Registry | None = None, **config: Any) -> nn.Module:
-    """A randomly initialised encoder of a registered architecture, e.g. ``build_encoder("bert", hidden_size=256)``."""
-    return _build(architecture, "encoder", config, registry)
-
-
-def build_decoder(architecture: str, *, registry: Registry | None = None, **config: Any) -> nn.Module:
-    """A randomly initialised decoder (with cross-attention) of a registered architecture."""
-    return _build(architecture, "decoder", config, registry)
-
-
-def _build(name: str, role: Role, values: Mapping[str, Any], registry: Registry | None) -> nn.Module:
-    arch = (registry or default_registry()).get(name)
-    module = arch.build_module(arch.make_config(values, source=f"{role} config ({name})"), role)
-    init_weights(module, module.config.initializer_range)
-    if hasattr(module, "tie_weights"):
-        module.tie_weights()
-    return module
-
-
-def summarize_names(names: list[str]) -> list[str]:
-    """Group tensor names that differ only in a layer index: ``layers.{0-11}.x``."""
-    groups: dict[str, list[int]] = {}
-    order: list[str] = []
-    for n in names:
-        m = re.search(r"\.(\d+)\.", n)
-        key = n if m is None else n[: m.start()] + ".{}." + n[m.end() :]
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        if m is not None:
-            groups[key].append(int(m.group(1)))
-    out = []
-    for key in order:
-        idx = sorted(groups[key])
-        if not idx:
-            out.append(key)
-            continue
-        span = f"{idx[0]}-{idx[-1]}" if idx == list(range(idx[0], idx[-1] + 1)) and len(idx) > 1 else ",".join(map(str, idx))
-        out.append(key.replace("{}", "{" + span + "}" if len(idx) > 1 else span))
-    return out
-
-
-@dataclass
-class LoadReport:
-    """What loading did: which tensors were created (not in any checkpoint) and which were skipped.
-
-    Attributes:
-        new: our parameter names that were initialised randomly.
-        unused: checkpoint tensors that no rule maps (from single-model checkpoints only).
-        sources: the weight files read, by part.
-    """
-
-    new: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    sources: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Part:
-    """A part's architecture, config and the config.json fields we carry but do not use."""
-
-    arch: Architecture
-    config: Any
-    extra: dict[str, Any]
-
-
-def _split_hf_config(arch: Architecture, data: Mapping[str, Any], source: str) -> _Part:
-    known = arch.config.model_fields
-    values = {k: v for k, v in data.items() if k in known}
-    extra = {k: v for k, v in data.items() if k not in known and k not in ROLE_FIELDS and k != "model_type"}
-    return _Part(arch, arch.make_config(values, source=source), extra)
-
-
-def _read_config_json(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (is this a model folder?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object at the top level")
-    return data
-
-
-def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copy every tensor that is the same memory as one already seen (tied encoder and decoder weights).
-
-    safetensors refuses to write shared memory, and transformers 5.x, which does not tie
-    encoder to decoder, needs each name present. Disjoint slices of one storage (the
-    chunks of a fused projection) are not shared and are left alone.
-    """
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    out = {}
-    for name, t in tensors.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        out[name] = t.clone() if key in seen else t
-        seen.add(key)
-    return out
-
-
-def _architecture_of(data: Mapping[str, Any], where: str, registry: Registry) -> Architecture:
-    model_type = data.get("model_type")
-    if not isinstance(model_type, str):
-        raise CheckpointError(f"{where}: no model_type field, so the architecture is unknown")
-    if model_type not in registry:
-        raise CheckpointError(
-            f"{where}: model_type {model_type!r} is not a registered architecture; "
-            f"registered: {', '.join(registry.names()) or 'none'} (see `seqweave plugins`)"
-        )
-    return registry.get(model_type)
 
 
 class EncoderDecoder(nn.Module):
@@ -197,14 +68,7 @@ class EncoderDecoder(nn.Module):
         decoder_tokenizer: str | None = None,
     ) -> None:
         super().__init__()
-        for role, module, attrs in (
-            ("encoder", encoder, ("hidden_size",)),
-            ("decoder", decoder, ("hidden_size", "vocab_size", "cross_attention_hidden_size", "num_layers")),
-        ):
-            lacking = [a for a in attrs if not hasattr(module, a)]
-            if lacking or not callable(module):
-                raise ConfigError(f"the {role} ({type(module).__name__}) lacks {', '.join(lacking) or '__call__'}; "
-                                  f"see the seqweave.{role.capitalize()} protocol")
+        check_parts(encoder, decoder)
         self.encoder = encoder
         self.decoder = decoder
         self.enc_to_dec_proj: nn.Linear | None = None
@@ -226,37 +90,20 @@ class EncoderDecoder(nn.Module):
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
         self.decoder_tokenizer_source = decoder_tokenizer
-        self.load_report = LoadReport()
-        self._extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
+        #: what loading did; assembled from modules, every tensor is new (the loaders replace the report)
+        self.load_report = LoadReport(new=[n for n, _ in self.named_parameters()],
+                                      tied=[f"encoder.{n}" for n in self.tied_parameters])
+        #: config.json fields we carry but do not use, by part and at the top ("top"), written back on save
+        self.hf_extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
 
     def tie_weights(self) -> None:
         """Share encoder modules' parameters with the same-named decoder modules, if ``tie_encoder_decoder``.
 
-        A module is shared when the decoder has a module of the same name whose own
-        parameters have the same names and shapes: a Linear's weight and bias go together,
-        so a pair of different widths never ends up with only its biases shared. Called
-        again after every load (``assign=True`` replaces parameter objects). The encoder's
-        attribute is pointed at the decoder's parameter, as transformers 4.x's
-        ``_tie_encoder_decoder_weights`` did, so the decoder's values win when both are
-        loaded and the decoder's own ties (head to embeddings) stay intact.
+        Called again after every load (``assign=True`` replaces parameter objects); see
+        :func:`seqweave.assembly.tie_encoder_to_decoder` for which modules are shared.
         """
-        if not self.tie_encoder_decoder:
-            return
-        decoder_modules = dict(self.decoder.named_modules())
-        tied = []
-        for name, module in self.encoder.named_modules():
-            ours = dict(module.named_parameters(recurse=False))
-            other = decoder_modules.get(name)
-            if not ours or other is None:
-                continue
-            theirs = dict(other.named_parameters(recurse=False))
-            if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
-                continue
-            for leaf, p in theirs.items():
-                if ours[leaf] is not p:
-                    setattr(module, leaf, p)
-                tied.append(f"{name}.{leaf}" if name else leaf)
-        self.tied_parameters = tied
+        if self.tie_encoder_decoder:
+            self.tied_parameters = tie_encoder_to_decoder(self.encoder, self.decoder)
 
     # ------------------------------------------------------------------------------------
     # Forward
@@ -466,54 +313,15 @@ class EncoderDecoder(nn.Module):
                                           cuda_graph=cuda_graph, static_cache=static_cache, **options)
 
     # ------------------------------------------------------------------------------------
-    # The Hugging Face layout
-
-    def _part(self, role: Role) -> _Part:
-        module = getattr(self, role)
-        arch = getattr(module, "seqweave_architecture", None)
-        if arch is None or getattr(module, "config", None) is None:
-            raise ConfigError(
-                f"the {role} ({type(module).__name__}) was not built from a registered architecture, so it has "
-                f"no Hugging Face layout to save in; build it with seqweave.build_{role}(...)"
-            )
-        return _Part(arch, module.config, self._extra[role])
+    # The Hugging Face layout (seqweave.checkpoint does the work)
 
     def weight_map(self) -> WeightMap:
         """The two-way map between this model's state dict and transformers' ``EncoderDecoderModel`` layout."""
-        enc, dec = self._part("encoder"), self._part("decoder")
-        wmap = enc.arch.weight_map(enc.config, "encoder").prefixed("encoder.", "encoder.")
-        wmap = wmap + dec.arch.weight_map(dec.config, "decoder").prefixed("decoder.", "decoder.")
-        if self.enc_to_dec_proj is not None:
-            wmap = wmap + WeightMap((rule("enc_to_dec_proj.weight"), rule("enc_to_dec_proj.bias")))
-        return wmap
+        return hf_layout.weight_map_of(self)
 
     def hf_config(self) -> dict[str, Any]:
         """The ``config.json`` transformers' ``EncoderDecoderModel`` reads."""
-        parts = {}
-        for role in ("encoder", "decoder"):
-            p = self._part(role)
-            parts[role] = {
-                **p.extra,
-                **p.config.model_dump(mode="json"),
-                "model_type": p.arch.name,
-                "is_decoder": role == "decoder",
-                "add_cross_attention": role == "decoder",
-            }
-        dtype = next(self.parameters()).dtype
-        return {
-            **self._extra["top"],
-            "architectures": ["EncoderDecoderModel"],
-            "model_type": COMPOSITE_MODEL_TYPE,
-            "is_encoder_decoder": True,
-            "encoder": parts["encoder"],
-            "decoder": parts["decoder"],
-            "decoder_start_token_id": self.decoder_start_token_id,
-            "pad_token_id": self.pad_token_id,
-            "eos_token_id": self.eos_token_id,
-            "tie_encoder_decoder": self.tie_encoder_decoder,
-            "dtype": str(dtype).removeprefix("torch."),
-            "seqweave_version": __version__,
-        }
+        return hf_layout.hf_config(self)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``config.json``, ``generation_config.json`` and ``model.safetensors``.
@@ -522,37 +330,10 @@ class EncoderDecoder(nn.Module):
         is written to a temporary name first and renamed into place only when all are
         complete, so a failed save leaves an earlier checkpoint in the folder intact.
         """
-        from safetensors.torch import save_file
-
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = _untie(self.weight_map().to_hf(self.state_dict()))
-        generation = {
-            **self.generation_settings.model_dump(),
-            "decoder_start_token_id": self.decoder_start_token_id,
-            "pad_token_id": self.pad_token_id,
-            "eos_token_id": self.eos_token_id,
-        }
-        staged: list[tuple[Path, Path]] = []
-        try:
-            for name, write in (
-                (SAFETENSORS, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})),
-                ("config.json", lambda p: p.write_text(json.dumps(self.hf_config(), indent=2) + "\n")),
-                ("generation_config.json", lambda p: p.write_text(json.dumps(generation, indent=2) + "\n")),
-            ):
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-                os.close(fd)
-                staged.append((Path(tmp), folder / name))
-                write(Path(tmp))
-        except BaseException:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
-            raise
-        for tmp, final in staged:
-            os.replace(tmp, final)
+        save.save_pretrained(self, save_directory)
 
     # ------------------------------------------------------------------------------------
-    # Loading
+    # Loading (seqweave.checkpoint.load does the work)
 
     @classmethod
     def from_pretrained(
@@ -577,80 +358,8 @@ class EncoderDecoder(nn.Module):
             CheckpointError: missing files, an unregistered architecture, missing or
                 misshapen tensors; the message names the file and the tensor or field.
         """
-        registry = registry or default_registry()
-        folder = resolve(name_or_path, revision)
-        data = _read_config_json(folder)
-        where = str(folder / "config.json")
-        if data.get("model_type") != COMPOSITE_MODEL_TYPE:
-            raise CheckpointError(
-                f"{where}: model_type is {data.get('model_type')!r}, not {COMPOSITE_MODEL_TYPE!r}; "
-                "to warm-start from single-model checkpoints use EncoderDecoder.from_pretrained_parts"
-            )
-        parts: dict[str, _Part] = {}
-        for role in ("encoder", "decoder"):
-            sub = data.get(role)
-            if not isinstance(sub, dict):
-                raise CheckpointError(f"{where}: no {role!r} object")
-            parts[role] = _split_hf_config(_architecture_of(sub, f"{where}: {role}", registry), sub, f"{where}: {role}")
-        top_known = {"encoder", "decoder", "model_type", "is_encoder_decoder", "architectures", "decoder_start_token_id",
-                     "pad_token_id", "eos_token_id", "tie_encoder_decoder", "dtype", "seqweave_version",
-                     "transformers_version"}
-        with torch.device("meta"):
-            model = cls(
-                parts["encoder"].arch.build_module(parts["encoder"].config, "encoder"),
-                parts["decoder"].arch.build_module(parts["decoder"].config, "decoder"),
-                decoder_start_token_id=data.get("decoder_start_token_id"),
-                pad_token_id=data.get("pad_token_id"),
-                eos_token_id=data.get("eos_token_id"),
-                tie_encoder_decoder=bool(data.get("tie_encoder_decoder", False)),
-            )
-        model._extra = {"encoder": parts["encoder"].extra, "decoder": parts["decoder"].extra,
-                        "top": {k: v for k, v in data.items() if k not in top_known}}
-        model._read_generation_config(folder)
-        sd, source = read_state_dict(folder)
-        wmap = model.weight_map()
-        ours, missing, unexpected = wmap.from_hf(sd)
-        # transformers 4.x saved a tied model with only the decoder's copy of each shared tensor;
-        # tying fills the encoder's from it.
-        tied = {f"encoder.{n}" for n in model.tied_parameters}
-        missing = [
-            r for r in missing if not (r.ours in tied and "decoder" + r.ours.removeprefix("encoder") in ours)
-        ]
-        if missing:
-            names = [h for r in missing for h in r.hf if h not in sd]
-            raise CheckpointError(
-                f"{source}: missing {len(names)} tensor(s) the config needs, e.g. {', '.join(names[:3])}"
-            )
-        if unexpected:
-            raise CheckpointError(
-                f"{source}: {len(unexpected)} tensor(s) that a {parts['encoder'].arch.name}2"
-                f"{parts['decoder'].arch.name} model with this config.json does not have, e.g. "
-                f"{', '.join(unexpected[:3])}"
-            )
-        load_module_weights(model, ours, source=source, weight_map=wmap, dtype=dtype, device=device)
-        model.load_report.sources = {"model": str(source)}
-        return model.eval()
-
-    def _read_generation_config(self, folder: Path) -> None:
-        path = folder / "generation_config.json"
-        if not path.is_file():
-            return
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not valid JSON: {e}") from None
-        # The token ids stay the model's own (filled below when unset), not generation overrides of them.
-        known = GenerationSettings.model_fields.keys() - TOKEN_ID_FIELDS
-        values = {k: v for k, v in data.items() if k in known and v is not None}
-        try:
-            self.generation_settings = GenerationSettings.model_validate(
-                {**self.generation_settings.model_dump(), **values}
-            )
-        except Exception as e:
-            raise CheckpointError(f"{path}: {e}") from None
-        for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
-            if getattr(self, key) is None and data.get(key) is not None:
-                setattr(self, key, data[key])
+        return load.load_pretrained(cls, name_or_path, revision, dtype=dtype, device=device,
+                                    registry=registry or default_registry())
 
     @classmethod
     def from_pretrained_parts(
@@ -683,22 +392,11 @@ class EncoderDecoder(nn.Module):
             overrides: ``encoder_<field>=...`` / ``decoder_<field>=...`` change a part's
                 config field (e.g. ``decoder_num_hidden_layers=2``).
         """
-        registry = registry or default_registry()
-        part_overrides: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}}
-        for key, value in overrides.items():
-            role, _, fieldname = key.partition("_")
-            if role not in part_overrides or not fieldname:
-                raise ConfigError(f"unknown argument {key!r}: part overrides start with encoder_ or decoder_")
-            part_overrides[role][fieldname] = value
-        specs = {
-            "encoder": PartConfig.model_construct(architecture="", pretrained=str(encoder), revision=encoder_revision,
-                                                  config=part_overrides["encoder"]),
-            "decoder": PartConfig.model_construct(architecture="", pretrained=str(decoder), revision=decoder_revision,
-                                                  config=part_overrides["decoder"]),
-        }
-        return cls._compose(specs, registry, dtype=dtype, device=device, decoder_start_token_id=decoder_start_token_id,
-                            pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                            tie_encoder_decoder=tie_encoder_decoder)
+        specs = load.part_specs(encoder, decoder, {"encoder": encoder_revision, "decoder": decoder_revision},
+                                overrides)
+        return load.load_composition(cls, specs, registry or default_registry(), dtype=dtype, device=device,
+                                     decoder_start_token_id=decoder_start_token_id, pad_token_id=pad_token_id,
+                                     eos_token_id=eos_token_id, tie_encoder_decoder=tie_encoder_decoder)
 
     @classmethod
     def from_config(
@@ -713,102 +411,12 @@ class EncoderDecoder(nn.Module):
         """Build the model a composition config describes; pretrained parts are loaded, the rest initialised."""
         registry = registry or default_registry()
         cfg = load_config(config, overrides, registry=registry)
-        model = cls._compose(
-            {"encoder": cfg.encoder, "decoder": cfg.decoder},
-            registry,
-            dtype=dtype,
-            device=device,
-            decoder_start_token_id=cfg.decoder_start_token_id,
-            pad_token_id=cfg.pad_token_id,
-            eos_token_id=cfg.eos_token_id,
-            tie_encoder_decoder=cfg.tie_encoder_decoder,
-            generation=cfg.generation,
-            tokenizer=cfg.tokenizer,
-            decoder_tokenizer=cfg.decoder_tokenizer,
-        )
+        fields = cfg.model_dump(include={"decoder_start_token_id", "pad_token_id", "eos_token_id",
+                                         "tie_encoder_decoder", "tokenizer", "decoder_tokenizer"})
+        model = load.load_composition(cls, {"encoder": cfg.encoder, "decoder": cfg.decoder}, registry,
+                                      dtype=dtype, device=device, generation=cfg.generation, **fields)
         # load_config checks these only when the decoder's vocabulary is known without loading.
-        vocab = model.decoder.vocab_size
-        for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
-            value = getattr(cfg, name)
-            if any(v is not None and v >= vocab for v in (value if isinstance(value, list) else [value])):
-                where = f"{config}: " if isinstance(config, (str, os.PathLike)) else ""
-                raise ConfigError(f"{where}{name}: must be below the decoder's vocab_size ({vocab}) (got {value!r})")
+        source = str(config) if isinstance(config, (str, os.PathLike)) else None
+        check_token_ids(cfg.model_dump(), model.decoder.vocab_size, source)
+        check_token_ids(cfg.generation.model_dump(), model.decoder.vocab_size, source, prefix="generation.")
         return model
-
-    @classmethod
-    def _compose(
-        cls,
-        specs: dict[str, PartConfig],
-        registry: Registry,
-        *,
-        dtype: torch.dtype | None,
-        device: torch.device | str,
-        **kwargs: Any,
-    ) -> EncoderDecoder:
-        parts: dict[str, _Part] = {}
-        checkpoints: dict[str, tuple[dict[str, torch.Tensor], Path]] = {}
-        for role, spec in specs.items():
-            if spec.pretrained is None:
-                arch = registry.get(spec.architecture)
-                parts[role] = _Part(arch, arch.make_config(spec.config, source=f"{role}.config"), {})
-                continue
-            folder = resolve(spec.pretrained, spec.revision)
-            data = _read_config_json(folder)
-            where = str(folder / "config.json")
-            arch = _architecture_of(data, where, registry)
-            if spec.architecture and spec.architecture != arch.name:
-                raise ConfigError(
-                    f"{role}.architecture is {spec.architecture!r} but {where} says model_type {arch.name!r}"
-                )
-            part = _split_hf_config(arch, data, where)
-            if spec.config:
-                part.config = arch.make_config({**part.config.model_dump(), **spec.config}, source=f"{role}.config")
-            parts[role] = part
-            checkpoints[role] = read_state_dict(folder)
-        with torch.device("meta"):
-            model = cls(
-                parts["encoder"].arch.build_module(parts["encoder"].config, "encoder"),
-                parts["decoder"].arch.build_module(parts["decoder"].config, "decoder"),
-                **kwargs,
-            )
-        model._extra = {"encoder": parts["encoder"].extra, "decoder": parts["decoder"].extra, "top": {}}
-        if dtype is None:
-            dtype = next(
-                (t.dtype for sd, _ in checkpoints.values() for t in sd.values() if t.is_floating_point()),
-                torch.get_default_dtype(),
-            )
-        report = model.load_report
-        for role in ("encoder", "decoder"):
-            part, module = parts[role], getattr(model, role)
-            std = part.config.initializer_range
-            if role not in checkpoints:
-                load_module_weights(module, {}, source=f"{role} (random init)", weight_map=WeightMap(()),
-                                    new=[n for n, _ in module.named_parameters()], std=std, dtype=dtype, device=device)
-                continue
-            sd, source = checkpoints[role]
-            wmap = part.arch.weight_map(part.config, role)
-            sd = wmap.normalize_prefix(sd)
-            ours, missing, unexpected = wmap.from_hf(sd)
-            required = [h for r in missing if not r.new_ok for h in r.hf if h not in sd]
-            if required:
-                raise CheckpointError(
-                    f"{source}: missing {len(required)} tensor(s) a {part.arch.name} {role} needs, "
-                    f"e.g. {', '.join(required[:3])}"
-                )
-            new = [r.ours for r in missing]
-            load_module_weights(module, ours, source=source, weight_map=wmap, new=new, std=std, dtype=dtype,
-                                device=device)
-            report.new += [f"{role}.{n}" for n in new]
-            report.unused += [f"{role}:{k}" for k in unexpected]
-            report.sources[role] = str(source)
-        model.tie_weights()  # the parts were loaded one by one: share their tensors again
-        if model.enc_to_dec_proj is not None:
-            names = [n for n, _ in model.enc_to_dec_proj.named_parameters()]
-            load_module_weights(model.enc_to_dec_proj, {}, source="enc_to_dec_proj", weight_map=WeightMap(()),
-                                new=names, std=parts["decoder"].config.initializer_range, dtype=dtype, device=device)
-            report.new += [f"enc_to_dec_proj.{n}" for n in names]
-        if checkpoints and report.new:
-            logger.warning("newly initialised tensors (train before use): %s", ", ".join(summarize_names(report.new)))
-        if report.unused:
-            logger.info("unused checkpoint tensors: %s", ", ".join(report.unused))
-        return model.eval() if checkpoints else model

@@ -1,21 +1,19 @@
 """Configuration models: the composition file format and the base of every architecture's config.
 
-A composition file (YAML, TOML or JSON) is read into :class:`CompositionConfig`. Each
-part's ``config:`` block is validated by the pydantic model its architecture's plugin
+Pure pydantic models, below the registry (this module imports no registry): a composition
+file (YAML, TOML or JSON) is read into :class:`CompositionConfig`, and each part's
+``config:`` block is validated by the pydantic model its architecture's plugin
 contributes, so errors name the exact field: ``file.yaml: encoder.config.num_attention_heads:
-must divide hidden_size (64) (got 5)``. :func:`composition_json_schema` builds the JSON
-Schema of the format from the registry at run time, one variant per architecture.
+must divide hidden_size (64) (got 5)``. Reading files, overrides, the checks against the
+registered architectures and the JSON Schema live above the registry, in
+:mod:`seqweave.composition`.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,9 +27,6 @@ from pydantic import (
 
 from .errors import ConfigError
 
-if typing.TYPE_CHECKING:
-    from .registry import Registry
-
 __all__ = [
     "ArchitectureConfig",
     "CompositionConfig",
@@ -40,15 +35,16 @@ __all__ = [
     "PartConfig",
     "TOKEN_ID_FIELDS",
     "check_token_ids",
-    "composition_json_schema",
     "format_validation_error",
-    "load_config",
     "token_id_problems",
 ]
 
-#: The file types :func:`load_config` reads, by suffix.
+#: The file types :func:`seqweave.load_config` reads, by suffix.
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 _NO_VALUE = object()
+#: An architecture name to its config model (None when not registered): how the did-you-mean
+#: hints see inside a part's ``config`` block without this module importing the registry.
+PartConfigOf = Callable[[str], "type[BaseModel] | None"]
 
 
 class FieldError(ValueError):
@@ -95,7 +91,8 @@ def format_validation_error(
     *,
     model: type[BaseModel] | None = None,
     data: Any = None,
-    registry: Registry | None = None,
+    part_config: PartConfigOf | None = None,
+    registry: Any = None,
 ) -> str:
     """One line per problem: ``source: dotted.location: message (got value)``.
 
@@ -105,8 +102,13 @@ def format_validation_error(
         model: the model that was validated (:class:`CompositionConfig` by default); an
             unknown key gets a "did you mean" hint from its fields.
         data: the validated input (for the hint inside a part's ``config``).
-        registry: the registry the input was validated with (for the hint).
+        part_config: an architecture name's config model (for the hint inside a part's
+            ``config``); :mod:`seqweave.composition` passes the registry's.
+        registry: instead of ``part_config``, a :class:`seqweave.Registry` (used as it is;
+            this module does not import the registry).
     """
+    if part_config is None and registry is not None:
+        part_config = lambda name: registry.get(name).config if name in registry else None  # noqa: E731
     lines = []
     for err in e.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
@@ -123,7 +125,7 @@ def format_validation_error(
         if err["type"] == "missing":
             value = _NO_VALUE
         if err["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(loc, model or CompositionConfig, data, registry)
+            msg = "unknown key" + _did_you_mean(loc, model or CompositionConfig, data, part_config)
         lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}{_shown(value)}")
     return "\n".join(lines)
 
@@ -271,15 +273,20 @@ def token_id_problems(
     return problems
 
 
-def check_token_ids(values: Mapping[str, Any], vocab_size: int | None, source: str, prefix: str = "") -> None:
+def check_token_ids(
+    values: Mapping[str, Any], vocab_size: int | None, source: str | None, prefix: str = ""
+) -> None:
     """Raise the problems :func:`token_id_problems` finds, as ``source: field: message (got value)`` lines.
+
+    ``source`` (the file, or the caller) may be None when there is nothing to name.
 
     Raises:
         ConfigError: some id is not below ``vocab_size``.
     """
     problems = token_id_problems(values, vocab_size, prefix)
     if problems:
-        lines = [f"{source}: {name}: {msg}{_shown(value)}" for name, msg, value in problems]
+        where = f"{source}: " if source is not None else ""
+        lines = [f"{where}{name}: {msg}{_shown(value)}" for name, msg, value in problems]
         raise ConfigError("\n".join(lines))
 
 
@@ -309,9 +316,10 @@ class PartConfig(BaseModel):
 class CompositionConfig(BaseModel):
     """A whole encoder-decoder composition (DESIGN.md section 3).
 
-    Validation needs the registry (``context={"registry": ...}``, the installed plugins
-    by default): each part's architecture must be registered for its role, and its
-    ``config`` must satisfy that architecture's model.
+    Validation checks the parts against the registry (``context={"registry": ...}``, the
+    installed plugins by default): each part's architecture must be registered for its
+    role, and its ``config`` must satisfy that architecture's model. That check is
+    :attr:`part_checker`, which :mod:`seqweave.composition` (above the registry) installs.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -338,147 +346,35 @@ class CompositionConfig(BaseModel):
         default_factory=GenerationSettings, description="Defaults for generation (`seqweave generate`)."
     )
 
+    #: ``(data, registry or None) -> [(location, message, value), ...]``: the parts' problems.
+    #: Set by :mod:`seqweave.composition` (imported by ``import seqweave``); this module is
+    #: below the registry and may not import it. ``context={"check_parts": False}`` skips it.
+    part_checker: ClassVar[Callable[[Mapping[str, Any], Any], list[tuple[str, str, Any]]] | None] = None
+
     @model_validator(mode="after")
     def _check_parts(self, info: ValidationInfo) -> CompositionConfig:
-        from .registry import default_registry
-
         context = info.context or {}
-        if context.get("check_parts", True):
-            problems = _part_problems(self.model_dump(), context.get("registry") or default_registry())
+        checker = CompositionConfig.part_checker
+        if checker is not None and context.get("check_parts", True):
+            problems = checker(self.model_dump(), context.get("registry"))
             if problems:
                 raise _Problems(problems)
         return self
 
 
-def _part_problems(data: Mapping[str, Any], registry: Registry) -> list[tuple[str, str, Any]]:
-    """Each part's architecture and ``config`` block, and the token ids against the decoder's vocabulary.
-
-    Works on the raw mapping, so that :func:`load_config` reports these problems together
-    with the ones pydantic finds elsewhere; whatever is malformed here (a part that is
-    not a mapping) is left to pydantic to report.
-    """
-    problems: list[tuple[str, str, Any]] = []
-    vocab_size: int | None = None
-    for role in ("encoder", "decoder"):
-        part = data.get(role)
-        if not isinstance(part, Mapping) or not isinstance(part.get("architecture"), str):
-            continue
-        name, pretrained, block = part["architecture"], part.get("pretrained"), part.get("config", {})
-        if name not in registry:
-            try:
-                registry.get(name)
-            except ConfigError as e:  # its message lists the registered names
-                problems.append((f"{role}.architecture", str(e), _NO_VALUE))
-            continue
-        arch = registry.get(name)
-        if role not in arch.roles:
-            problems.append(
-                (
-                    f"{role}.architecture",
-                    f"{name!r} cannot be the {role}; it can be: {', '.join(arch.roles)}",
-                    _NO_VALUE,
-                )
-            )
-            continue
-        if not isinstance(block, Mapping):
-            continue
-        try:
-            validated = arch.config.model_validate(dict(block))
-        except ValidationError as e:
-            for err in e.errors(include_url=False):
-                # With a checkpoint, the block only overrides some fields: checks across fields
-                # (errors of the whole block) need the merged config and run when it is loaded.
-                if pretrained is not None and not err["loc"]:
-                    continue
-                loc = [role, "config", *map(str, err["loc"])]
-                cause = (err.get("ctx") or {}).get("error")
-                value = _NO_VALUE if err["type"] == "missing" else err.get("input", _NO_VALUE)
-                msg = _message(err["msg"])
-                if isinstance(cause, FieldError):
-                    loc.append(cause.field)
-                    msg, value = cause.message, cause.value
-                if err["type"] == "extra_forbidden":
-                    msg = "unknown key" + _suggest(loc[-1], arch.config.model_fields)
-                problems.append((".".join(loc), msg, value))
-            continue
-        if role == "decoder" and (pretrained is None or "vocab_size" in block):
-            vocab_size = getattr(validated, "vocab_size", None)
-    if vocab_size is not None:
-        for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
-            value = data.get(name)
-            for v in value if isinstance(value, list) else [value]:
-                if isinstance(v, int) and not 0 <= v < vocab_size:
-                    problems.append((name, f"must be below the decoder's vocab_size ({vocab_size})", value))
-                    break
-    return problems
-
 
 # ----------------------------------------------------------------------------------------
-# The schema: one variant per registered architecture and role
-
-
-def _schema_model(registry: Registry) -> type[BaseModel]:
-    from pydantic import create_model
-
-    fields: dict[str, Any] = {}
-    for role in ("encoder", "decoder"):
-        variants = []
-        for name in registry.names():
-            arch = registry.get(name)
-            if role not in arch.roles:
-                continue
-            variants.append(
-                create_model(
-                    f"{name.capitalize()}{role.capitalize()}",
-                    __base__=PartConfig,
-                    __doc__=f"{arch.description or name} as the {role}.",
-                    architecture=(Literal[name], Field(description="A registered architecture name.")),  # type: ignore[valid-type]
-                    config=(
-                        arch.config,
-                        Field(
-                            default_factory=arch.config,
-                            description=PartConfig.model_fields["config"].description,
-                        ),
-                    ),
-                )
-            )
-        if not variants:
-            annotation: Any = PartConfig
-        elif len(variants) == 1:
-            annotation = variants[0]
-        else:
-            annotation = typing.Annotated[Union[tuple(variants)], Field(discriminator="architecture")]  # noqa: UP007
-        fields[role] = (annotation, CompositionConfig.model_fields[role])
-    return create_model("CompositionConfig", __base__=CompositionConfig, **fields)
-
-
-def composition_json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """The JSON Schema of the config file format, built from the registered architectures.
-
-    Each part is a union over the architectures that can play its role, told apart by
-    ``architecture``; each variant's ``config`` is that architecture's own model, so the
-    schema lists every field an architecture accepts. Checks across fields (heads that
-    divide the width, token ids below the vocabulary) are beyond JSON Schema; only
-    :func:`load_config` makes them.
-    """
-    from .registry import default_registry
-
-    schema = _schema_model(registry or default_registry()).model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "seqweave composition config"
-    return schema
-
-
-# ----------------------------------------------------------------------------------------
-# Walking the format by dotted path (typed overrides, unknown-key hints)
+# Walking the format by dotted path (unknown-key hints, typed overrides)
 
 
 def _model_at(
-    path: Sequence[str], data: Any, registry: Registry | None, root: type[BaseModel] | None = None
+    path: Sequence[str], data: Any, part_config: PartConfigOf | None, root: type[BaseModel] | None = None
 ) -> type[BaseModel] | None:
-    """The pydantic model whose fields live at ``path`` under ``root`` (a composition by default), or None."""
-    from .registry import default_registry
+    """The pydantic model whose fields live at ``path`` under ``root`` (a composition by default), or None.
 
+    Inside a part's ``config`` it is the architecture's model, which ``part_config`` gives
+    (None without it).
+    """
     model: type[BaseModel] | None = root or CompositionConfig
     for i, key in enumerate(path):
         if model is None:
@@ -487,8 +383,7 @@ def _model_at(
             arch_name = (
                 (data or {}).get(path[i - 1], {}).get("architecture") if isinstance(data, dict) else None
             )
-            reg = registry or default_registry()
-            model = reg.get(arch_name).config if isinstance(arch_name, str) and arch_name in reg else None
+            model = part_config(arch_name) if isinstance(arch_name, str) and part_config is not None else None
             continue
         field = model.model_fields.get(key)
         sub = field.annotation if field is not None else None
@@ -501,176 +396,6 @@ def _suggest(key: str, known: Mapping[str, Any]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(known)}"
 
 
-def _did_you_mean(loc: list[str], root: type[BaseModel], data: Any, registry: Registry | None) -> str:
-    model = _model_at(loc[:-1], data, registry, root)
+def _did_you_mean(loc: list[str], root: type[BaseModel], data: Any, part_config: PartConfigOf | None) -> str:
+    model = _model_at(loc[:-1], data, part_config, root)
     return _suggest(loc[-1], model.model_fields) if model is not None and loc else ""
-
-
-def _accepts_only_text(annotation: Any) -> bool:
-    """True when a field's type is ``str`` (or a literal of strings), optionally ``None``."""
-    args = (
-        typing.get_args(annotation)
-        if typing.get_origin(annotation) in (Union, types.UnionType)
-        else (annotation,)
-    )
-    scalars = [a for a in args if a is not type(None)]
-    if not scalars:
-        return False
-    return all(
-        a is str or (typing.get_origin(a) is Literal and all(isinstance(v, str) for v in typing.get_args(a)))
-        for a in scalars
-    )
-
-
-def _parse_override(override: str, data: dict[str, Any], source: str, registry: Registry | None) -> None:
-    import yaml
-
-    key, sep, raw = override.partition("=")
-    parts = [p.strip() for p in key.split(".")]
-    if not sep or not all(parts):
-        raise ConfigError(f"{source}: override {override!r} must look like key.sub=value")
-    model = _model_at(parts[:-1], data, registry)
-    field = model.model_fields.get(parts[-1]) if model is not None else None
-    if field is not None and _accepts_only_text(field.annotation):
-        # Typed by the schema: a text field keeps the text as written ("123", "yes", "null" if
-        # None is not allowed), so hub ids and revisions that look like numbers survive.
-        allows_none = not field.is_required() and field.default is None
-        value: Any = None if allows_none and raw.strip() in ("null", "~", "") else raw
-    else:
-        # Everything else is parsed as a YAML flow value (safe loader): numbers, booleans,
-        # null and lists get their types; validation then checks them against the schema.
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(
-                f"{source}: override {override!r}: value is not valid: {_one_line(e)}"
-            ) from None
-    node = data
-    for p in parts[:-1]:
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: override {override!r}: {p} is not a mapping")
-        node = child
-    node[parts[-1]] = value
-
-
-# ----------------------------------------------------------------------------------------
-# Reading files
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
-
-
-def _yaml_error(path: Path, e: Exception) -> ConfigError:
-    mark = getattr(e, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    problem = getattr(e, "problem", None) or _one_line(e)
-    if "python/" in problem:
-        problem += "; python tags are not allowed: configs are read with yaml.safe_load and never run code"
-    return ConfigError(f"{where}: not valid YAML: {problem}")
-
-
-def _read_file(path: Path) -> Any:
-    suffix = path.suffix.lower()
-    if suffix not in CONFIG_SUFFIXES:
-        raise ConfigError(f"{path}: unknown config format {suffix!r}; use .yaml, .yml, .toml or .json")
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from None
-    if suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            return yaml.safe_load(text)  # safe: python/object tags are errors, no code runs
-        except yaml.YAMLError as e:
-            raise _yaml_error(path, e) from None
-    if suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {_one_line(e)}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON: {_one_line(e)}") from None
-
-
-def _relative_to(base: Path, value: str | None) -> str | None:
-    """A path written in a config file means relative to that file; hub ids stay as they are."""
-    if value is None:
-        return None
-    candidate = Path(value).expanduser()
-    if not candidate.is_absolute() and (base / candidate).exists():
-        return str(base / candidate)
-    return value
-
-
-def _unshared(value: Any) -> Any:
-    """A copy in which no two places are one object: YAML anchors (``*tiny``) alias their target,
-    and an override of ``encoder.config`` must not change ``decoder.config`` too."""
-    if isinstance(value, dict):
-        return {k: _unshared(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unshared(v) for v in value]
-    return value
-
-
-def load_config(
-    source: str | Path | Mapping[str, Any] | CompositionConfig,
-    overrides: Sequence[str] = (),
-    *,
-    registry: Registry | None = None,
-) -> CompositionConfig:
-    """Read a composition config from a file, a dict or a config, applying ``key.sub=value`` overrides.
-
-    Overrides are typed by the schema: ``decoder.config.num_hidden_layers=2`` sets an
-    int, ``tokenizer=123`` a string. Paths in a file (``pretrained``, ``tokenizer``) are
-    relative to the file's folder when something exists there.
-
-    Raises:
-        ConfigError: the file is missing or malformed, or a field is invalid; the message
-            names the file, the dotted location and the value, one line per problem.
-    """
-    base: Path | None = None
-    if isinstance(source, CompositionConfig):
-        data: Any = source.model_dump()
-        name = "config"
-    elif isinstance(source, Mapping):
-        data = dict(source)  # copied below, so that overrides never edit the caller's mapping
-        name = "config"
-    else:
-        path = Path(source)
-        data = _read_file(path)
-        name, base = str(path), path.parent
-    data = _unshared(data)
-    if data is None:
-        raise ConfigError(f"{name}: the file is empty; expected a mapping with encoder: and decoder:")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: expected a mapping at the top level, found {type(data).__name__}")
-    for o in overrides:
-        _parse_override(o, data, name, registry)
-    from .registry import default_registry
-
-    registry = registry or default_registry()
-    # Parts are checked on their own here, so that one run reports every problem of the file.
-    lines = [f"{name}: {loc}: {msg}{_shown(value)}" for loc, msg, value in _part_problems(data, registry)]
-    try:
-        cfg = CompositionConfig.model_validate(data, context={"registry": registry, "check_parts": False})
-    except ValidationError as e:
-        lines[:0] = format_validation_error(e, name, data=data, registry=registry).splitlines()
-    if lines:
-        raise ConfigError("\n".join(lines))
-    if base is not None:
-        for part in (cfg.encoder, cfg.decoder):
-            part.pretrained = _relative_to(base, part.pretrained)
-        cfg.tokenizer = _relative_to(base, cfg.tokenizer)
-        cfg.decoder_tokenizer = _relative_to(base, cfg.decoder_tokenizer)
-    return cfg

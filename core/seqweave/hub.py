@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from .checkpoint.formats import weight_file_patterns
+from .checkpoint.jsonio import CONFIG_JSON, GENERATION_CONFIG_JSON
 from .errors import CheckpointError
 
 __all__ = ["MODEL_FILES", "PICKLE_FILES", "TOKENIZER_FILES", "resolve"]
@@ -28,17 +30,16 @@ TOKENIZER_FILES = [
     "merges.txt",
 ]
 #: What a model folder needs: configs, safetensors weights (single or sharded), tokenizer files.
+#: The weight files come from seqweave.checkpoint's table of readers, so what is fetched is what can be read.
 MODEL_FILES = [
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "model-*-of-*.safetensors",
+    CONFIG_JSON,
+    GENERATION_CONFIG_JSON,
+    *weight_file_patterns(pickle=False),
     *TOKENIZER_FILES,
     "decoder_tokenizer/*",
 ]
 #: Fetched only when a repository has no safetensors weights.
-PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"]
+PICKLE_FILES = weight_file_patterns(pickle=True)
 
 
 @contextlib.contextmanager
@@ -97,7 +98,7 @@ def resolve(
     at = f"{name}@{revision}" if revision else name
     try:
         folder = _download(name, revision, MODEL_FILES if kind == "model" else TOKENIZER_FILES)
-        if kind == "model" and not any(folder.glob("*.safetensors")):
+        if kind == "model" and not any(any(folder.glob(p)) for p in weight_file_patterns(pickle=False)):
             folder = _download(name, revision, [*MODEL_FILES, *PICKLE_FILES])
     except HFValidationError:
         raise CheckpointError(f"{name}: no such local folder, and not a valid Hub id (org/name)") from None

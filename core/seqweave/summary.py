@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .composer import summarize_names
+from .checkpoint.report import summarize_names
 
 if TYPE_CHECKING:
     from .composer import EncoderDecoder
@@ -46,18 +46,15 @@ def _tied(model: nn.Module) -> list[list[str]]:
 def describe(model: EncoderDecoder, folder: Path | None = None) -> dict[str, Any]:
     """A JSON-ready description of ``model``.
 
-    Tensors are *pretrained* when a checkpoint filled them, *new* when they were
-    initialised randomly (from :attr:`EncoderDecoder.load_report`), and *tied* when
-    several names are one tensor. Tied names count once in the parameter totals.
+    Tensors are *new* when :attr:`EncoderDecoder.load_report` says they were initialised
+    randomly (a model assembled from modules reports all of them), *pretrained* otherwise,
+    and *tied* when several names are one tensor. Tied names count once in the parameter
+    totals.
     """
     report = model.load_report
     names = [n for n, _ in model.named_parameters()]  # each tensor once, by its first name
     new_set = set(report.new)
-    if "model" in report.sources:
-        new: list[str] = []  # a composite checkpoint fills every tensor
-    else:
-        # A part without a checkpoint is initialised at random as a whole.
-        new = [n for n in names if n in new_set or n.split(".", 1)[0] not in report.sources]
+    new = [n for n in names if n in new_set]
     new_lookup = set(new)
     first = next(model.parameters())
     return {
@@ -77,6 +74,7 @@ def describe(model: EncoderDecoder, folder: Path | None = None) -> dict[str, Any
         "tied": _tied(model),
         "sources": dict(report.sources),
         "unused_checkpoint_tensors": list(report.unused),
+        "ignored_checkpoint_tensors": list(report.ignored),
         "decoder_start_token_id": model.decoder_start_token_id,
         "pad_token_id": model.pad_token_id,
         "eos_token_id": model.eos_token_id,
@@ -150,6 +148,8 @@ def format_description(d: dict[str, Any]) -> str:
         lines.append(f"{'tied':<12} none")
     if d["unused_checkpoint_tensors"]:
         lines.append(f"{'unused':<12} {_names(d['unused_checkpoint_tensors'])}")
+    if d["ignored_checkpoint_tensors"]:
+        lines.append(f"{'ignored':<12} {_names(d['ignored_checkpoint_tensors'])}")
     lines.append(
         f"{'tokens':<12} decoder_start_token_id {d['decoder_start_token_id']}, pad_token_id "
         f"{d['pad_token_id']}, eos_token_id {d['eos_token_id']}"

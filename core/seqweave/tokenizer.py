@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .checkpoint.jsonio import read_json
 from .errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -110,13 +111,8 @@ class TextTokenizer:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
-    return data if isinstance(data, dict) else {}
+    """A tokenizer config: ``{}`` when absent or not an object; invalid JSON is a :class:`CheckpointError`."""
+    return read_json(path, missing_ok=True, object_only=False)
 
 
 def _special_tokens(folder: Path) -> dict[str, str]:

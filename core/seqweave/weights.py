@@ -1,16 +1,15 @@
-"""Checkpoint files, the two-way weight map, and loading weights into modules built on ``meta``.
+"""The two-way weight map, and loading weights into modules built on ``meta``.
 
 A weight map is data: a list of rules, each naming one of our tensors and the Hugging
 Face tensor(s) it comes from. The same rules read a checkpoint (:meth:`WeightMap.from_hf`)
-and write one (:meth:`WeightMap.to_hf`), so ``to_hf(from_hf(sd)) == sd``.
+and write one (:meth:`WeightMap.to_hf`), so ``to_hf(from_hf(sd)) == sd``. Reading the
+checkpoint files is :mod:`seqweave.checkpoint`'s job.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,14 +20,9 @@ from torch import nn
 from .errors import CheckpointError
 from .progress import progress
 
-__all__ = ["Rule", "WeightMap", "init_weights", "load_module_weights", "read_state_dict", "rule"]
+__all__ = ["Rule", "WeightMap", "init_weights", "load_module_weights", "rule"]
 
 logger = logging.getLogger("seqweave")
-
-SAFETENSORS = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
 @dataclass(frozen=True)
@@ -126,10 +120,11 @@ class WeightMap:
             rename = lambda k: p + k  # noqa: E731
         elif not wants_prefix and has_prefix:
             rename = lambda k: k.removeprefix(p)  # noqa: E731
+        renamed = getattr(sd, "renamed", None)  # CheckpointTensors (seqweave.checkpoint) keep their offsets
         if rename is None:
-            return sd if isinstance(sd, CheckpointTensors) else dict(sd)
-        if isinstance(sd, CheckpointTensors):
-            return sd.renamed(rename)
+            return sd if renamed is not None else dict(sd)
+        if renamed is not None:
+            return renamed(rename)
         return {rename(k): v for k, v in sd.items()}
 
     def from_hf(self, sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[Rule], list[str]]:
@@ -171,130 +166,6 @@ class WeightMap:
             if r.ours == ours:
                 return r.hf
         return (ours,)
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-class CheckpointTensors(dict):
-    """A checkpoint's tensors by name, memory-mapped, that can also read one into memory of its own.
-
-    Tensors used as they are stay views of the memory map: no copy. Tensors that loading
-    must copy anyway (transposed, fused) are better read with :meth:`fresh`: read through
-    the map, their file pages would stay resident beside the copy for as long as any
-    tensor of the file is alive, so peak memory would hold them twice.
-    """
-
-    def __init__(self, tensors: Mapping[str, torch.Tensor] = (), locations: Mapping[str, tuple] | None = None):
-        super().__init__(tensors)
-        #: name -> (file, byte offset, byte count, dtype, shape) for :meth:`fresh`
-        self.locations: dict[str, tuple] = dict(locations or {})
-
-    def fresh(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` read from its file into new memory (the mapped view if it can't be)."""
-        where = self.locations.get(name)
-        if where is None:
-            return self[name]
-        path, offset, nbytes, dtype, shape = where
-        if nbytes == 0:
-            return torch.empty(shape, dtype=dtype)
-        buf = bytearray(nbytes)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            if f.readinto(buf) != nbytes:
-                raise CheckpointError(f"{path}: truncated: tensor {name} is cut short")
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
-
-    def renamed(self, rename) -> CheckpointTensors:
-        """The same tensors under ``rename(name)``."""
-        return CheckpointTensors({rename(k): v for k, v in self.items()},
-                                 {rename(k): v for k, v in self.locations.items()})
-
-
-def _safetensors_locations(path: Path) -> dict[str, tuple]:
-    """Where each tensor's bytes lie in a safetensors file (its JSON header says; nothing is executed)."""
-    if sys.byteorder != "little":  # the file is little-endian; let safetensors convert
-        return {}
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    start = 8 + size
-    out = {}
-    for name, info in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
-        if name == "__metadata__" or dtype is None:
-            continue
-        begin, end = info["data_offsets"]
-        out[name] = (path, start + begin, end - begin, dtype, tuple(info["shape"]))
-    return out
-
-
-def _read_safetensors(path: Path) -> CheckpointTensors:
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))  # memory-mapped: tensors are read as they are used
-    except Exception as e:  # safetensors raises its own types for corrupt headers and truncation
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    # safetensors has validated the header above, so reading it again cannot fail on its form.
-    return CheckpointTensors(tensors, _safetensors_locations(path))
-
-
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        # weights_only: tensors and plain containers only, no code from the checkpoint runs
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from None
-    if not isinstance(sd, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {type(sd).__name__}")
-    return dict(sd)
-
-
-def _read_index(path: Path, read) -> dict[str, torch.Tensor]:
-    try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a valid shard index ({e})") from None
-    sd = CheckpointTensors()
-    for shard in sorted(set(weight_map.values())):
-        shard_path = path.parent / shard
-        if not shard_path.is_file():
-            raise CheckpointError(f"{path}: names shard {shard!r}, which is missing")
-        part = read(shard_path)
-        sd.update(part)
-        sd.locations.update(getattr(part, "locations", {}))
-    return sd
-
-
-def weights_file(folder: Path) -> Path:
-    """The weights file of a checkpoint folder: safetensors first, pickles only without them."""
-    for name in (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX):
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(
-        f"{folder}: no weights file; expected one of {SAFETENSORS}, {SAFETENSORS_INDEX}, {PICKLE}, {PICKLE_INDEX}"
-    )
-
-
-def read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """Read a checkpoint folder's tensors; return them and the file they came from."""
-    path = weights_file(folder)
-    if path.name == SAFETENSORS:
-        return _read_safetensors(path), path
-    if path.name == SAFETENSORS_INDEX:
-        return _read_index(path, _read_safetensors), path
-    if path.name == PICKLE:
-        return _read_pickle(path), path
-    return _read_index(path, _read_pickle), path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""Loading: one :func:`load_part` for every part of every composition.
+
+A composite checkpoint (a transformers ``EncoderDecoderModel`` folder, or ours) loads as
+two prefixed parts (``encoder.``, ``decoder.``) plus the projection ``enc_to_dec_proj``;
+a warm start loads two single-model checkpoints as the same two parts and creates the
+projection; a config file does either per part, or initialises a part without a
+checkpoint at random. Each way builds the modules on the ``meta`` device and fills them
+with ``load_state_dict(assign=True)`` from the memory-mapped files, so loading needs
+about one copy of the weights in memory. Errors name the file and the Hugging Face tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import PartConfig
+from ..errors import CheckpointError, ConfigError
+from ..hub import resolve
+from ..registry import Registry, Role
+from ..weights import WeightMap, load_module_weights, rule
+from .formats import read_state_dict
+from .hf_config import (
+    PartSpec,
+    architecture_of,
+    composite_config,
+    dtype_of,
+    read_generation_config,
+    split_hf_config,
+)
+from .jsonio import CONFIG_JSON, read_config_json
+from .report import LoadReport, summarize_names
+
+__all__ = ["load_composition", "load_part", "load_pretrained", "part_specs"]
+
+logger = logging.getLogger("seqweave")
+
+ROLES: tuple[Role, Role] = ("encoder", "decoder")
+PROJECTION = "enc_to_dec_proj"
+
+
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:3])
+
+
+def load_part(
+    module: nn.Module,
+    weight_map: WeightMap,
+    tensors: Mapping[str, torch.Tensor] | None,
+    *,
+    what: str,
+    role: str,
+    source: Path | str,
+    report: LoadReport,
+    prefix: str | None = None,
+    filled: frozenset[str] = frozenset(),
+    std: float = 0.02,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> list[str]:
+    """Fill ``module`` (built on ``meta``) from checkpoint tensors, or initialise it; record what happened.
+
+    Args:
+        module: the encoder, the decoder or the projection, its parameters on the meta device.
+        weight_map: the part's map (names relative to the part, as its architecture gives them).
+        tensors: the file's tensors; None when the part has no checkpoint (every tensor is new).
+        what: the part in error messages (``"a bert decoder"``).
+        role: the part's name in the model and in :class:`LoadReport` (``encoder``, ``decoder``,
+            ``enc_to_dec_proj``).
+        source: the file the tensors come from (for errors and the progress bar).
+        report: the report to add to.
+        prefix: None for a single-model checkpoint: names are normalised to the map's layout
+            (``base_prefix``), absent ``new_ok`` tensors are created, tensors no rule uses are
+            reported as unused. A string for a part of a composite checkpoint (``"decoder."``):
+            the part's tensors carry the prefix, every one must be present, and any other
+            tensor under the prefix is an error.
+        filled: parameters another part fills (the encoder's tensors tied to the decoder's):
+            not required from this checkpoint.
+        std: the standard deviation for new tensors.
+        dtype: the dtype of the loaded and the new tensors.
+        device: where the tensors go.
+
+    Returns:
+        The parameter names (relative to ``module``) that were created.
+
+    Raises:
+        CheckpointError: a tensor the part needs is absent, a tensor is misshapen, or (in a
+            composite) a tensor under the part's prefix belongs to nothing; the message names
+            the file and the Hugging Face tensor names.
+    """
+    if tensors is None:
+        new = [n for n, _ in module.named_parameters()]
+        load_module_weights(module, {}, source=source, weight_map=WeightMap(()), new=new, std=std,
+                            dtype=dtype, device=device)
+        report.new += [f"{role}.{n}" for n in new]
+        return new
+    composite = prefix is not None
+    wmap = weight_map.prefixed("", prefix) if composite else weight_map
+    if not composite:
+        tensors = wmap.normalize_prefix(tensors)
+    ours, missing, unexpected = wmap.from_hf(tensors)
+    missing = [r for r in missing if r.ours not in filled]
+    required = [h for r in missing if composite or not r.new_ok for h in r.hf if h not in tensors]
+    if required:
+        raise CheckpointError(
+            f"{source}: missing {len(required)} tensor(s) {what} needs, e.g. {_first(required)}"
+        )
+    mine = [k for k in tensors if not composite or k.startswith(prefix)]
+    unexpected = [k for k in unexpected if not composite or k.startswith(prefix)]
+    if composite and unexpected:
+        raise CheckpointError(
+            f"{source}: {len(unexpected)} tensor(s) that {what} with this config.json does not have, "
+            f"e.g. {_first(unexpected)}"
+        )
+    used = {h for r in wmap.rules for h in r.hf}
+    skipped = set(unexpected)
+    new = [r.ours for r in missing]
+    load_module_weights(module, ours, source=source, weight_map=wmap, new=new, std=std, dtype=dtype,
+                        device=device)
+    report.new += [f"{role}.{n}" for n in new]
+    report.unused += [f"{role}:{k}" for k in unexpected]
+    report.ignored += [f"{role}:{k}" for k in mine if k not in used and k not in skipped]
+    return new
+
+
+def _build(factory: Callable[..., nn.Module], parts: Mapping[str, PartSpec], **kwargs: Any) -> nn.Module:
+    """The model, its modules on the ``meta`` device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        model = factory(
+            parts["encoder"].arch.build_module(parts["encoder"].config, "encoder"),
+            parts["decoder"].arch.build_module(parts["decoder"].config, "decoder"),
+            **kwargs,
+        )
+    model.hf_extra.update({role: parts[role].extra for role in ROLES})
+    return model
+
+
+def load_pretrained(
+    factory: Callable[..., nn.Module],
+    name_or_path: str | os.PathLike,
+    revision: str | None,
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+    registry: Registry,
+) -> nn.Module:
+    """A composite checkpoint folder (or Hub id) loaded into ``factory(encoder, decoder, **fields)``.
+
+    See :meth:`seqweave.EncoderDecoder.from_pretrained`.
+    """
+    folder = resolve(name_or_path, revision)
+    where = str(folder / CONFIG_JSON)
+    parts, kwargs, top = composite_config(read_config_json(folder), where, registry)
+    model = _build(factory, parts, **kwargs)
+    model.hf_extra["top"] = top
+    read_generation_config(model, folder)
+    sd, source = read_state_dict(folder)
+    dtype = dtype or dtype_of([sd])
+    prefixes = tuple(f"{p}." for p in (*ROLES, *([PROJECTION] if model.enc_to_dec_proj is not None else [])))
+    stray = [k for k in sd if not k.startswith(prefixes)]
+    if stray:
+        pair = f"{parts['encoder'].arch.name}2{parts['decoder'].arch.name}"
+        raise CheckpointError(
+            f"{source}: {len(stray)} tensor(s) that a {pair} model with this config.json does not have, "
+            f"e.g. {_first(stray)}"
+        )
+    report = model.load_report = LoadReport(sources={"model": str(source)})
+    report.tied = [f"encoder.{n}" for n in model.tied_parameters]
+    # transformers 4.x saved a tied model with only the decoder's copy of each shared tensor: the
+    # decoder loads first, tying gives the encoder its tensors, and the encoder needs only the rest.
+    for role in ("decoder", "encoder") if model.tied_parameters else ROLES:
+        p = parts[role]
+        load_part(getattr(model, role), p.arch.weight_map(p.config, role), sd, what=f"a {p.arch.name} {role}",
+                  role=role, source=source, report=report, prefix=f"{role}.", dtype=dtype, device=device,
+                  filled=frozenset(model.tied_parameters) if role == "encoder" else frozenset())
+        model.tie_weights()
+    if model.enc_to_dec_proj is not None:
+        load_part(model.enc_to_dec_proj, WeightMap((rule("weight"), rule("bias"))), sd, role=PROJECTION,
+                  what=f"the projection {PROJECTION}", source=source, report=report, prefix=f"{PROJECTION}.",
+                  dtype=dtype, device=device)
+    return model.eval()
+
+
+def part_specs(
+    encoder: str | os.PathLike,
+    decoder: str | os.PathLike,
+    revisions: Mapping[str, str | None],
+    overrides: Mapping[str, Any],
+) -> dict[str, PartConfig]:
+    """The two parts of a warm start; ``encoder_<field>=...`` / ``decoder_<field>=...`` override fields.
+
+    Raises:
+        ConfigError: an override that names neither part.
+    """
+    part_overrides: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}}
+    for key, value in overrides.items():
+        role, _, fieldname = key.partition("_")
+        if role not in part_overrides or not fieldname:
+            raise ConfigError(f"unknown argument {key!r}: part overrides start with encoder_ or decoder_")
+        part_overrides[role][fieldname] = value
+    return {
+        role: PartConfig.model_construct(architecture="", pretrained=str(path), revision=revisions.get(role),
+                                         config=part_overrides[role])
+        for role, path in (("encoder", encoder), ("decoder", decoder))
+    }
+
+
+def _part_spec(role: Role, spec: PartConfig, registry: Registry) -> tuple[PartSpec, Path | None]:
+    """The part a composition names and the folder of its checkpoint (None for a random one)."""
+    if spec.pretrained is None:
+        arch = registry.get(spec.architecture)
+        return PartSpec(arch, arch.make_config(spec.config, source=f"{role}.config")), None
+    folder = resolve(spec.pretrained, spec.revision)
+    where = str(folder / CONFIG_JSON)
+    data = read_config_json(folder)
+    arch = architecture_of(data, where, registry)
+    if spec.architecture and spec.architecture != arch.name:
+        raise ConfigError(
+            f"{role}.architecture is {spec.architecture!r} but {where} says model_type {arch.name!r}"
+        )
+    part = split_hf_config(arch, data, where)
+    if spec.config:  # the merged config is checked under the composition's name for the block
+        part.config = arch.make_config({**part.config.model_dump(), **spec.config}, source=f"{role}.config")
+    return part, folder
+
+
+def load_composition(
+    factory: Callable[..., nn.Module],
+    specs: Mapping[str, PartConfig],
+    registry: Registry,
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+    **kwargs: Any,
+) -> nn.Module:
+    """``factory(encoder, decoder, **kwargs)`` with each part warm-started from its checkpoint or initialised.
+
+    See :meth:`seqweave.EncoderDecoder.from_pretrained_parts` and ``from_config``.
+    """
+    parts: dict[str, PartSpec] = {}
+    checkpoints: dict[str, tuple[Mapping[str, torch.Tensor], Path]] = {}
+    for role in ROLES:
+        parts[role], folder = _part_spec(role, specs[role], registry)
+        if folder is not None:
+            checkpoints[role] = read_state_dict(folder)
+    model = _build(factory, parts, **kwargs)
+    dtype = dtype or dtype_of([sd for sd, _ in checkpoints.values()])
+    report = model.load_report = LoadReport()
+    shown: list[str] = []  # the log line: names from the checkpointed parts, a random part as a whole
+    for role in ROLES:
+        p = parts[role]
+        sd, source = checkpoints.get(role, (None, f"{role} (random init)"))
+        new = load_part(getattr(model, role), p.arch.weight_map(p.config, role), sd,
+                        what=f"a {p.arch.name} {role}", role=role, source=source, report=report,
+                        std=p.config.initializer_range, dtype=dtype, device=device)
+        if sd is None:
+            shown.append(f"{role} (all {len(new)})")
+        else:
+            shown += [f"{role}.{n}" for n in new]
+            report.sources[role] = str(source)
+    model.tie_weights()  # the parts were loaded one by one: share their tensors again
+    report.tied = [f"encoder.{n}" for n in model.tied_parameters]
+    if model.enc_to_dec_proj is not None:
+        new = load_part(model.enc_to_dec_proj, WeightMap(()), None, what=f"the projection {PROJECTION}",
+                        role=PROJECTION, source=PROJECTION, report=report,
+                        std=parts["decoder"].config.initializer_range, dtype=dtype, device=device)
+        shown += [f"{PROJECTION}.{n}" for n in new]
+    if checkpoints and shown:
+        logger.warning("newly initialised tensors (train before use): %s", ", ".join(summarize_names(shown)))
+    if report.unused:
+        logger.info("unused checkpoint tensors: %s", ", ".join(report.unused))
+    return model.eval() if checkpoints else model

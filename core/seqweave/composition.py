@@ -1,0 +1,342 @@
+"""Composition files: reading them, ``key.sub=value`` overrides, the checks against the registered
+architectures, and the JSON Schema of the format.
+
+This module sits above the registry; the models it fills (:class:`~seqweave.CompositionConfig`
+and its parts) live in :mod:`seqweave.config`, below it. Importing this module installs the
+registry check as :attr:`CompositionConfig.part_checker`, so that
+``CompositionConfig.model_validate(data)`` is as strict as :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .config import (
+    _NO_VALUE,
+    CONFIG_SUFFIXES,
+    CompositionConfig,
+    FieldError,
+    PartConfig,
+    PartConfigOf,
+    _message,
+    _model_at,
+    _shown,
+    _suggest,
+    format_validation_error,
+    token_id_problems,
+)
+from .errors import ConfigError
+from .registry import Registry, default_registry
+
+__all__ = ["CONFIG_SUFFIXES", "composition_json_schema", "load_config"]
+
+
+def _part_config_of(registry: Registry | None) -> PartConfigOf:
+    """An architecture name's config model in ``registry`` (the installed plugins by default), or None."""
+
+    def lookup(name: str) -> type[BaseModel] | None:
+        reg = registry or default_registry()
+        return reg.get(name).config if name in reg else None
+
+    return lookup
+
+
+# ----------------------------------------------------------------------------------------
+# The parts against the registry
+
+
+def _part_problems(data: Mapping[str, Any], registry: Registry) -> list[tuple[str, str, Any]]:
+    """Each part's architecture and ``config`` block, and the token ids against the decoder's vocabulary.
+
+    Works on the raw mapping, so that :func:`load_config` reports these problems together
+    with the ones pydantic finds elsewhere; whatever is malformed here (a part that is
+    not a mapping) is left to pydantic to report.
+    """
+    problems: list[tuple[str, str, Any]] = []
+    vocab_size: int | None = None
+    for role in ("encoder", "decoder"):
+        part = data.get(role)
+        if not isinstance(part, Mapping) or not isinstance(part.get("architecture"), str):
+            continue
+        name, pretrained, block = part["architecture"], part.get("pretrained"), part.get("config", {})
+        if name not in registry:
+            try:
+                registry.get(name)
+            except ConfigError as e:  # its message lists the registered names
+                problems.append((f"{role}.architecture", str(e), _NO_VALUE))
+            continue
+        arch = registry.get(name)
+        if role not in arch.roles:
+            problems.append(
+                (
+                    f"{role}.architecture",
+                    f"{name!r} cannot be the {role}; it can be: {', '.join(arch.roles)}",
+                    _NO_VALUE,
+                )
+            )
+            continue
+        if not isinstance(block, Mapping):
+            continue
+        try:
+            validated = arch.config.model_validate(dict(block))
+        except ValidationError as e:
+            for err in e.errors(include_url=False):
+                # With a checkpoint, the block only overrides some fields: checks across fields
+                # (errors of the whole block) need the merged config and run when it is loaded.
+                if pretrained is not None and not err["loc"]:
+                    continue
+                loc = [role, "config", *map(str, err["loc"])]
+                cause = (err.get("ctx") or {}).get("error")
+                value = _NO_VALUE if err["type"] == "missing" else err.get("input", _NO_VALUE)
+                msg = _message(err["msg"])
+                if isinstance(cause, FieldError):
+                    loc.append(cause.field)
+                    msg, value = cause.message, cause.value
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown key" + _suggest(loc[-1], arch.config.model_fields)
+                problems.append((".".join(loc), msg, value))
+            continue
+        if role == "decoder" and (pretrained is None or "vocab_size" in block):
+            vocab_size = getattr(validated, "vocab_size", None)
+    problems += token_id_problems(data, vocab_size)
+    generation = data.get("generation")
+    if isinstance(generation, Mapping):
+        problems += token_id_problems(generation, vocab_size, prefix="generation.")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------
+# The schema: one variant per registered architecture and role
+
+
+def _schema_model(registry: Registry) -> type[BaseModel]:
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for role in ("encoder", "decoder"):
+        variants = []
+        for name in registry.names():
+            arch = registry.get(name)
+            if role not in arch.roles:
+                continue
+            variants.append(
+                create_model(
+                    f"{name.capitalize()}{role.capitalize()}",
+                    __base__=PartConfig,
+                    __doc__=f"{arch.description or name} as the {role}.",
+                    architecture=(Literal[name], Field(description="A registered architecture name.")),  # type: ignore[valid-type]
+                    config=(
+                        arch.config,
+                        Field(
+                            default_factory=arch.config,
+                            description=PartConfig.model_fields["config"].description,
+                        ),
+                    ),
+                )
+            )
+        if not variants:
+            annotation: Any = PartConfig
+        elif len(variants) == 1:
+            annotation = variants[0]
+        else:
+            annotation = typing.Annotated[Union[tuple(variants)], Field(discriminator="architecture")]  # noqa: UP007
+        fields[role] = (annotation, CompositionConfig.model_fields[role])
+    return create_model("CompositionConfig", __base__=CompositionConfig, **fields)
+
+
+def composition_json_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """The JSON Schema of the config file format, built from the registered architectures.
+
+    Each part is a union over the architectures that can play its role, told apart by
+    ``architecture``; each variant's ``config`` is that architecture's own model, so the
+    schema lists every field an architecture accepts. Checks across fields (heads that
+    divide the width, token ids below the vocabulary) are beyond JSON Schema; only
+    :func:`load_config` makes them.
+    """
+    schema = _schema_model(registry or default_registry()).model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "seqweave composition config"
+    return schema
+
+
+# ----------------------------------------------------------------------------------------
+# Typed overrides
+
+
+def _accepts_only_text(annotation: Any) -> bool:
+    """True when a field's type is ``str`` (or a literal of strings), optionally ``None``."""
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (Union, types.UnionType)
+        else (annotation,)
+    )
+    scalars = [a for a in args if a is not type(None)]
+    if not scalars:
+        return False
+    return all(
+        a is str or (typing.get_origin(a) is Literal and all(isinstance(v, str) for v in typing.get_args(a)))
+        for a in scalars
+    )
+
+
+def _parse_override(override: str, data: dict[str, Any], source: str, registry: Registry | None) -> None:
+    import yaml
+
+    key, sep, raw = override.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or not all(parts):
+        raise ConfigError(f"{source}: override {override!r} must look like key.sub=value")
+    model = _model_at(parts[:-1], data, _part_config_of(registry))
+    field = model.model_fields.get(parts[-1]) if model is not None else None
+    if field is not None and _accepts_only_text(field.annotation):
+        # Typed by the schema: a text field keeps the text as written ("123", "yes", "null" if
+        # None is not allowed), so hub ids and revisions that look like numbers survive.
+        allows_none = not field.is_required() and field.default is None
+        value: Any = None if allows_none and raw.strip() in ("null", "~", "") else raw
+    else:
+        # Everything else is parsed as a YAML flow value (safe loader): numbers, booleans,
+        # null and lists get their types; validation then checks them against the schema.
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"{source}: override {override!r}: value is not valid: {_one_line(e)}"
+            ) from None
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: override {override!r}: {p} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------------------
+# Reading files
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _yaml_error(path: Path, e: Exception) -> ConfigError:
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or _one_line(e)
+    if "python/" in problem:
+        problem += "; python tags are not allowed: configs are read with yaml.safe_load and never run code"
+    return ConfigError(f"{where}: not valid YAML: {problem}")
+
+
+def _read_file(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    if suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{path}: unknown config format {suffix!r}; use .yaml, .yml, .toml or .json")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)  # safe: python/object tags are errors, no code runs
+        except yaml.YAMLError as e:
+            raise _yaml_error(path, e) from None
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {_one_line(e)}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {_one_line(e)}") from None
+
+
+def _relative_to(base: Path, value: str | None) -> str | None:
+    """A path written in a config file means relative to that file; hub ids stay as they are."""
+    if value is None:
+        return None
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute() and (base / candidate).exists():
+        return str(base / candidate)
+    return value
+
+
+def _unshared(value: Any) -> Any:
+    """A copy in which no two places are one object: YAML anchors (``*tiny``) alias their target,
+    and an override of ``encoder.config`` must not change ``decoder.config`` too."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | CompositionConfig,
+    overrides: Sequence[str] = (),
+    *,
+    registry: Registry | None = None,
+) -> CompositionConfig:
+    """Read a composition config from a file, a dict or a config, applying ``key.sub=value`` overrides.
+
+    Overrides are typed by the schema: ``decoder.config.num_hidden_layers=2`` sets an
+    int, ``tokenizer=123`` a string. Paths in a file (``pretrained``, ``tokenizer``) are
+    relative to the file's folder when something exists there.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a field is invalid; the message
+            names the file, the dotted location and the value, one line per problem.
+    """
+    base: Path | None = None
+    if isinstance(source, CompositionConfig):
+        data: Any = source.model_dump()
+        name = "config"
+    elif isinstance(source, Mapping):
+        data = dict(source)  # copied below, so that overrides never edit the caller's mapping
+        name = "config"
+    else:
+        path = Path(source)
+        data = _read_file(path)
+        name, base = str(path), path.parent
+    data = _unshared(data)
+    if data is None:
+        raise ConfigError(f"{name}: the file is empty; expected a mapping with encoder: and decoder:")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping at the top level, found {type(data).__name__}")
+    for o in overrides:
+        _parse_override(o, data, name, registry)
+    registry = registry or default_registry()
+    # Parts are checked on their own here, so that one run reports every problem of the file.
+    lines = [f"{name}: {loc}: {msg}{_shown(value)}" for loc, msg, value in _part_problems(data, registry)]
+    try:
+        cfg = CompositionConfig.model_validate(data, context={"registry": registry, "check_parts": False})
+    except ValidationError as e:
+        hints = _part_config_of(registry)
+        lines[:0] = format_validation_error(e, name, data=data, part_config=hints).splitlines()
+    if lines:
+        raise ConfigError("\n".join(lines))
+    if base is not None:
+        for part in (cfg.encoder, cfg.decoder):
+            part.pretrained = _relative_to(base, part.pretrained)
+        cfg.tokenizer = _relative_to(base, cfg.tokenizer)
+        cfg.decoder_tokenizer = _relative_to(base, cfg.decoder_tokenizer)
+    return cfg
+
+
+CompositionConfig.part_checker = lambda data, registry: _part_problems(data, registry or default_registry())
