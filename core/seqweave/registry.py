@@ -148,6 +148,11 @@ class Registry:
 
     def _register(self, plugin: object, info: PluginInfo) -> None:
         found: list[Architecture] = []
+        if self._pm.is_registered(plugin):
+            # pluggy would raise a bare ValueError ("already registered under a different name")
+            earlier = next((p for p in self.plugins if self._pm.get_name(plugin) == f"{p.name}:{id(plugin)}"), None)
+            by = f"as plugin {earlier.name!r}" if earlier else "already"
+            raise PluginError(f"plugin {info.name!r} ({plugin!r}) is registered {by} in this registry; register it once")
         self._pm.register(plugin, name=f"{info.name}:{id(plugin)}")
         try:
             caller = self._pm.subset_hook_caller(
@@ -187,6 +192,23 @@ class Registry:
         lacking = [a for a in REQUIRED_CONFIG_ATTRIBUTES if not hasattr(default, a)]
         if lacking:
             raise PluginError(f"{where}: {arch.name}.config lacks {', '.join(lacking)}")
+        # The weight maps are checked here, for the tiny config, so that a bad ignore pattern
+        # (or any other mistake in a map) names the plugin at registration, not at first load.
+        try:
+            tiny = arch.make_config(arch.tiny_config, source=f"{arch.name}.tiny_config")
+        except ConfigError as e:
+            raise PluginError(f"{where}: {e}") from None
+        for role in arch.roles:
+            try:
+                wmap = arch.weight_map(tiny, role)
+            except PluginError as e:
+                raise PluginError(f"{where}: {arch.name} {role}: {e}") from None
+            except Exception as e:  # a bug in the plugin's map: name the plugin, keep the cause
+                raise PluginError(
+                    f"{where}: {arch.name}.weight_map(tiny_config, {role!r}) failed: {type(e).__name__}: {e}"
+                ) from e
+            if not isinstance(wmap, WeightMap):
+                raise PluginError(f"{where}: {arch.name}.weight_map returned {type(wmap).__name__}, not a WeightMap")
 
     def get(self, name: str) -> Architecture:
         """The architecture called ``name``.

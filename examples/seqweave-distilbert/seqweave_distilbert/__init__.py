@@ -14,9 +14,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 import seqweave as sw
-from seqweave.layers import ACTIVATIONS, Embeddings, TransformerLayer
-from seqweave.transformer import TransformerEncoder
-from seqweave.weights import WeightMap, rule
+from seqweave.modules import ACTIVATIONS, Embeddings, TransformerEncoder, TransformerLayer, WeightMap, pair_rules, rule
 
 __all__ = ["DISTILBERT", "DistilBertConfig", "seqweave_register_architectures"]
 
@@ -70,18 +68,17 @@ def weight_map(cfg: DistilBertConfig, role: sw.Role) -> WeightMap:
     top = [
         rule("embeddings.tokens.weight", "embeddings.word_embeddings.weight"),
         rule("embeddings.positions.weight", "embeddings.position_embeddings.weight"),
-        rule("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
-        rule("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+        *pair_rules("embeddings.norm", "embeddings.LayerNorm"),
     ]
     p = "transformer.layer.{}."
     per_layer = [
         *(rule(f"layers.{{}}.self_attn.qkv_proj.{w}", *(f"{p}attention.{n}_lin.{w}" for n in "qkv"))
           for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.self_attn.out_proj.{w}", f"{p}attention.out_lin.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.attn_norm.{w}", f"{p}sa_layer_norm.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.ffn.fc_in.{w}", f"{p}ffn.lin1.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.ffn.fc_out.{w}", f"{p}ffn.lin2.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.ffn_norm.{w}", f"{p}output_layer_norm.{w}") for w in ("weight", "bias")),
+        *pair_rules("layers.{}.self_attn.out_proj", f"{p}attention.out_lin"),
+        *pair_rules("layers.{}.attn_norm", f"{p}sa_layer_norm"),
+        *pair_rules("layers.{}.ffn.fc_in", f"{p}ffn.lin1"),
+        *pair_rules("layers.{}.ffn.fc_out", f"{p}ffn.lin2"),
+        *pair_rules("layers.{}.ffn_norm", f"{p}output_layer_norm"),
     ]
     ignore = [r".*position_ids", r"vocab_.*|qa_outputs\..*|pre_classifier\..*|classifier\..*"]
     return WeightMap.build(top, per_layer, cfg.n_layers, ignore=ignore, base_prefix="distilbert.")
