@@ -23,7 +23,8 @@ def registry():
         plugin = importlib.import_module("seqweave_distilbert")
     finally:
         sys.path.remove(str(PLUGIN_DIR))
-    reg = sw.Registry()  # the installed plugins, plus this one
+    reg = sw.Registry(load_entry_points=False)  # seqweave's own plugins, plus this one (even if it is installed)
+    reg.load_entry_points(distributions={"seqweave"})
     reg.register(plugin, "distilbert", distribution="seqweave-distilbert", version="0.1.0")
     return reg
 

@@ -165,3 +165,13 @@ def test_ignore_patterns_match_the_parts_own_names_in_a_composite(pattern):
     assert not composite.is_ignored("decoder.cls.predictions.bias")
     nested = composite.prefixed("", "outer.")
     assert nested.is_ignored("outer.encoder.cls.predictions.bias")
+
+
+def test_entry_points_can_be_limited_to_some_distributions():
+    reg = sw.Registry(load_entry_points=False)
+    reg.load_entry_points(distributions={"seqweave"})
+    assert {p.distribution for p in reg.plugins} == {"seqweave"}
+    assert set(reg.names()) == {"bert", "gpt2", "roberta"}
+    empty = sw.Registry(load_entry_points=False)
+    empty.load_entry_points(distributions={"no-such-dist"})
+    assert empty.names() == [] and empty.plugins == []

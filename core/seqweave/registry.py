@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -123,10 +123,18 @@ class Registry:
         if load_entry_points:
             self.load_entry_points()
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
-        """Load every plugin of ``group``; a plugin that fails is recorded with its error, not raised."""
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP, *, distributions: Collection[str] | None = None) -> None:
+        """Load every plugin of ``group``; a plugin that fails is recorded with its error, not raised.
+
+        Args:
+            group: the entry-point group.
+            distributions: load only the plugins of these distributions (``{"seqweave"}``: the
+                built-in ones, e.g. for a test that must not see third-party plugins); all if None.
+        """
         for ep in importlib.metadata.entry_points(group=group):
             dist = ep.dist
+            if distributions is not None and (dist is None or dist.name not in distributions):
+                continue
             info = PluginInfo(ep.name, dist.name if dist else None, dist.version if dist else None)
             try:
                 self._register(ep.load(), info)
