@@ -277,6 +277,7 @@ def check_plugin(name: str, modules: tuple[str, ...], role: str | None, only: tu
 
     from .testing import CHECKS, run_checks
 
+    _quiet_transformers()
     registry = sw.Registry()
     for module in modules:
         try:
@@ -301,6 +302,17 @@ def check_plugin(name: str, modules: tuple[str, ...], role: str | None, only: tu
     click.echo(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped ({', '.join(names)})")
     if counts["FAIL"]:
         click.get_current_context().exit(1)
+
+
+def _quiet_transformers() -> None:
+    """No progress bars or warnings from the reference models: one line per check is the output."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _plugin_architectures(registry: Any, name: str) -> list[str]:
