@@ -289,9 +289,8 @@ def check_plugin(name: str, modules: tuple[str, ...], role: str | None, only: tu
     checks = [c for c in CHECKS if not only or c.name in only]
     unknown = sorted(set(only) - {c.name for c in CHECKS})
     if unknown:
-        raise click.BadParameter(
-            f"unknown check {', '.join(unknown)}; known: {', '.join(c.name for c in CHECKS)}", param_hint="--check"
-        )
+        known = ", ".join(c.name for c in CHECKS)
+        raise click.BadParameter(f"unknown check {', '.join(unknown)}; known: {known}", param_hint="--check")
     results = []
     for arch_name in names:
         arch = registry.get(arch_name)
@@ -299,7 +298,8 @@ def check_plugin(name: str, modules: tuple[str, ...], role: str | None, only: tu
             raise click.BadParameter(f"{arch_name} cannot be used as {role}", param_hint="--role")
         results += run_checks(arch, registry, roles=[role] if role else None, checks=checks, echo=click.echo)
     counts = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "SKIP")}
-    click.echo(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped ({', '.join(names)})")
+    summary = f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"
+    click.echo(f"{summary} ({', '.join(names)})")
     if counts["FAIL"]:
         click.get_current_context().exit(1)
 
@@ -326,7 +326,9 @@ def _plugin_architectures(registry: Any, name: str) -> list[str]:
     if name in registry:
         return [name]
     known = sorted({p.name for p in registry.plugins} | set(registry.names()))
-    raise click.BadParameter(f"no plugin or architecture {name!r}; known: {', '.join(known)}", param_hint="NAME")
+    raise click.BadParameter(
+        f"no plugin or architecture {name!r}; known: {', '.join(known)}", param_hint="NAME"
+    )
 
 
 @cli.command(short_help="JSON Schema of config files.")

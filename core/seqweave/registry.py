@@ -123,7 +123,9 @@ class Registry:
         if load_entry_points:
             self.load_entry_points()
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP, *, distributions: Collection[str] | None = None) -> None:
+    def load_entry_points(
+        self, group: str = ENTRY_POINT_GROUP, *, distributions: Collection[str] | None = None
+    ) -> None:
         """Load every plugin of ``group``; a plugin that fails is recorded with its error, not raised.
 
         Args:
@@ -158,9 +160,12 @@ class Registry:
         found: list[Architecture] = []
         if self._pm.is_registered(plugin):
             # pluggy would raise a bare ValueError ("already registered under a different name")
-            earlier = next((p for p in self.plugins if self._pm.get_name(plugin) == f"{p.name}:{id(plugin)}"), None)
+            registered_as = self._pm.get_name(plugin)
+            earlier = next((p for p in self.plugins if registered_as == f"{p.name}:{id(plugin)}"), None)
             by = f"as plugin {earlier.name!r}" if earlier else "already"
-            raise PluginError(f"plugin {info.name!r} ({plugin!r}) is registered {by} in this registry; register it once")
+            raise PluginError(
+                f"plugin {info.name!r} ({plugin!r}) is registered {by} in this registry; register it once"
+            )
         self._pm.register(plugin, name=f"{info.name}:{id(plugin)}")
         try:
             caller = self._pm.subset_hook_caller(
@@ -216,7 +221,8 @@ class Registry:
                     f"{where}: {arch.name}.weight_map(tiny_config, {role!r}) failed: {type(e).__name__}: {e}"
                 ) from e
             if not isinstance(wmap, WeightMap):
-                raise PluginError(f"{where}: {arch.name}.weight_map returned {type(wmap).__name__}, not a WeightMap")
+                got = type(wmap).__name__
+                raise PluginError(f"{where}: {arch.name}.weight_map returned {got}, not a WeightMap")
 
     def get(self, name: str) -> Architecture:
         """The architecture called ``name``.

@@ -66,7 +66,7 @@ def rule(ours: str, *hf: str, transpose: bool = False, new_ok: bool = False) -> 
 
 
 def pair_rules(ours: str, hf: str, *, transpose: bool = False, new_ok: bool = False) -> list[Rule]:
-    """The ``weight`` and ``bias`` of one module (a LayerNorm, a Linear): ``ours.weight`` <- ``hf.weight``, ...
+    """The ``weight`` and ``bias`` of one module (a LayerNorm, a Linear): ``ours.weight`` <- ``hf.weight``.
 
     Args:
         ours: our module name, e.g. ``layers.{}.attn_norm``.
@@ -106,7 +106,7 @@ def check_ignore_pattern(pattern: str) -> re.Pattern:
         PluginError: the pattern does not compile or can never match; the message names it.
     """
     if not isinstance(pattern, str) or not pattern:
-        raise PluginError(f"weight map ignore pattern {pattern!r} is empty or not a string; it can never match")
+        raise PluginError(f"weight map ignore pattern {pattern!r} is empty or no string; it can never match")
     try:
         compiled = re.compile(pattern)
     except re.error as e:
@@ -116,8 +116,8 @@ def check_ignore_pattern(pattern: str) -> re.Pattern:
     inner = re.sub(r"(?<!\\)(?:\$|\\Z)$", "", inner)
     if _INNER_ANCHOR.search(inner):
         raise PluginError(
-            f"weight map ignore pattern {pattern!r} can never match: it is matched against whole tensor names "
-            "(re.fullmatch), so ^ and $ are allowed only at its very start and end"
+            f"weight map ignore pattern {pattern!r} can never match: it is matched against whole tensor "
+            "names (re.fullmatch), so ^ and $ are allowed only at its very start and end"
         )
     return compiled
 
@@ -183,7 +183,10 @@ class WeightMap:
         """
         return WeightMap(
             tuple(replace(r, ours=ours + r.ours, hf=tuple(hf + h for h in r.hf)) for r in self.rules),
-            scoped_ignore=(*((hf + pre, p) for pre, p in self.scoped_ignore), *((hf, p) for p in self.ignore)),
+            scoped_ignore=(
+                *((hf + pre, p) for pre, p in self.scoped_ignore),
+                *((hf, p) for p in self.ignore),
+            ),
         )
 
     def __add__(self, other: WeightMap) -> WeightMap:
@@ -202,7 +205,9 @@ class WeightMap:
                 scopes.setdefault(pre, []).append(p)
             compiled = [(pre, re.compile("|".join(f"(?:{p})" for p in ps))) for pre, ps in scopes.items()]
             object.__setattr__(self, "_ignore_re", compiled)
-        return any(name.startswith(pre) and pat.fullmatch(name[len(pre) :]) is not None for pre, pat in compiled)
+        return any(
+            name.startswith(pre) and pat.fullmatch(name[len(pre) :]) is not None for pre, pat in compiled
+        )
 
     def normalize_prefix(self, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Make a single-model checkpoint's names match this map's layout.

@@ -43,7 +43,7 @@ __all__ = [
     "seqweave_register_architectures",
 ]
 
-QKV = ("query", "key", "value")
+SELF = "encoder.layer.{}.attention.self"
 
 
 class BertConfig(sw.ArchitectureConfig):
@@ -87,8 +87,10 @@ class BertConfig(sw.ArchitectureConfig):
 #: BERT's per-layer rules (``{}`` is the layer index), relative to the base model: self-attention
 #: (query, key and value fused into ``qkv_proj``), its output and LayerNorm, the feed-forward block.
 LAYER_RULES: list[Rule] = [
-    rule("layers.{}.self_attn.qkv_proj.weight", *(f"encoder.layer.{{}}.attention.self.{n}.weight" for n in QKV)),
-    rule("layers.{}.self_attn.qkv_proj.bias", *(f"encoder.layer.{{}}.attention.self.{n}.bias" for n in QKV)),
+    *(
+        rule(f"layers.{{}}.self_attn.qkv_proj.{w}", *(f"{SELF}.{q}.{w}" for q in ("query", "key", "value")))
+        for w in ("weight", "bias")
+    ),
     *pair_rules("layers.{}.self_attn.out_proj", "encoder.layer.{}.attention.output.dense"),
     *pair_rules("layers.{}.attn_norm", "encoder.layer.{}.attention.output.LayerNorm"),
     *pair_rules("layers.{}.ffn.fc_in", "encoder.layer.{}.intermediate.dense"),
@@ -118,7 +120,7 @@ OTHER_HEADS: tuple[str, ...] = (r"cls\..*", r"lm_head\..*", r"classifier\..*", r
 
 
 def embedding_width(cfg: BertConfig) -> int:
-    """The width of the embedding tables: the config's ``embedding_size`` if it has one, else ``hidden_size``."""
+    """The width of the embedding tables: the config's ``embedding_size`` if set, else ``hidden_size``."""
     return getattr(cfg, "embedding_size", None) or cfg.hidden_size
 
 
@@ -205,9 +207,8 @@ def bert_family(
         ]
         if role == "encoder":
             return TransformerEncoder(embeddings, layers, pooler=nn.Linear(d, d) if pooler else None)
-        head = LMHead(
-            d, cfg.vocab_size, transform_act=head_act or cfg.hidden_act, norm_eps=cfg.layer_norm_eps, transform_dim=e
-        )
+        act = head_act or cfg.hidden_act
+        head = LMHead(d, cfg.vocab_size, transform_act=act, norm_eps=cfg.layer_norm_eps, transform_dim=e)
         return TransformerDecoder(embeddings, layers, head, tie_word_embeddings=cfg.tie_word_embeddings)
 
     def weight_map(cfg: BertConfig, role: sw.Role) -> WeightMap:

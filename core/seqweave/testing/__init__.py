@@ -63,7 +63,9 @@ class CheckResult:
         return f"{text}: {self.message}" if self.message else text
 
 
-def run_check(check: Check, arch: Architecture, role: Role, registry: Registry, *, debug: bool = False) -> CheckResult:
+def run_check(
+    check: Check, arch: Architecture, role: Role, registry: Registry, *, debug: bool = False
+) -> CheckResult:
     """Run one check in a fresh temporary folder; an unexpected exception is a failure too."""
     with tempfile.TemporaryDirectory(prefix="seqweave-check-") as tmp:
         try:

@@ -90,10 +90,11 @@ def check_protocol(arch: Architecture, role: Role, ctx: CheckContext) -> None:
     )
     ids = tokens(module, (1, 3), 0)
     with torch.no_grad():
-        out = module(ids) if role == "encoder" else module(ids, encoder_hidden_states=source_states(module, 1, 2))
-    if role == "encoder":
-        width = out.last_hidden_state.shape[-1]
-        assert width == module.hidden_size, f"the encoder outputs width {width}, hidden_size says {module.hidden_size}"
+        if role == "encoder":
+            width = module(ids).last_hidden_state.shape[-1]
+            assert width == module.hidden_size, f"output width {width}, hidden_size {module.hidden_size}"
+        else:
+            module(ids, encoder_hidden_states=source_states(module, 1, 2))
 
 
 def check_output_shapes(arch: Architecture, role: Role, ctx: CheckContext) -> None:
@@ -105,17 +106,17 @@ def check_output_shapes(arch: Architecture, role: Role, ctx: CheckContext) -> No
     with torch.no_grad():
         if role == "encoder":
             out = module(ids, output_attentions=True, output_hidden_states=True)
-            assert out.last_hidden_state.shape == (b, t, d), f"last_hidden_state {tuple(out.last_hidden_state.shape)}"
+            shape = tuple(out.last_hidden_state.shape)
+            assert shape == (b, t, d), f"last_hidden_state {shape}, want {(b, t, d)}"
         else:
-            out = module(
-                ids, encoder_hidden_states=source_states(module, b, s), output_attentions=True, output_hidden_states=True
-            )
+            source = source_states(module, b, s)
+            out = module(ids, encoder_hidden_states=source, output_attentions=True, output_hidden_states=True)
             assert out.logits.shape == (b, t, module.config.vocab_size), f"logits {tuple(out.logits.shape)}"
             assert len(out.cross_attentions) == module.num_layers, "one cross-attention map per layer"
-            assert all(a.shape[0] == b and a.shape[2:] == (t, s) for a in out.cross_attentions), "cross-attention"
+            assert all(a.shape[0] == b and a.shape[2:] == (t, s) for a in out.cross_attentions), "cross maps"
     n = len(out.attentions)
     assert n == getattr(module, "num_layers", n), f"{n} attention maps for {module.num_layers} layers"
-    assert len(out.hidden_states) == n + 1, f"{len(out.hidden_states)} hidden states for {n} layers (want n + 1)"
+    assert len(out.hidden_states) == n + 1, f"{len(out.hidden_states)} hidden states for {n} layers"
     assert all(x.shape == (b, t, d) for x in out.hidden_states), "hidden state shapes"
     assert all(a.shape[0] == b and a.shape[2:] == (t, t) for a in out.attentions), "self-attention shapes"
     for a in out.attentions:
@@ -132,7 +133,8 @@ def check_right_padding(arch: Architecture, role: Role, ctx: CheckContext) -> No
     _close(_run(module, role, padded, mask)[:, :5], plain, "outputs with right padding")
     # the mask is really used: the same padded ids without it change a bidirectional encoder's outputs
     if role == "encoder" and not getattr(module, "causal", False):
-        assert not torch.allclose(_run(module, role, padded)[:, :5], plain, atol=1e-3), "the mask has no effect"
+        unmasked = _run(module, role, padded)[:, :5]
+        assert not torch.allclose(unmasked, plain, atol=1e-3), "the mask has no effect"
 
 
 def check_source_padding(arch: Architecture, role: Role, ctx: CheckContext) -> None:
@@ -184,7 +186,10 @@ def check_cached_decoding(arch: Architecture, role: Role, ctx: CheckContext) -> 
     full = _run(decoder, role, ids, source=source)
     cache = Cache(decoder.num_layers)
     with torch.no_grad():
-        steps = [decoder(ids[:, i : i + 1], encoder_hidden_states=source, cache=cache).logits for i in range(6)]
+        steps = [
+            decoder(ids[:, i : i + 1], encoder_hidden_states=source, cache=cache).logits
+            for i in range(ids.shape[1])
+        ]
     _close(torch.cat(steps, dim=1), full, "cached step-by-step logits")
 
 
@@ -209,13 +214,13 @@ def check_weight_map_round_trip(arch: Architecture, role: Role, ctx: CheckContex
     for k in hf:
         assert torch.equal(again[k], hf[k]), f"{k} changes in the round trip"
     # tied copies (a tied decoder's head) are not written twice
-    assert set(back) == set(params), f"mapped names differ from the parameters: {sorted(set(back) ^ set(params))}"
+    assert set(back) == set(params), f"mapped names differ from parameters: {sorted(set(back) ^ set(params))}"
     for k, p in params.items():
         assert torch.equal(back[k], p), f"{k} changes in the round trip"
 
 
 def _partner(arch: Architecture, role: Role, registry: Registry) -> Architecture:
-    """The composite's other part: the same architecture if it plays the other role, else the first that does."""
+    """The composite's other part: the same architecture if it plays the other role, else the first one."""
     other: Role = "decoder" if role == "encoder" else "encoder"
     if other in arch.roles:
         return arch
@@ -237,16 +242,16 @@ def check_save_load_round_trip(arch: Architecture, role: Role, ctx: CheckContext
     model.save_pretrained(folder)
     loaded = EncoderDecoder.from_pretrained(folder, registry=ctx.registry)
     assert (loaded.encoder.architecture, loaded.decoder.architecture) == (enc_arch.name, dec_arch.name)
-    assert loaded.encoder.config == encoder.config and loaded.decoder.config == decoder.config, "configs differ"
+    assert loaded.encoder.config == encoder.config, "encoder configs differ"
+    assert loaded.decoder.config == decoder.config, "decoder configs differ"
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys(), f"tensor names differ: {sorted(set(a) ^ set(b))}"
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"tensors differ after the round trip: {differ}"
     ids, target = tokens(encoder, (2, 5), 6), tokens(decoder, (2, 4), 7)
     with torch.no_grad():
-        torch.testing.assert_close(
-            loaded(ids, decoder_input_ids=target).logits, model(ids, decoder_input_ids=target).logits, atol=0, rtol=0
-        )
+        want = model(ids, decoder_input_ids=target).logits
+        torch.testing.assert_close(loaded(ids, decoder_input_ids=target).logits, want, atol=0, rtol=0)
     saved = json.loads((folder / "config.json").read_text())
     assert saved[role]["model_type"] == arch.name, f"config.json names {saved[role].get('model_type')!r}"
 
@@ -289,7 +294,7 @@ def _reference_pair(arch: Architecture, role: Role, workdir: Path):
     folder = workdir / "reference"
     hf.save_pretrained(folder)
     files = sorted(folder.glob("*.safetensors"))
-    assert len(files) == 1, f"expected one safetensors file from save_pretrained, found {[f.name for f in files]}"
+    assert len(files) == 1, f"expected one safetensors file from save_pretrained: {[f.name for f in files]}"
     sd = load_file(str(files[0]))
     cfg = arch.make_config(arch.tiny_config, source=f"{arch.name}.tiny_config")
     ours, wmap = load_hf_state_dict(arch, role, cfg, sd, source=str(files[0]))

@@ -41,7 +41,7 @@ def pad_id(module: nn.Module) -> int:
 
 
 def tokens(module: nn.Module, shape: tuple[int, int], seed: int) -> torch.Tensor:
-    """Random ids [b, t] that avoid the pad token and the low special ids, so padding is only where we put it."""
+    """Random ids [b, t] that avoid the pad token and low special ids: padding is only where we put it."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, module.config.vocab_size - 1, shape, generator=g)
     return ids.masked_fill(ids == pad_id(module), 3)

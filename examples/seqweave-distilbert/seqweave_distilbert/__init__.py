@@ -14,7 +14,15 @@ from pydantic import Field, model_validator
 from torch import nn
 
 import seqweave as sw
-from seqweave.modules import ACTIVATIONS, Embeddings, TransformerEncoder, TransformerLayer, WeightMap, pair_rules, rule
+from seqweave.modules import (
+    ACTIVATIONS,
+    Embeddings,
+    TransformerEncoder,
+    TransformerLayer,
+    WeightMap,
+    pair_rules,
+    rule,
+)
 
 __all__ = ["DISTILBERT", "DistilBertConfig", "seqweave_register_architectures"]
 
