@@ -156,3 +156,13 @@ def test_the_suite_passes_with_a_third_party_plugin_installed(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT,
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]
+
+
+def test_check_plugin_by_distribution_checks_all_its_architectures(capsys):
+    code = main(["check-plugin", "seqweave", "--check", "protocol"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert [line.split()[1:3] for line in out[:-1]] == [
+        [a, r] for a in ("bert", "gpt2", "roberta") for r in ("encoder", "decoder")
+    ]
+    assert out[-1] == "6 passed, 0 failed, 0 skipped (bert, gpt2, roberta)"

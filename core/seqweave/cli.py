@@ -316,13 +316,14 @@ def _quiet_transformers() -> None:
 
 
 def _plugin_architectures(registry: Any, name: str) -> list[str]:
-    """The architectures of plugin ``name``, or architecture ``name`` itself."""
-    for p in registry.plugins:
-        if name in (p.name, p.distribution):
-            if p.error:
-                raise click.ClickException(f"plugin {p.name!r} failed to load: {p.error}")
-            if p.architectures:
-                return sorted(p.architectures)
+    """The architectures of plugin ``name`` or of distribution ``name``, or architecture ``name`` itself."""
+    found = [p for p in registry.plugins if name in (p.name, p.distribution)]
+    failed = [p for p in found if p.error]
+    if failed:
+        raise click.ClickException(f"plugin {failed[0].name!r} failed to load: {failed[0].error}")
+    names = sorted({a for p in found for a in p.architectures})
+    if names:
+        return names
     if name in registry:
         return [name]
     known = sorted({p.name for p in registry.plugins} | set(registry.names()))

@@ -62,7 +62,8 @@ class Architecture:
             implementation (``"BertLMHeadModel"``); the contract tests compare against it.
         description: one line for ``seqweave plugins``.
         tiny_config: field values for a tiny model of this architecture; the contract
-            tests build one for every registered architecture with them.
+            checks (``seqweave check-plugin``) build one with them, and registration
+            builds its weight maps to check them.
     """
 
     name: str
