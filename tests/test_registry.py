@@ -175,3 +175,11 @@ def test_entry_points_can_be_limited_to_some_distributions():
     empty = sw.Registry(load_entry_points=False)
     empty.load_entry_points(distributions={"no-such-dist"})
     assert empty.names() == [] and empty.plugins == []
+
+
+def test_has_plugin():
+    reg = sw.Registry(load_entry_points=False)
+    plugin = _Plugin(_arch("toy"))
+    assert not reg.has_plugin(plugin)
+    reg.register(plugin, "p")
+    assert reg.has_plugin(plugin)

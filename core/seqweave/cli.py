@@ -284,7 +284,8 @@ def check_plugin(name: str, modules: tuple[str, ...], role: str | None, only: tu
             plugin = importlib.import_module(module)
         except ImportError as e:
             raise click.BadParameter(f"cannot import {module!r}: {e}", param_hint="--module") from None
-        registry.register(plugin, module)
+        if not registry.has_plugin(plugin):  # an installed plugin is loaded already
+            registry.register(plugin, module)
     names = _plugin_architectures(registry, name)
     checks = [c for c in CHECKS if not only or c.name in only]
     unknown = sorted(set(only) - {c.name for c in CHECKS})

@@ -157,6 +157,10 @@ class Registry:
         self._register(plugin, info)
         return info
 
+    def has_plugin(self, plugin: object) -> bool:
+        """Whether ``plugin`` (the module or object itself) is registered here already."""
+        return self._pm.is_registered(plugin)
+
     def _register(self, plugin: object, info: PluginInfo) -> None:
         found: list[Architecture] = []
         if self._pm.is_registered(plugin):

@@ -49,9 +49,10 @@ def _model_width(embeddings: nn.Module, layers: list[TransformerLayer]) -> int:
         ConfigError: the embeddings' output width differs from the layers' width.
     """
     emb = getattr(embeddings, "output_dim", None) or embeddings.tokens.embedding_dim
-    if not layers:
+    out_proj = getattr(getattr(layers[0], "self_attn", None), "out_proj", None) if layers else None
+    if out_proj is None:  # no layers, or layers of a plugin's own making: trust the embeddings
         return emb
-    width = layers[0].self_attn.out_proj.out_features
+    width = out_proj.out_features
     if emb != width:
         raise ConfigError(
             f"the embeddings produce width {emb} but the layers take width {width}; give the "
