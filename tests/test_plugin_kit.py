@@ -166,3 +166,16 @@ def test_check_plugin_by_distribution_checks_all_its_architectures(capsys):
         [a, r] for a in ("bert", "gpt2", "roberta") for r in ("encoder", "decoder")
     ]
     assert out[-1] == "6 passed, 0 failed, 0 skipped (bert, gpt2, roberta)"
+
+
+def test_parity_checks_skip_with_the_reason_without_transformers(monkeypatch, tmp_path):
+    import importlib.util
+
+    from seqweave.testing import CHECKS, CheckContext, CheckSkipped
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    parity = next(c for c in CHECKS if c.name == "parity")
+    registry = sw.default_registry()
+    with pytest.raises(CheckSkipped, match=r"transformers is not installed \(reference BertModel\)"):
+        parity(registry.get("bert"), "encoder", CheckContext(registry, tmp_path))
