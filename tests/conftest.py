@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import seqweave as sw  # noqa: E402
+from seqweave.testing import randomize  # noqa: E402,F401  (re-exported for the tests)
 
 # The models here are tiny: more than one intra-op thread only adds synchronisation, and on a
 # busy machine the threads' spin-waits made the suite several times slower (39 s against 7 s).
@@ -26,17 +27,6 @@ ARCHITECTURES = REGISTRY.names()
 ENCODERS = [n for n in ARCHITECTURES if "encoder" in REGISTRY.get(n).roles]
 DECODERS = [n for n in ARCHITECTURES if "decoder" in REGISTRY.get(n).roles]
 ROLES = [(n, r) for n in ARCHITECTURES for r in REGISTRY.get(n).roles]
-
-
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
-    """Give every parameter a visible random value (default inits make logits too small to compare)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=p.dtype) * std
-            is_norm_scale = name.endswith("weight") and p.dim() == 1
-            p.copy_(1.0 + noise if is_norm_scale else noise)
-    return model
 
 
 def hf_config(architecture: str, role: str, **overrides):

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from seqweave.cli import main
 
+import seqweave as sw
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "configs" / "tiny-bert2bert.yaml"
 
@@ -153,13 +155,40 @@ def test_plugins_json(capsys):
         "version": bert["version"],
         "architectures": ["bert"],
         "error": None,
+        "details": [
+            {
+                "name": "bert",
+                "roles": ["encoder", "decoder"],
+                "description": sw.default_registry().get("bert").description,
+                "reference": {"encoder": "BertModel", "decoder": "BertLMHeadModel"},
+            }
+        ],
     }
-    assert all(set(r) >= {"name", "distribution", "version", "architectures", "error"} for r in rows)
+    assert all(set(r) >= {"name", "distribution", "version", "architectures", "error", "details"} for r in rows)
+    assert [r["name"] for r in rows] == sorted(r["name"] for r in rows)
 
 
 def test_plugins_text(capsys):
+    """A header, then one row per architecture, sorted by plugin: whatever else is installed."""
     code, out, _ = run(capsys, "plugins")
-    assert code == 0 and out.startswith("bert") and "encoder/decoder" in out
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["PLUGIN", "DISTRIBUTION", "ARCHITECTURE", "ROLES", "DESCRIPTION"]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    builtin = {r[0]: r for r in rows if r[1] == "seqweave"}
+    assert set(builtin) >= {"bert", "gpt2", "roberta"}
+    assert builtin["bert"][3:5] == ["bert", "encoder/decoder"]
+
+
+def test_plugins_text_reports_a_plugin_that_failed(capsys, monkeypatch):
+    import seqweave.registry
+
+    reg = sw.Registry(load_entry_points=False)
+    reg.plugins.append(sw.PluginInfo("broken", "broken-dist", "0.3", error="ImportError: no torch_extras"))
+    monkeypatch.setattr(seqweave.registry, "default_registry", lambda: reg)
+    monkeypatch.setattr(sw, "default_registry", lambda: reg)
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0 and "broken" in out and "FAILED" in out and "ImportError: no torch_extras" in out
 
 
 def test_schema_is_json_schema(capsys):
@@ -170,12 +199,23 @@ def test_schema_is_json_schema(capsys):
     jsonschema.Draft202012Validator.check_schema(json.loads(out))
 
 
+def _builtin_registry() -> sw.Registry:
+    """The registry of seqweave's own plugins only: docs/config.md documents those, whatever else is installed."""
+    reg = sw.Registry(load_entry_points=False)
+    reg.load_entry_points(distributions={"seqweave"})
+    assert reg.names() == ["bert", "gpt2", "roberta"]
+    return reg
+
+
 def test_docs_config_md_holds_the_generated_reference(capsys):
     """docs/config.md documents every field: its tables are what `seqweave schema --markdown` prints."""
+    from seqweave.configdoc import config_reference
+
     code, out, _ = run(capsys, "schema", "--markdown")
-    assert code == 0
+    assert code == 0 and out == config_reference(sw.default_registry())
     doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
-    assert out in doc, "docs/config.md is stale: paste the output of `seqweave schema --markdown` into it"
+    reference = config_reference(_builtin_registry())
+    assert reference in doc, "docs/config.md is stale: paste the output of `seqweave schema --markdown` into it"
 
 
 def test_demo_runs_offline_and_learns(capsys):

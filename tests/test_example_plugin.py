@@ -23,7 +23,8 @@ def registry():
         plugin = importlib.import_module("seqweave_distilbert")
     finally:
         sys.path.remove(str(PLUGIN_DIR))
-    reg = sw.Registry()  # the installed plugins, plus this one
+    reg = sw.Registry(load_entry_points=False)  # seqweave's own plugins, plus this one (even if it is installed)
+    reg.load_entry_points(distributions={"seqweave"})
     reg.register(plugin, "distilbert", distribution="seqweave-distilbert", version="0.1.0")
     return reg
 
@@ -78,3 +79,9 @@ def test_distilbert_encoder_warm_starts_from_a_bare_checkpoint(registry, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(model.encoder(ids, mask).last_hidden_state,
                                    ref(input_ids=ids, attention_mask=mask).last_hidden_state, atol=1e-5, rtol=0)
+
+
+def test_config_errors_name_the_field(registry):
+    arch = registry.get("distilbert")
+    with pytest.raises(sw.ConfigError, match=r"n_heads: must divide dim \(32\) \(got 5\)"):
+        arch.make_config({**arch.tiny_config, "n_heads": 5})

@@ -35,7 +35,8 @@ def pick_eos(greedy: torch.Tensor) -> int | None:
     """A token that first appears at step 2-4 of some row and at different steps (or never) in others."""
     rows = greedy[:, 1:].tolist()
     best = None
-    for token in sorted({t for row in rows for t in row[1:4]}):
+    # not the pad id (0 in hf_composite): rows that met the model's own eos are padded with it
+    for token in sorted({t for row in rows for t in row[1:4]} - {0}):
         first = [row.index(token) + 1 if token in row else None for row in rows]
         if not any(f is not None and 2 <= f <= 4 for f in first) or len(set(first)) < 2:
             continue

@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["generation", "generation.options", "generation.processors", "generation.step",
                      "generation.search"], 10),
     **dict.fromkeys(["composer"], 11),
-    **dict.fromkeys(["summary", "tokenizer", "pipeline", "cli", "demo", "configdoc", "modules", "__main__",
+    **dict.fromkeys(["summary", "tokenizer", "pipeline", "cli", "demo", "configdoc", "modules", "testing", "testing.checks", "testing.helpers", "__main__",
                      ""], 12),
 }
 

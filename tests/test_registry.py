@@ -8,6 +8,7 @@ import pytest
 from pydantic import Field
 
 import seqweave as sw
+from seqweave.modules import WeightMap, rule
 
 
 def _arch(name: str, **kw) -> sw.Architecture:
@@ -18,7 +19,8 @@ def _arch(name: str, **kw) -> sw.Architecture:
         tie_word_embeddings: bool = True
 
     base = sw.default_registry().get("bert")
-    return sw.Architecture(name=name, config=kw.pop("config", Cfg), build=base.build, weight_map=base.weight_map, **kw)
+    weight_map = kw.pop("weight_map", lambda cfg, role: WeightMap(()))
+    return sw.Architecture(name=name, config=kw.pop("config", Cfg), build=base.build, weight_map=weight_map, **kw)
 
 
 class _Plugin:
@@ -114,3 +116,70 @@ def test_build_from_registry_by_name():
         sw.build_decoder("bert", num_hidden_layers=-1)
     with pytest.raises(sw.ConfigError, match="nope: unknown key"):
         sw.build_encoder("bert", nope=1)
+
+
+def test_registering_the_same_plugin_twice_is_a_plugin_error():
+    reg = sw.Registry(load_entry_points=False)
+    plugin = _Plugin(_arch("toy"))
+    reg.register(plugin, "first")
+    with pytest.raises(sw.PluginError, match=r"plugin 'again' .* is registered as plugin 'first'"):
+        reg.register(plugin, "again")
+    with pytest.raises(sw.PluginError, match="registered as plugin 'first'"):
+        reg.register(plugin, "first")
+    assert reg.names() == ["toy"] and [p.name for p in reg.plugins] == ["first"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (r"cls\..*(", "is not a regular expression"),
+        (r"bert\.^pooler\..*", "can never match"),
+        (r"pooler$\.dense", "can never match"),
+        ("", "can never match"),
+    ],
+)
+def test_bad_ignore_patterns_are_refused_at_registration(pattern, message):
+    arch = _arch("toy", weight_map=lambda cfg, role: WeightMap.build([rule("x")], ignore=[pattern]))
+    reg = sw.Registry(load_entry_points=False)
+    with pytest.raises(sw.PluginError, match=rf"plugin 'p'.*toy encoder.*{message}"):
+        reg.register(_Plugin(arch), "p")
+    assert reg.names() == []
+
+
+def test_a_failing_weight_map_is_refused_at_registration():
+    def broken(cfg, role):
+        raise AttributeError("'Cfg' object has no attribute 'type_vocab_size'")
+
+    with pytest.raises(sw.PluginError, match=r"plugin 'p': toy.weight_map\(tiny_config, 'encoder'\) failed"):
+        sw.Registry(load_entry_points=False).register(_Plugin(_arch("toy", weight_map=broken)), "p")
+
+
+@pytest.mark.parametrize("pattern", [r"^cls\..*$", r"cls\..*", r"\Acls\..*\Z"])
+def test_ignore_patterns_match_the_parts_own_names_in_a_composite(pattern):
+    """Anchors at the ends are harmless: patterns match the part's names, not the composite's prefix."""
+    part = WeightMap.build([rule("x")], ignore=[pattern])
+    assert part.is_ignored("cls.predictions.bias") and not part.is_ignored("bert.cls.x")
+    composite = part.prefixed("encoder.", "encoder.") + WeightMap.build([rule("y")]).prefixed("decoder.", "decoder.")
+    assert composite.is_ignored("encoder.cls.predictions.bias")
+    assert not composite.is_ignored("cls.predictions.bias")
+    assert not composite.is_ignored("decoder.cls.predictions.bias")
+    nested = composite.prefixed("", "outer.")
+    assert nested.is_ignored("outer.encoder.cls.predictions.bias")
+
+
+def test_entry_points_can_be_limited_to_some_distributions():
+    reg = sw.Registry(load_entry_points=False)
+    reg.load_entry_points(distributions={"seqweave"})
+    assert {p.distribution for p in reg.plugins} == {"seqweave"}
+    assert set(reg.names()) == {"bert", "gpt2", "roberta"}
+    empty = sw.Registry(load_entry_points=False)
+    empty.load_entry_points(distributions={"no-such-dist"})
+    assert empty.names() == [] and empty.plugins == []
+
+
+def test_has_plugin():
+    reg = sw.Registry(load_entry_points=False)
+    plugin = _Plugin(_arch("toy"))
+    assert not reg.has_plugin(plugin)
+    reg.register(plugin, "p")
+    assert reg.has_plugin(plugin)

@@ -228,7 +228,7 @@ def generate(
 
 
 # ----------------------------------------------------------------------------------------
-# inspect, plugins, schema
+# inspect, plugins, check-plugin, schema
 
 
 @cli.command(short_help="Parts, parameter counts, pretrained/new/tied tensors.")
@@ -253,24 +253,124 @@ def inspect(model: str, revision: str | None, as_json: bool) -> None:
 @cli.command(short_help="Plugins, their architectures and load errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins(as_json: bool) -> None:
-    """List plugins: distribution, version, architectures, and load errors."""
+    """List plugins: distribution, version, architectures (roles, description), and load errors.
+
+    Rows are sorted by plugin and architecture name. ``--json`` prints a list of objects with
+    ``name``, ``distribution``, ``version``, ``architectures`` (names), ``error`` (null or the
+    reason it failed to load) and ``details`` (each architecture's ``name``, ``roles``,
+    ``description`` and ``reference`` classes).
+    """
     import dataclasses
 
     import seqweave as sw
 
     registry = sw.default_registry()
-    infos = [dataclasses.asdict(p) for p in registry.plugins]
+    rows = []
+    for p in sorted(registry.plugins, key=lambda p: (p.name, p.distribution or "")):
+        row = dataclasses.asdict(p)
+        row["architectures"] = sorted(p.architectures)
+        row["details"] = [
+            {
+                "name": name,
+                "roles": list(registry.get(name).roles),
+                "description": registry.get(name).description,
+                "reference": dict(registry.get(name).reference),
+            }
+            for name in row["architectures"]
+        ]
+        rows.append(row)
     if as_json:
-        click.echo(json.dumps(infos, indent=2))
+        click.echo(json.dumps(rows, indent=2))
         return
-    for p in infos:
+    table = [("PLUGIN", "DISTRIBUTION", "ARCHITECTURE", "ROLES", "DESCRIPTION")]
+    for p in rows:
         dist = f"{p['distribution']} {p['version']}" if p["distribution"] else "(not installed)"
         if p["error"]:
-            click.echo(f"{p['name']:<12} {dist:<24} FAILED: {p['error']}")
-            continue
-        for name in p["architectures"]:
-            arch = registry.get(name)
-            click.echo(f"{p['name']:<12} {dist:<24} {name:<12} {'/'.join(arch.roles):<16} {arch.description}")
+            table.append((p["name"], dist, "FAILED", "", p["error"]))
+        table += [(p["name"], dist, d["name"], "/".join(d["roles"]), d["description"]) for d in p["details"]]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+
+
+@cli.command("check-plugin", short_help="Run the plugin contract checks against a plugin.")
+@click.argument("name")
+@click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Import and register this plugin module first (a plugin on the path, not installed); repeatable.",
+)
+@click.option("--role", type=click.Choice(["encoder", "decoder"]), help="Check this role only.")
+@click.option("--check", "only", multiple=True, metavar="CHECK", help="Run only this check (repeatable).")
+def check_plugin(name: str, modules: tuple[str, ...], role: str | None, only: tuple[str, ...]) -> None:
+    """Check every architecture of plugin NAME (or architecture NAME) against seqweave's contract.
+
+    Prints one line per check and role (PASS, FAIL or SKIP, with the reason) and exits with
+    status 1 when a check fails. Parity with transformers runs when transformers is installed
+    and the plugin declares reference classes (Architecture.reference).
+    """
+    import importlib
+
+    import seqweave as sw
+
+    from .testing import CHECKS, run_checks
+
+    _quiet_transformers()
+    registry = sw.Registry()
+    for module in modules:
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError as e:
+            raise click.BadParameter(f"cannot import {module!r}: {e}", param_hint="--module") from None
+        if not registry.has_plugin(plugin):  # an installed plugin is loaded already
+            registry.register(plugin, module)
+    names = _plugin_architectures(registry, name)
+    checks = [c for c in CHECKS if not only or c.name in only]
+    unknown = sorted(set(only) - {c.name for c in CHECKS})
+    if unknown:
+        known = ", ".join(c.name for c in CHECKS)
+        raise click.BadParameter(f"unknown check {', '.join(unknown)}; known: {known}", param_hint="--check")
+    results = []
+    for arch_name in names:
+        arch = registry.get(arch_name)
+        if role is not None and role not in arch.roles:
+            raise click.BadParameter(f"{arch_name} cannot be used as {role}", param_hint="--role")
+        results += run_checks(arch, registry, roles=[role] if role else None, checks=checks, echo=click.echo)
+    counts = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "SKIP")}
+    summary = f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"
+    click.echo(f"{summary} ({', '.join(names)})")
+    if counts["FAIL"]:
+        click.get_current_context().exit(1)
+
+
+def _quiet_transformers() -> None:
+    """No progress bars or warnings from the reference models: one line per check is the output."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+def _plugin_architectures(registry: Any, name: str) -> list[str]:
+    """The architectures of plugin ``name`` or of distribution ``name``, or architecture ``name`` itself."""
+    found = [p for p in registry.plugins if name in (p.name, p.distribution)]
+    failed = [p for p in found if p.error]
+    if failed:
+        raise click.ClickException(f"plugin {failed[0].name!r} failed to load: {failed[0].error}")
+    names = sorted({a for p in found for a in p.architectures})
+    if names:
+        return names
+    if name in registry:
+        return [name]
+    known = sorted({p.name for p in registry.plugins} | set(registry.names()))
+    raise click.BadParameter(
+        f"no plugin or architecture {name!r}; known: {', '.join(known)}", param_hint="NAME"
+    )
 
 
 @cli.command(short_help="JSON Schema of config files.")

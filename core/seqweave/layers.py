@@ -467,11 +467,11 @@ class TransformerLayer(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token + position (+ token type) embeddings, then optional LayerNorm, then dropout.
+    """Token + position (+ token type) embeddings, then optional LayerNorm, dropout and projection.
 
     Args:
         vocab_size: rows of the token table.
-        dim: model width.
+        dim: width of the tables (the model width, unless ``project_to`` is given).
         max_positions: rows of the position table.
         type_vocab_size: rows of the token-type table; 0 for none. Token types are always 0 here.
         norm_eps: add a LayerNorm with this epsilon; None for no LayerNorm.
@@ -480,6 +480,12 @@ class Embeddings(nn.Module):
         positions: ``"absolute"`` counts positions 0, 1, ... from the start of the sequence;
             ``"after_padding"`` counts ``padding_idx + 1, ...`` over non-pad tokens only and
             gives pad tokens position ``padding_idx`` (RoBERTa's scheme).
+        project_to: the model width, when it differs from the tables' width ``dim``: a
+            ``Linear(dim, project_to)`` (``project``) is applied last (ELECTRA's
+            ``embeddings_project``, ALBERT's ``embedding_hidden_mapping_in``). None: no projection.
+
+    Attributes:
+        output_dim: the width of what ``forward`` returns (``project_to`` or ``dim``).
     """
 
     def __init__(
@@ -493,6 +499,7 @@ class Embeddings(nn.Module):
         dropout: float = 0.0,
         padding_idx: int | None = None,
         positions: Literal["absolute", "after_padding"] = "absolute",
+        project_to: int | None = None,
     ) -> None:
         super().__init__()
         if positions == "after_padding" and padding_idx is None:
@@ -506,6 +513,8 @@ class Embeddings(nn.Module):
         self.token_types = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm_eps is not None else None
         self.drop = nn.Dropout(dropout)
+        self.project = Linear(dim, project_to) if project_to is not None else None
+        self.output_dim = project_to if project_to is not None else dim
         self.padding_idx = padding_idx
         self.position_scheme = positions
 
@@ -530,7 +539,7 @@ class Embeddings(nn.Module):
         return self.positions.num_embeddings - offset
 
     def forward(self, input_ids: torch.Tensor, past_length: int | torch.Tensor = 0) -> torch.Tensor:
-        """Embed ``input_ids`` [b, t] into [b, t, d]."""
+        """Embed ``input_ids`` [b, t] into [b, t, d] (d = ``output_dim``)."""
         x = call(self.tokens, input_ids)
         if self.token_types is not None:  # token type 0 everywhere; summed in transformers' order
             x = x + self.token_types.weight[0]
@@ -546,14 +555,17 @@ class Embeddings(nn.Module):
             x = x + self.positions(self.position_ids(input_ids, past_length))
         if self.norm is not None:
             x = self.norm(x)
-        return self.drop(x) if self.training else x
+        x = self.drop(x) if self.training else x
+        return x if self.project is None else call(self.project, x)
 
 
 class LMHead(nn.Module):
     """Projects hidden states to vocabulary logits, optionally after a transform.
 
     The transform (dense, activation, LayerNorm) is BERT's ``BertPredictionHeadTransform``;
-    without it the head is a plain (usually tied) projection as in GPT-2.
+    without it the head is a plain (usually tied) projection as in GPT-2. ``transform_dim``
+    is the transform's output width when it differs from ``dim``: ELECTRA's generator head
+    maps the model width back to the (smaller) embedding width before the tied projection.
     """
 
     def __init__(
@@ -564,15 +576,18 @@ class LMHead(nn.Module):
         transform_act: str | None = None,
         norm_eps: float = 1e-12,
         bias: bool = True,
+        transform_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.dense: Linear | None = None
         self.norm: nn.LayerNorm | None = None
+        width = dim
         if transform_act is not None:
-            self.dense = Linear(dim, dim)
+            width = transform_dim or dim
+            self.dense = Linear(dim, width)
             self.act = activation(transform_act)
-            self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.proj = Linear(dim, vocab_size, bias=bias)
+            self.norm = nn.LayerNorm(width, eps=norm_eps)
+        self.proj = Linear(width, vocab_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:

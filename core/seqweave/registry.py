@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,7 +62,8 @@ class Architecture:
             implementation (``"BertLMHeadModel"``); the contract tests compare against it.
         description: one line for ``seqweave plugins``.
         tiny_config: field values for a tiny model of this architecture; the contract
-            tests build one for every registered architecture with them.
+            checks (``seqweave check-plugin``) build one with them, and registration
+            builds its weight maps to check them.
     """
 
     name: str
@@ -123,10 +124,20 @@ class Registry:
         if load_entry_points:
             self.load_entry_points()
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
-        """Load every plugin of ``group``; a plugin that fails is recorded with its error, not raised."""
+    def load_entry_points(
+        self, group: str = ENTRY_POINT_GROUP, *, distributions: Collection[str] | None = None
+    ) -> None:
+        """Load every plugin of ``group``; a plugin that fails is recorded with its error, not raised.
+
+        Args:
+            group: the entry-point group.
+            distributions: load only the plugins of these distributions (``{"seqweave"}``: the
+                built-in ones, e.g. for a test that must not see third-party plugins); all if None.
+        """
         for ep in importlib.metadata.entry_points(group=group):
             dist = ep.dist
+            if distributions is not None and (dist is None or dist.name not in distributions):
+                continue
             info = PluginInfo(ep.name, dist.name if dist else None, dist.version if dist else None)
             try:
                 self._register(ep.load(), info)
@@ -146,8 +157,20 @@ class Registry:
         self._register(plugin, info)
         return info
 
+    def has_plugin(self, plugin: object) -> bool:
+        """Whether ``plugin`` (the module or object itself) is registered here already."""
+        return self._pm.is_registered(plugin)
+
     def _register(self, plugin: object, info: PluginInfo) -> None:
         found: list[Architecture] = []
+        if self._pm.is_registered(plugin):
+            # pluggy would raise a bare ValueError ("already registered under a different name")
+            registered_as = self._pm.get_name(plugin)
+            earlier = next((p for p in self.plugins if registered_as == f"{p.name}:{id(plugin)}"), None)
+            by = f"as plugin {earlier.name!r}" if earlier else "already"
+            raise PluginError(
+                f"plugin {info.name!r} ({plugin!r}) is registered {by} in this registry; register it once"
+            )
         self._pm.register(plugin, name=f"{info.name}:{id(plugin)}")
         try:
             caller = self._pm.subset_hook_caller(
@@ -187,6 +210,24 @@ class Registry:
         lacking = [a for a in REQUIRED_CONFIG_ATTRIBUTES if not hasattr(default, a)]
         if lacking:
             raise PluginError(f"{where}: {arch.name}.config lacks {', '.join(lacking)}")
+        # The weight maps are checked here, for the tiny config, so that a bad ignore pattern
+        # (or any other mistake in a map) names the plugin at registration, not at first load.
+        try:
+            tiny = arch.make_config(arch.tiny_config, source=f"{arch.name}.tiny_config")
+        except ConfigError as e:
+            raise PluginError(f"{where}: {e}") from None
+        for role in arch.roles:
+            try:
+                wmap = arch.weight_map(tiny, role)
+            except PluginError as e:
+                raise PluginError(f"{where}: {arch.name} {role}: {e}") from None
+            except Exception as e:  # a bug in the plugin's map: name the plugin, keep the cause
+                raise PluginError(
+                    f"{where}: {arch.name}.weight_map(tiny_config, {role!r}) failed: {type(e).__name__}: {e}"
+                ) from e
+            if not isinstance(wmap, WeightMap):
+                got = type(wmap).__name__
+                raise PluginError(f"{where}: {arch.name}.weight_map returned {got}, not a WeightMap")
 
     def get(self, name: str) -> Architecture:
         """The architecture called ``name``.

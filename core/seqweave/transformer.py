@@ -38,13 +38,36 @@ def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
 
 
+def _model_width(embeddings: nn.Module, layers: list[TransformerLayer]) -> int:
+    """The stack's hidden size: the layers' width, which the embeddings must produce.
+
+    Not the token table's width: architectures that project their embeddings (ELECTRA,
+    ALBERT) keep narrower tables. A mismatch would otherwise surface only as a matmul shape
+    error deep inside a forward pass.
+
+    Raises:
+        ConfigError: the embeddings' output width differs from the layers' width.
+    """
+    emb = getattr(embeddings, "output_dim", None) or embeddings.tokens.embedding_dim
+    out_proj = getattr(getattr(layers[0], "self_attn", None), "out_proj", None) if layers else None
+    if out_proj is None:  # no layers, or layers of a plugin's own making: trust the embeddings
+        return emb
+    width = out_proj.out_features
+    if emb != width:
+        raise ConfigError(
+            f"the embeddings produce width {emb} but the layers take width {width}; give the "
+            f"embeddings project_to={width} (a projection) or make the two widths equal"
+        )
+    return width
+
+
 class _Stack(nn.Module):
     def __init__(self, embeddings: Embeddings, layers: list[TransformerLayer], final_norm: nn.LayerNorm | None):
         super().__init__()
         self.embeddings = embeddings
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
-        self.hidden_size = embeddings.tokens.embedding_dim
+        self.hidden_size = _model_width(embeddings, layers)
 
     @property
     def num_layers(self) -> int:

@@ -17,10 +17,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PluginError
 from .progress import progress
 
-__all__ = ["Rule", "WeightMap", "init_weights", "load_module_weights", "rule"]
+__all__ = [
+    "Rule",
+    "WeightMap",
+    "conv1d_rules",
+    "init_weights",
+    "load_module_weights",
+    "pair_rules",
+    "prefixed",
+    "rule",
+]
 
 logger = logging.getLogger("seqweave")
 
@@ -49,6 +58,63 @@ def rule(ours: str, *hf: str, transpose: bool = False, new_ok: bool = False) -> 
     return Rule(ours, hf or (ours,), transpose, new_ok)
 
 
+def pair_rules(ours: str, hf: str, *, transpose: bool = False, new_ok: bool = False) -> list[Rule]:
+    """The ``weight`` and ``bias`` of one module (a LayerNorm, a Linear): ``ours.weight`` <- ``hf.weight``.
+
+    Args:
+        ours: our module name, e.g. ``layers.{}.attn_norm``.
+        hf: the Hugging Face module name, e.g. ``h.{}.ln_1``.
+        transpose: the Hugging Face weight is stored ``[in, out]`` (the bias is never transposed).
+        new_ok: both may be absent from a warm-start checkpoint (see :class:`Rule`).
+    """
+    return [
+        rule(f"{ours}.weight", f"{hf}.weight", transpose=transpose, new_ok=new_ok),
+        rule(f"{ours}.bias", f"{hf}.bias", new_ok=new_ok),
+    ]
+
+
+def conv1d_rules(ours: str, hf: str, *, new_ok: bool = False) -> list[Rule]:
+    """A transformers ``Conv1D`` (GPT-2; weight ``[in, out]``) as our ``Linear`` (``[out, in]``)."""
+    return pair_rules(ours, hf, transpose=True, new_ok=new_ok)
+
+
+def prefixed(rules: Iterable[Rule], prefix: str) -> list[Rule]:
+    """The same rules with ``prefix`` put before every Hugging Face name (``"bert."``); ours unchanged."""
+    return [replace(r, hf=tuple(prefix + h for h in r.hf)) for r in rules]
+
+
+#: Anchors that can match only at the very start or end of a string.
+_INNER_ANCHOR = re.compile(r"(?<!\\)(?:\\\\)*(?:\^|\$|\\A|\\Z)")
+_CHAR_CLASS = re.compile(r"\[(?:\\.|[^\]\\])*\]")
+
+
+def check_ignore_pattern(pattern: str) -> re.Pattern:
+    """Compile one ``ignore`` pattern of a :class:`WeightMap`, refusing those that can never match.
+
+    A pattern is matched with :func:`re.fullmatch` against a whole tensor name of the
+    part's own checkpoint, so a leading ``^`` and a trailing ``$`` are harmless. An anchor
+    anywhere else cannot match inside a name, and an empty pattern matches no name.
+
+    Raises:
+        PluginError: the pattern does not compile or can never match; the message names it.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise PluginError(f"weight map ignore pattern {pattern!r} is empty or no string; it can never match")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise PluginError(f"weight map ignore pattern {pattern!r} is not a regular expression: {e}") from None
+    inner = _CHAR_CLASS.sub("x", pattern)
+    inner = re.sub(r"^(?:\^|\\A)", "", inner)
+    inner = re.sub(r"(?<!\\)(?:\$|\\Z)$", "", inner)
+    if _INNER_ANCHOR.search(inner):
+        raise PluginError(
+            f"weight map ignore pattern {pattern!r} can never match: it is matched against whole tensor "
+            "names (re.fullmatch), so ^ and $ are allowed only at its very start and end"
+        )
+    return compiled
+
+
 @dataclass(frozen=True)
 class WeightMap:
     """A two-way map between our state dict and a Hugging Face one.
@@ -57,14 +123,27 @@ class WeightMap:
         rules: concrete rules (layer indices already filled in).
         ignore: regular expressions of Hugging Face names that may be present in a
             checkpoint and are dropped on load: tied copies, unused heads, old buffers.
+            Each is matched with :func:`re.fullmatch` against a whole name of the part's
+            own checkpoint (as its rules spell names, after ``base_prefix`` is added or
+            stripped): never against the ``encoder.``/``decoder.`` prefix a composite adds,
+            so ``^`` and ``$`` at the ends are harmless. Checked when the map is made:
+            a pattern that does not compile or can never match raises :class:`PluginError`.
         base_prefix: where the head-model layout puts the base model (``"bert."``), so
             that a bare base-model checkpoint can fill a head model and vice versa.
+        scoped_ignore: ``(prefix, pattern)`` pairs of parts put into a composite with
+            :meth:`prefixed`: ``pattern`` is matched against what follows ``prefix``.
     """
 
     rules: tuple[Rule, ...]
     ignore: tuple[str, ...] = ()
     base_prefix: str = ""
-    _ignore_re: re.Pattern | None = field(default=None, repr=False, compare=False)
+    scoped_ignore: tuple[tuple[str, str], ...] = ()
+    _ignore_re: list | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        for p in (*self.ignore, *(p for _, p in self.scoped_ignore)):
+            check_ignore_pattern(p)
 
     @classmethod
     def build(
@@ -76,7 +155,11 @@ class WeightMap:
         ignore: Iterable[str] = (),
         base_prefix: str = "",
     ) -> WeightMap:
-        """Expand ``per_layer`` rules (with ``{}`` for the layer index) over ``num_layers`` layers."""
+        """Expand ``per_layer`` rules (with ``{}`` for the layer index) over ``num_layers`` layers.
+
+        Raises:
+            PluginError: an ``ignore`` pattern does not compile or can never match.
+        """
         per_layer = tuple(per_layer)
         expanded = [
             Rule(r.ours.format(i), tuple(h.format(i) for h in r.hf), r.transpose, r.new_ok)
@@ -86,23 +169,38 @@ class WeightMap:
         return cls((*rules, *expanded), tuple(ignore), base_prefix)
 
     def prefixed(self, ours: str, hf: str) -> WeightMap:
-        """The same map with ``ours`` and ``hf`` put before every name (for a composite's parts)."""
+        """The same map with ``ours`` and ``hf`` put before every name (for a composite's parts).
+
+        The ``ignore`` patterns keep matching the part's own names: they become
+        ``(hf, pattern)`` pairs of :attr:`scoped_ignore`.
+        """
         return WeightMap(
             tuple(replace(r, ours=ours + r.ours, hf=tuple(hf + h for h in r.hf)) for r in self.rules),
-            tuple(re.escape(hf) + p for p in self.ignore),
+            scoped_ignore=(
+                *((hf + pre, p) for pre, p in self.scoped_ignore),
+                *((hf, p) for p in self.ignore),
+            ),
         )
 
     def __add__(self, other: WeightMap) -> WeightMap:
-        return WeightMap(self.rules + other.rules, self.ignore + other.ignore)
+        return WeightMap(
+            self.rules + other.rules,
+            self.ignore + other.ignore,
+            scoped_ignore=self.scoped_ignore + other.scoped_ignore,
+        )
 
     def is_ignored(self, name: str) -> bool:
-        if not self.ignore:
-            return False
-        pattern = self._ignore_re
-        if pattern is None:
-            pattern = re.compile("|".join(f"(?:{p})" for p in self.ignore))
-            object.__setattr__(self, "_ignore_re", pattern)
-        return pattern.fullmatch(name) is not None
+        """Whether an ``ignore`` pattern covers checkpoint tensor ``name`` (see :attr:`ignore`)."""
+        compiled = self._ignore_re
+        if compiled is None:
+            scopes: dict[str, list[str]] = {}
+            for pre, p in (*(("", p) for p in self.ignore), *self.scoped_ignore):
+                scopes.setdefault(pre, []).append(p)
+            compiled = [(pre, re.compile("|".join(f"(?:{p})" for p in ps))) for pre, ps in scopes.items()]
+            object.__setattr__(self, "_ignore_re", compiled)
+        return any(
+            name.startswith(pre) and pat.fullmatch(name[len(pre) :]) is not None for pre, pat in compiled
+        )
 
     def normalize_prefix(self, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Make a single-model checkpoint's names match this map's layout.

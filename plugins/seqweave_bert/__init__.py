@@ -3,24 +3,47 @@
 BERT is post-LayerNorm with absolute positions and a token-type table; its decoder head
 is a transform (dense, activation, LayerNorm) and a projection tied to the word
 embeddings. Everything else is the core's shared blocks. :func:`bert_family` is the whole
-recipe, parametrised so that close relatives (RoBERTa) are data, not copies.
+recipe, public and parametrised so that close relatives (RoBERTa here, ELECTRA in a
+third-party plugin) are data, not copies; its rule lists are public too.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field, model_validator
 from torch import nn
 
 import seqweave as sw
-from seqweave.layers import ACTIVATIONS, Embeddings, LMHead, TransformerLayer
-from seqweave.transformer import TransformerDecoder, TransformerEncoder
-from seqweave.weights import Rule, WeightMap, rule
+from seqweave.modules import (
+    ACTIVATIONS,
+    Embeddings,
+    LMHead,
+    Rule,
+    TransformerDecoder,
+    TransformerEncoder,
+    TransformerLayer,
+    WeightMap,
+    pair_rules,
+    prefixed,
+    rule,
+)
 
-__all__ = ["BertConfig", "bert_family", "seqweave_register_architectures"]
+__all__ = [
+    "BERT",
+    "CROSS_RULES",
+    "EMBEDDING_RULES",
+    "LAYER_RULES",
+    "OTHER_HEADS",
+    "BertConfig",
+    "bert_family",
+    "embedding_width",
+    "seqweave_register_architectures",
+]
+
+SELF = "encoder.layer.{}.attention.self"
 
 
 class BertConfig(sw.ArchitectureConfig):
@@ -61,41 +84,44 @@ class BertConfig(sw.ArchitectureConfig):
         return self
 
 
-_LAYER = [
-    rule("layers.{}.self_attn.qkv_proj.weight", *(f"encoder.layer.{{}}.attention.self.{n}.weight" for n in "query key value".split())),
-    rule("layers.{}.self_attn.qkv_proj.bias", *(f"encoder.layer.{{}}.attention.self.{n}.bias" for n in "query key value".split())),
-    rule("layers.{}.self_attn.out_proj.weight", "encoder.layer.{}.attention.output.dense.weight"),
-    rule("layers.{}.self_attn.out_proj.bias", "encoder.layer.{}.attention.output.dense.bias"),
-    rule("layers.{}.attn_norm.weight", "encoder.layer.{}.attention.output.LayerNorm.weight"),
-    rule("layers.{}.attn_norm.bias", "encoder.layer.{}.attention.output.LayerNorm.bias"),
-    rule("layers.{}.ffn.fc_in.weight", "encoder.layer.{}.intermediate.dense.weight"),
-    rule("layers.{}.ffn.fc_in.bias", "encoder.layer.{}.intermediate.dense.bias"),
-    rule("layers.{}.ffn.fc_out.weight", "encoder.layer.{}.output.dense.weight"),
-    rule("layers.{}.ffn.fc_out.bias", "encoder.layer.{}.output.dense.bias"),
-    rule("layers.{}.ffn_norm.weight", "encoder.layer.{}.output.LayerNorm.weight"),
-    rule("layers.{}.ffn_norm.bias", "encoder.layer.{}.output.LayerNorm.bias"),
+#: BERT's per-layer rules (``{}`` is the layer index), relative to the base model: self-attention
+#: (query, key and value fused into ``qkv_proj``), its output and LayerNorm, the feed-forward block.
+LAYER_RULES: list[Rule] = [
+    *(
+        rule(f"layers.{{}}.self_attn.qkv_proj.{w}", *(f"{SELF}.{q}.{w}" for q in ("query", "key", "value")))
+        for w in ("weight", "bias")
+    ),
+    *pair_rules("layers.{}.self_attn.out_proj", "encoder.layer.{}.attention.output.dense"),
+    *pair_rules("layers.{}.attn_norm", "encoder.layer.{}.attention.output.LayerNorm"),
+    *pair_rules("layers.{}.ffn.fc_in", "encoder.layer.{}.intermediate.dense"),
+    *pair_rules("layers.{}.ffn.fc_out", "encoder.layer.{}.output.dense"),
+    *pair_rules("layers.{}.ffn_norm", "encoder.layer.{}.output.LayerNorm"),
 ]
-# Absent from a plain BERT checkpoint: created and initialised when warm-starting a decoder.
-_CROSS = [
-    rule("layers.{}.cross_attn.q_proj.weight", "encoder.layer.{}.crossattention.self.query.weight", new_ok=True),
-    rule("layers.{}.cross_attn.q_proj.bias", "encoder.layer.{}.crossattention.self.query.bias", new_ok=True),
-    rule("layers.{}.cross_attn.kv_proj.weight", *(f"encoder.layer.{{}}.crossattention.self.{n}.weight" for n in ("key", "value")), new_ok=True),
-    rule("layers.{}.cross_attn.kv_proj.bias", *(f"encoder.layer.{{}}.crossattention.self.{n}.bias" for n in ("key", "value")), new_ok=True),
-    rule("layers.{}.cross_attn.out_proj.weight", "encoder.layer.{}.crossattention.output.dense.weight", new_ok=True),
-    rule("layers.{}.cross_attn.out_proj.bias", "encoder.layer.{}.crossattention.output.dense.bias", new_ok=True),
-    rule("layers.{}.cross_norm.weight", "encoder.layer.{}.crossattention.output.LayerNorm.weight", new_ok=True),
-    rule("layers.{}.cross_norm.bias", "encoder.layer.{}.crossattention.output.LayerNorm.bias", new_ok=True),
+#: BERT's cross-attention rules. Absent from a plain BERT checkpoint (``new_ok``): created and
+#: initialised when warm-starting a decoder.
+CROSS_RULES: list[Rule] = [
+    *pair_rules("layers.{}.cross_attn.q_proj", "encoder.layer.{}.crossattention.self.query", new_ok=True),
+    rule("layers.{}.cross_attn.kv_proj.weight",
+         *(f"encoder.layer.{{}}.crossattention.self.{n}.weight" for n in ("key", "value")), new_ok=True),
+    rule("layers.{}.cross_attn.kv_proj.bias",
+         *(f"encoder.layer.{{}}.crossattention.self.{n}.bias" for n in ("key", "value")), new_ok=True),
+    *pair_rules("layers.{}.cross_attn.out_proj", "encoder.layer.{}.crossattention.output.dense", new_ok=True),
+    *pair_rules("layers.{}.cross_norm", "encoder.layer.{}.crossattention.output.LayerNorm", new_ok=True),
 ]
-_EMBEDDINGS = [
+#: BERT's embedding rules, relative to the base model (the token-type table is added when the
+#: config has one).
+EMBEDDING_RULES: list[Rule] = [
     rule("embeddings.tokens.weight", "embeddings.word_embeddings.weight"),
     rule("embeddings.positions.weight", "embeddings.position_embeddings.weight"),
-    rule("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
-    rule("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+    *pair_rules("embeddings.norm", "embeddings.LayerNorm"),
 ]
+#: Heads of other tasks a BERT-like checkpoint may carry, ignored by the encoder.
+OTHER_HEADS: tuple[str, ...] = (r"cls\..*", r"lm_head\..*", r"classifier\..*", r"qa_outputs\..*")
 
 
-def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
-    return [Rule(r.ours, tuple(prefix + h for h in r.hf), r.transpose, r.new_ok) for r in rules]
+def embedding_width(cfg: BertConfig) -> int:
+    """The width of the embedding tables: the config's ``embedding_size`` if set, else ``hidden_size``."""
+    return getattr(cfg, "embedding_size", None) or cfg.hidden_size
 
 
 def bert_family(
@@ -105,40 +131,65 @@ def bert_family(
     positions: Literal["absolute", "after_padding"],
     prefix: str,
     head_prefix: str,
-    head_names: dict[str, str],
-    reference: dict[str, str],
+    head_names: Mapping[str, str | None],
+    reference: Mapping[str, str],
     description: str,
-    tiny_config: dict[str, object],
+    tiny_config: Mapping[str, object],
     head_act: str | None = None,
+    pooler: bool = True,
+    projection_name: str = "embeddings_project",
+    encoder_ignore: Sequence[str] = OTHER_HEADS,
+    roles: tuple[sw.Role, ...] = ("encoder", "decoder"),
 ) -> sw.Architecture:
-    """The :class:`seqweave.Architecture` of a BERT-like model.
+    """The :class:`seqweave.Architecture` of a BERT-like model: the public recipe of the BERT family.
+
+    Post-LayerNorm layers with BERT's checkpoint names (:data:`LAYER_RULES`,
+    :data:`CROSS_RULES`, :data:`EMBEDDING_RULES`), an encoder with an optional pooler, a
+    decoder with a transform + tied projection head. Everything that tells relatives apart
+    is a parameter or a config field:
+
+    - a config with an ``embedding_size`` field that differs from ``hidden_size`` (ELECTRA,
+      ALBERT) gets tables of that width and a projection to ``hidden_size``, stored as
+      ``{prefix}{projection_name}``, and a head whose transform maps back to that width;
+    - ``type_vocab_size`` 0 drops the token-type table.
 
     Args:
         name: the architecture name (the Hugging Face ``model_type``).
-        config_model: its config model (a :class:`BertConfig` with other defaults).
-        positions: the position-id scheme (see :class:`seqweave.layers.Embeddings`).
+        config_model: its config model (a :class:`BertConfig`, with other defaults or more fields).
+        positions: the position-id scheme (see :class:`seqweave.modules.Embeddings`).
         prefix: where the head model keeps the base model (``"bert."``).
         head_prefix: where the head model keeps its LM head (``"cls.predictions."``).
         head_names: Hugging Face names of the head's parts, relative to ``head_prefix``:
-            keys ``dense``, ``norm``, ``bias``, ``proj`` (the projection's weight).
+            ``dense`` and ``norm`` (the transform), ``proj`` (the projection to the vocabulary)
+            and ``bias``: the head's own bias parameter, which transformers ties to the
+            projection's bias (BERT's ``cls.predictions.bias``), or None (or absent) when the
+            projection keeps its own bias (ELECTRA's ``generator_lm_head``).
         reference: the transformers class for each role.
         description: one line for ``seqweave plugins``.
-        tiny_config: fields of a tiny model, for the contract tests.
+        tiny_config: fields of a tiny model, for the contract checks.
         head_act: the LM head transform's activation; None uses the config's ``hidden_act``
-            (BERT does; RoBERTa's head always uses exact GELU, whatever ``hidden_act`` says).
+            (BERT does; RoBERTa's and ELECTRA's heads always use exact GELU).
+        pooler: the encoder has BERT's pooler (``pooler.dense``); ELECTRA has none.
+        projection_name: the Hugging Face name of the embedding projection, after ``prefix``.
+        encoder_ignore: patterns of other heads a checkpoint may carry, ignored by the encoder.
+        roles: the roles to register.
+
+    Returns:
+        The architecture, ready for ``register(...)``.
     """
 
     def build(cfg: BertConfig, role: sw.Role) -> nn.Module:
-        d = cfg.hidden_size
+        d, e = cfg.hidden_size, embedding_width(cfg)
         embeddings = Embeddings(
             cfg.vocab_size,
-            d,
+            e,
             cfg.max_position_embeddings,
             type_vocab_size=cfg.type_vocab_size,
             norm_eps=cfg.layer_norm_eps,
             dropout=cfg.hidden_dropout_prob,
             padding_idx=cfg.pad_token_id,
             positions=positions,
+            project_to=d if e != d else None,
         )
         layers = [
             TransformerLayer(
@@ -155,43 +206,51 @@ def bert_family(
             for _ in range(cfg.num_hidden_layers)
         ]
         if role == "encoder":
-            return TransformerEncoder(embeddings, layers, pooler=nn.Linear(d, d))
-        head = LMHead(d, cfg.vocab_size, transform_act=head_act or cfg.hidden_act, norm_eps=cfg.layer_norm_eps)
+            return TransformerEncoder(embeddings, layers, pooler=nn.Linear(d, d) if pooler else None)
+        act = head_act or cfg.hidden_act
+        head = LMHead(d, cfg.vocab_size, transform_act=act, norm_eps=cfg.layer_norm_eps, transform_dim=e)
         return TransformerDecoder(embeddings, layers, head, tie_word_embeddings=cfg.tie_word_embeddings)
 
     def weight_map(cfg: BertConfig, role: sw.Role) -> WeightMap:
-        embeddings = list(_EMBEDDINGS)
+        embeddings = list(EMBEDDING_RULES)
         if cfg.type_vocab_size:
             embeddings.append(rule("embeddings.token_types.weight", "embeddings.token_type_embeddings.weight"))
+        if embedding_width(cfg) != cfg.hidden_size:
+            embeddings += pair_rules("embeddings.project", projection_name)
         ignore = [r".*position_ids", r".*token_type_ids"]  # buffers that old checkpoints saved
         if role == "encoder":
-            top = [*embeddings, rule("pooler.weight", "pooler.dense.weight", new_ok=True),
-                   rule("pooler.bias", "pooler.dense.bias", new_ok=True)]
-            ignore.append(r"cls\..*|lm_head\..*|classifier\..*|qa_outputs\..*")  # heads of other tasks
-            return WeightMap.build(top, _LAYER, cfg.num_hidden_layers, ignore=ignore, base_prefix=prefix)
+            top = list(embeddings)
+            if pooler:
+                top += pair_rules("pooler", "pooler.dense", new_ok=True)
+            return WeightMap.build(
+                top, LAYER_RULES, cfg.num_hidden_layers, ignore=[*ignore, *encoder_ignore], base_prefix=prefix
+            )
         hp = head_prefix
         head = [
-            rule("head.dense.weight", f"{hp}{head_names['dense']}.weight", new_ok=True),
-            rule("head.dense.bias", f"{hp}{head_names['dense']}.bias", new_ok=True),
-            rule("head.norm.weight", f"{hp}{head_names['norm']}.weight", new_ok=True),
-            rule("head.norm.bias", f"{hp}{head_names['norm']}.bias", new_ok=True),
+            *pair_rules("head.dense", f"{hp}{head_names['dense']}", new_ok=True),
+            *pair_rules("head.norm", f"{hp}{head_names['norm']}", new_ok=True),
         ]
-        proj, own_bias = f"{hp}{head_names['proj']}", f"{hp}{head_names['bias']}"
-        if cfg.tie_word_embeddings:
+        proj = f"{hp}{head_names['proj']}"
+        own_bias = f"{hp}{head_names['bias']}" if head_names.get("bias") else None
+        if cfg.tie_word_embeddings and own_bias:
             # transformers 5.x ties the projection to the word embeddings and its bias to the head's
             # own bias: read the bias under the head's name, and drop the tied copies some files store.
             head.append(rule("head.proj.bias", own_bias, new_ok=True))
             ignore += [re.escape(f"{proj}.weight"), re.escape(f"{proj}.bias")]
+        elif cfg.tie_word_embeddings:
+            # The projection keeps its own bias; its weight is the word embeddings (a tied copy).
+            head.append(rule("head.proj.bias", f"{proj}.bias", new_ok=True))
+            ignore.append(re.escape(f"{proj}.weight"))
         else:
             # Untied, transformers 5.x ties neither: the forward uses the projection's own weight and
-            # bias, and the head's separate bias parameter is unused (we do not keep it).
-            head += [rule("head.proj.weight", f"{proj}.weight", new_ok=True),
-                     rule("head.proj.bias", f"{proj}.bias", new_ok=True)]
-            ignore.append(re.escape(own_bias))
+            # bias, and the head's separate bias parameter (if any) is unused (we do not keep it).
+            head += pair_rules("head.proj", proj, new_ok=True)
+            if own_bias:
+                ignore.append(re.escape(own_bias))
         ignore += [re.escape(f"{prefix}pooler.") + ".*", r"cls\.seq_relationship\..*"]
         return WeightMap.build(
-            [*_prefixed(embeddings, prefix), *head],
-            _prefixed(_LAYER + _CROSS, prefix),
+            [*prefixed(embeddings, prefix), *head],
+            prefixed(LAYER_RULES + CROSS_RULES, prefix),
             cfg.num_hidden_layers,
             ignore=ignore,
             base_prefix=prefix,
@@ -202,9 +261,10 @@ def bert_family(
         config=config_model,
         build=build,
         weight_map=weight_map,
-        reference=reference,
+        roles=roles,
+        reference=dict(reference),
         description=description,
-        tiny_config=tiny_config,
+        tiny_config=dict(tiny_config),
     )
 
 

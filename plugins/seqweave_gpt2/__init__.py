@@ -23,9 +23,19 @@ from typing import Any
 
 import seqweave as sw
 from pydantic import Field, model_validator
-from seqweave.layers import ACTIVATIONS, Embeddings, LMHead, TransformerLayer
-from seqweave.transformer import TransformerDecoder, TransformerEncoder
-from seqweave.weights import Rule, WeightMap, rule
+from seqweave.modules import (
+    ACTIVATIONS,
+    Embeddings,
+    LMHead,
+    TransformerDecoder,
+    TransformerEncoder,
+    TransformerLayer,
+    WeightMap,
+    conv1d_rules,
+    pair_rules,
+    prefixed,
+    rule,
+)
 from torch import nn
 
 __all__ = ["GPT2", "GPT2Config", "seqweave_register_architectures"]
@@ -174,40 +184,25 @@ def build(cfg: GPT2Config, role: sw.Role) -> nn.Module:
     )
 
 
-def _conv1d(ours: str, hf: str, *, new_ok: bool = False) -> list[Rule]:
-    """A ``Conv1D`` ([in, out] weight) as our ``nn.Linear`` ([out, in]): weight transposed, bias not."""
-    return [
-        rule(f"{ours}.weight", f"{hf}.weight", transpose=True, new_ok=new_ok),
-        rule(f"{ours}.bias", f"{hf}.bias", new_ok=new_ok),
-    ]
-
-
-def _norm(ours: str, hf: str, *, new_ok: bool = False) -> list[Rule]:
-    return [
-        rule(f"{ours}.weight", f"{hf}.weight", new_ok=new_ok),
-        rule(f"{ours}.bias", f"{hf}.bias", new_ok=new_ok),
-    ]
-
-
 _TOP = [
     rule("embeddings.tokens.weight", "wte.weight"),
     rule("embeddings.positions.weight", "wpe.weight"),
-    *_norm("final_norm", "ln_f"),
+    *pair_rules("final_norm", "ln_f"),
 ]
 _LAYER = [
-    *_norm("layers.{}.attn_norm", "h.{}.ln_1"),
-    *_conv1d("layers.{}.self_attn.qkv_proj", "h.{}.attn.c_attn"),
-    *_conv1d("layers.{}.self_attn.out_proj", "h.{}.attn.c_proj"),
-    *_norm("layers.{}.ffn_norm", "h.{}.ln_2"),
-    *_conv1d("layers.{}.ffn.fc_in", "h.{}.mlp.c_fc"),
-    *_conv1d("layers.{}.ffn.fc_out", "h.{}.mlp.c_proj"),
+    *pair_rules("layers.{}.attn_norm", "h.{}.ln_1"),
+    *conv1d_rules("layers.{}.self_attn.qkv_proj", "h.{}.attn.c_attn"),
+    *conv1d_rules("layers.{}.self_attn.out_proj", "h.{}.attn.c_proj"),
+    *pair_rules("layers.{}.ffn_norm", "h.{}.ln_2"),
+    *conv1d_rules("layers.{}.ffn.fc_in", "h.{}.mlp.c_fc"),
+    *conv1d_rules("layers.{}.ffn.fc_out", "h.{}.mlp.c_proj"),
 ]
 # Absent from a plain GPT-2 checkpoint: created and initialised when warm-starting a decoder.
 _CROSS = [
-    *_norm("layers.{}.cross_norm", "h.{}.ln_cross_attn", new_ok=True),
-    *_conv1d("layers.{}.cross_attn.q_proj", "h.{}.crossattention.q_attn", new_ok=True),
-    *_conv1d("layers.{}.cross_attn.kv_proj", "h.{}.crossattention.c_attn", new_ok=True),
-    *_conv1d("layers.{}.cross_attn.out_proj", "h.{}.crossattention.c_proj", new_ok=True),
+    *pair_rules("layers.{}.cross_norm", "h.{}.ln_cross_attn", new_ok=True),
+    *conv1d_rules("layers.{}.cross_attn.q_proj", "h.{}.crossattention.q_attn", new_ok=True),
+    *conv1d_rules("layers.{}.cross_attn.kv_proj", "h.{}.crossattention.c_attn", new_ok=True),
+    *conv1d_rules("layers.{}.cross_attn.out_proj", "h.{}.crossattention.c_proj", new_ok=True),
 ]
 #: Where GPT2LMHeadModel keeps GPT2Model; GPT2Model (and the original OpenAI files) has no prefix.
 PREFIX = "transformer."
@@ -220,23 +215,19 @@ _IGNORE = [
 ]
 
 
-def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
-    return [Rule(r.ours, tuple(prefix + h for h in r.hf), r.transpose, r.new_ok) for r in rules]
-
-
 def weight_map(cfg: GPT2Config, role: sw.Role) -> WeightMap:
     """The two-way map to ``GPT2Model`` (encoder) or ``GPT2LMHeadModel`` (decoder) names."""
     if role == "encoder":
         ignore = [*_IGNORE, r"lm_head\..*"]
         return WeightMap.build(_TOP, _LAYER, cfg.n_layer, ignore=ignore, base_prefix=PREFIX)
     ignore = list(_IGNORE)
-    top = _prefixed(_TOP, PREFIX)
+    top = prefixed(_TOP, PREFIX)
     if cfg.tie_word_embeddings:
         ignore.append(r"lm_head\.weight")  # the tied copy some checkpoints store
     else:
         top.append(rule("head.proj.weight", "lm_head.weight", new_ok=True))
     return WeightMap.build(
-        top, _prefixed(_LAYER + _CROSS, PREFIX), cfg.n_layer, ignore=ignore, base_prefix=PREFIX
+        top, prefixed(_LAYER + _CROSS, PREFIX), cfg.n_layer, ignore=ignore, base_prefix=PREFIX
     )
 
 

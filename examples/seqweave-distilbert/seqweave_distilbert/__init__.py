@@ -14,9 +14,16 @@ from pydantic import Field, model_validator
 from torch import nn
 
 import seqweave as sw
-from seqweave.layers import ACTIVATIONS, Embeddings, TransformerLayer
-from seqweave.transformer import TransformerEncoder
-from seqweave.weights import WeightMap, rule
+from seqweave.modules import (
+    ACTIVATIONS,
+    Embeddings,
+    FieldError,
+    TransformerEncoder,
+    TransformerLayer,
+    WeightMap,
+    pair_rules,
+    rule,
+)
 
 __all__ = ["DISTILBERT", "DistilBertConfig", "seqweave_register_architectures"]
 
@@ -24,23 +31,23 @@ __all__ = ["DISTILBERT", "DistilBertConfig", "seqweave_register_architectures"]
 class DistilBertConfig(sw.ArchitectureConfig):
     """transformers' ``DistilBertConfig`` fields and defaults."""
 
-    vocab_size: int = Field(30522, ge=1)
-    max_position_embeddings: int = Field(512, ge=1)
+    vocab_size: int = Field(30522, ge=1, description="Rows of the token embedding table.")
+    max_position_embeddings: int = Field(512, ge=1, description="Rows of the position table (longest input).")
     sinusoidal_pos_embds: bool = Field(False, description="The table is stored in the checkpoint either way.")
-    n_layers: int = Field(6, ge=0)
-    n_heads: int = Field(12, ge=1)
-    dim: int = Field(768, ge=1)
-    hidden_dim: int = Field(3072, ge=1)
-    dropout: float = Field(0.1, ge=0, le=1)
-    attention_dropout: float = Field(0.1, ge=0, le=1)
-    activation: str = "gelu"
-    initializer_range: float = Field(0.02, gt=0)
-    qa_dropout: float = 0.1
-    seq_classif_dropout: float = 0.2
-    pad_token_id: int | None = Field(0, ge=0)
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-    tie_word_embeddings: bool = True
+    n_layers: int = Field(6, ge=0, description="Number of transformer layers.")
+    n_heads: int = Field(12, ge=1, description="Attention heads; must divide dim.")
+    dim: int = Field(768, ge=1, description="Model width.")
+    hidden_dim: int = Field(3072, ge=1, description="Width of the feed-forward block.")
+    dropout: float = Field(0.1, ge=0, le=1, description="Dropout on embeddings and residuals.")
+    attention_dropout: float = Field(0.1, ge=0, le=1, description="Dropout on attention probabilities.")
+    activation: str = Field("gelu", description="Feed-forward activation (a Hugging Face activation name).")
+    initializer_range: float = Field(0.02, gt=0, description="Std of the normal init of new weights.")
+    qa_dropout: float = Field(0.1, description="Unused here; kept for compatibility.")
+    seq_classif_dropout: float = Field(0.2, description="Unused here; kept for compatibility.")
+    pad_token_id: int | None = Field(0, ge=0, description="Padding token id.")
+    bos_token_id: int | None = Field(None, description="Beginning-of-sequence token id.")
+    eos_token_id: int | None = Field(None, description="End-of-sequence token id.")
+    tie_word_embeddings: bool = Field(True, description="Kept for compatibility (an encoder has no head).")
 
     @property
     def hidden_size(self) -> int:
@@ -48,10 +55,11 @@ class DistilBertConfig(sw.ArchitectureConfig):
 
     @model_validator(mode="after")
     def _check(self) -> DistilBertConfig:
+        # FieldError: the user's error names the field (encoder.config.n_heads) and its value.
         if self.dim % self.n_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must divide dim ({self.dim})")
+            raise FieldError("n_heads", f"must divide dim ({self.dim})", self.n_heads)
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} is not one of {', '.join(sorted(ACTIVATIONS))}")
+            raise FieldError("activation", f"must be one of {', '.join(sorted(ACTIVATIONS))}", self.activation)
         return self
 
 
@@ -70,18 +78,17 @@ def weight_map(cfg: DistilBertConfig, role: sw.Role) -> WeightMap:
     top = [
         rule("embeddings.tokens.weight", "embeddings.word_embeddings.weight"),
         rule("embeddings.positions.weight", "embeddings.position_embeddings.weight"),
-        rule("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
-        rule("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+        *pair_rules("embeddings.norm", "embeddings.LayerNorm"),
     ]
     p = "transformer.layer.{}."
     per_layer = [
         *(rule(f"layers.{{}}.self_attn.qkv_proj.{w}", *(f"{p}attention.{n}_lin.{w}" for n in "qkv"))
           for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.self_attn.out_proj.{w}", f"{p}attention.out_lin.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.attn_norm.{w}", f"{p}sa_layer_norm.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.ffn.fc_in.{w}", f"{p}ffn.lin1.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.ffn.fc_out.{w}", f"{p}ffn.lin2.{w}") for w in ("weight", "bias")),
-        *(rule(f"layers.{{}}.ffn_norm.{w}", f"{p}output_layer_norm.{w}") for w in ("weight", "bias")),
+        *pair_rules("layers.{}.self_attn.out_proj", f"{p}attention.out_lin"),
+        *pair_rules("layers.{}.attn_norm", f"{p}sa_layer_norm"),
+        *pair_rules("layers.{}.ffn.fc_in", f"{p}ffn.lin1"),
+        *pair_rules("layers.{}.ffn.fc_out", f"{p}ffn.lin2"),
+        *pair_rules("layers.{}.ffn_norm", f"{p}output_layer_norm"),
     ]
     ignore = [r".*position_ids", r"vocab_.*|qa_outputs\..*|pre_classifier\..*|classifier\..*"]
     return WeightMap.build(top, per_layer, cfg.n_layers, ignore=ignore, base_prefix="distilbert.")
