@@ -14,7 +14,11 @@ import seqweave as sw
 import torch
 from seqweave.fast import Linear
 
-pytestmark = pytest.mark.slow  # each compile takes several seconds on a small CPU
+pytestmark = [
+    pytest.mark.slow,  # each compile takes several seconds on a small CPU
+    # Inductor imports torch/utils/mkldnn.py, whose ScriptModules warn at class definition.
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+]
 
 VOCAB = 4096
 TOL = {"rtol": 1e-4, "atol": 1e-5}
