@@ -185,3 +185,15 @@ def test_source_state_changes_only_through_methods():
     k = torch.zeros(2, 1, 5, 3)
     cache.layers[0].store_cross(k, k + 1)
     assert cache.layers[0].cross[0] is k
+
+
+def test_a_cache_can_be_copied():
+    import copy
+
+    cache = sw.Cache(1, 4, static=True)
+    cache.begin(1)
+    cache.layers[0].append(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+    cache.advance(1)
+    twin = copy.deepcopy(cache)
+    assert type(twin) is StaticCache and len(twin) == 1 and torch.equal(twin.layers[0].k, cache.layers[0].k)
+    assert twin.layers[0]._owner is twin

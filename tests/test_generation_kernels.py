@@ -106,3 +106,12 @@ def test_tricks_step_aside_while_compiling(monkeypatch):
         monkeypatch.setattr(fast, "compiling", lambda: True)
         assert torch.equal(fast.call(layer, x), F.linear(x, layer.weight, layer.bias))
         assert seen  # through nn.Module.__call__, and F.linear rather than oneDNN
+
+
+def test_a_torch_without_onednn_linear_gets_f_linear(monkeypatch):
+    monkeypatch.setattr(fast, "ONEDNN_LINEAR", False)  # what the import-time guard finds on such a build
+    layer = Linear(768, 1024)
+    assert not layer.onednn
+    x = torch.randn(2, 768)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))

@@ -41,7 +41,7 @@ would be paid for nothing.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -147,14 +147,8 @@ class Cache:
     static: ClassVar[bool] = False
     _layer_type: ClassVar[type[LayerCache]] = LayerCache
 
-    def __new__(
-        cls,
-        num_layers: int,
-        capacity: int = 0,
-        *,
-        static: bool | None = None,
-        device: torch.device | str | None = None,
-    ) -> Cache:
+    def __new__(cls, *args: Any, static: bool | None = None, **kwargs: Any) -> Cache:
+        # *args/**kwargs: __init__ checks them; copy and pickle call __new__(cls) with none.
         if cls is Cache:
             cls = StaticCache if static else DynamicCache
         return super().__new__(cls)
