@@ -115,3 +115,12 @@ def test_a_torch_without_onednn_linear_gets_f_linear(monkeypatch):
     x = torch.randn(2, 768)
     with torch.no_grad():
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_a_traced_linear_records_f_linear():
+    layer = Linear(768, 1024)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, torch.randn(1, 768))
+    assert "mkldnn" not in str(traced.graph) and "linear" in str(traced.graph)

@@ -126,8 +126,8 @@ class Linear(nn.Linear):
     40 ms against 22 ms a step for one row, 62 ms against 35 ms for eight. So without
     autograd (``torch.no_grad``/``inference_mode``), on the CPU, in float32 or bfloat16,
     large weights go through ``torch.ops.mkldnn._linear_pointwise``; everything else
-    (training, other devices, small weights, ``torch.compile``, a torch without the op)
-    through ``F.linear``. Same parameters, same state dict; results agree to float
+    (training, other devices, small weights, ``torch.compile``, ``torch.jit.trace``, a
+    torch without the op) through ``F.linear``. Same parameters, same state dict; results agree to float
     rounding (the sums run in another order).
     """
 
@@ -150,6 +150,7 @@ class Linear(nn.Linear):
             and x.dtype in (torch.float32, torch.bfloat16)
             and (self.onednn_single_row or x.numel() > self.in_features)
             and not compiling()
+            and not _tracing_state()
         ):
             return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
         return F.linear(x, w, self.bias)
