@@ -54,8 +54,8 @@ __all__ = [
 # Guards: what this torch build offers, read once.
 
 _compiler = getattr(torch, "compiler", None)
-#: Whether this torch can say that it is compiling (``torch.compiler.is_compiling``, torch >= 2.3).
-#: Without it, :func:`compiling` answers False: such a torch compiles nothing we run.
+#: Whether this torch can say that it is compiling (``torch.compiler.is_compiling``, torch >= 2.3;
+#: seqweave asks for 2.4). Without it, :func:`compiling` answers False and the tricks stay on.
 HAS_COMPILE_FLAG = callable(getattr(_compiler, "is_compiling", None))
 if HAS_COMPILE_FLAG:
     #: Whether torch.compile / torch.export is tracing this code (``torch.compiler.is_compiling``).
