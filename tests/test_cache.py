@@ -6,6 +6,7 @@ import pytest
 import seqweave as sw
 import torch
 from conftest import DECODERS, ENCODERS, hf_composite, source_batch
+from seqweave.cache import DynamicCache, StaticCache
 
 PAIRS = [(e, d) for e in ENCODERS for d in DECODERS]
 
@@ -138,3 +139,61 @@ def test_a_cache_of_another_depth_is_refused():
     dec = sw.build_decoder("bert", hidden_size=16, num_hidden_layers=2, num_attention_heads=2, vocab_size=40).eval()
     with pytest.raises(sw.ConfigError, match="the cache has 1 layers but the decoder has 2"):
         dec(torch.tensor([[1, 2]]), cache=sw.Cache(1))
+
+
+def test_cache_makes_the_dynamic_or_the_static_kind():
+    dynamic, static = sw.Cache(2, 4), sw.Cache(2, 4, static=True)
+    assert type(dynamic) is DynamicCache and not dynamic.static
+    assert type(static) is StaticCache and static.static
+    assert isinstance(dynamic, sw.Cache) and isinstance(static, sw.Cache)
+    assert type(StaticCache(1, 3)) is StaticCache
+    with pytest.raises(sw.ConfigError, match="StaticCache got static=False"):
+        StaticCache(1, 3, static=False)
+
+
+def test_begin_returns_the_position_in_the_form_each_kind_reads():
+    dynamic, static = sw.Cache(1, 4), sw.Cache(1, 4, static=True)
+    for cache in (dynamic, static):
+        cache.begin(2)
+        cache.advance(2)
+    assert dynamic.begin(1) == 2
+    position = static.begin(1)
+    assert isinstance(position, torch.Tensor) and int(position) == 2
+    assert static.write_index.tolist() == [2]
+    mask = static.self_attention_mask(None)  # query at position 2 sees slots 0..2 of 4
+    assert mask.shape == (1, 1, 1, 4) and mask.flatten().tolist() == [True, True, True, False]
+
+
+def test_a_replay_advances_only_the_host_position():
+    """After a CUDA-graph replay (which ran the recorded device-side advance) the host catches up."""
+    cache = sw.Cache(1, 4, static=True)
+    cache.begin(1)
+    cache.advance(1)
+    device_position = cache.begin(1)
+    cache.advance_after_replay()
+    assert len(cache) == 2 and int(device_position) == 1  # the replay would have moved the device one
+
+
+def test_source_state_changes_only_through_methods():
+    cache = sw.Cache(1)
+    assert not cache.has_source and cache.source_mask is None
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    cache.set_source(mask)
+    assert cache.has_source and cache.source_mask is mask
+    with pytest.raises(AttributeError):
+        cache.has_source = False
+    k = torch.zeros(2, 1, 5, 3)
+    cache.layers[0].store_cross(k, k + 1)
+    assert cache.layers[0].cross[0] is k
+
+
+def test_a_cache_can_be_copied():
+    import copy
+
+    cache = sw.Cache(1, 4, static=True)
+    cache.begin(1)
+    cache.layers[0].append(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+    cache.advance(1)
+    twin = copy.deepcopy(cache)
+    assert type(twin) is StaticCache and len(twin) == 1 and torch.equal(twin.layers[0].k, cache.layers[0].k)
+    assert twin.layers[0]._owner is twin

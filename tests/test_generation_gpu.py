@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
+import seqweave as sw
 import torch
 from seqweave import generation
 from test_generation import MAX_NEW, Pair, _resolve, assert_same, pair  # noqa: F401  (pair is a fixture)
@@ -96,3 +97,30 @@ def test_bfloat16_runs_on_cuda(cuda_pair):
         assert out.shape[0] == cuda_pair.ids.shape[0] and out.shape[1] <= 1 + MAX_NEW
     finally:
         model.to(torch.float32)
+
+
+def test_torch_compile_on_cuda():
+    """torch.compile(model) on CUDA: no CPU-only op (oneDNN, host reads) inside the compiled region."""
+    from test_compile import TOL, _batch, _model
+
+    torch._dynamo.reset()
+    model = _model("gpt2").eval().cuda()
+    ids, mask, labels = (t.cuda() for t in _batch())
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        expected = model(ids, mask, labels=labels)
+        got = compiled(ids, mask, labels=labels)
+        torch.testing.assert_close(got.logits, expected.logits, **TOL)
+        # the decode step of a static cache, as CUDA-graph generation runs it
+        source = model.encoder(ids, mask).last_hidden_state
+        caches = [sw.Cache(1, labels.shape[1], static=True, device="cuda") for _ in range(2)]
+
+        def step(token: torch.Tensor, cache: sw.Cache) -> torch.Tensor:
+            return model(encoder_outputs=source, attention_mask=mask, decoder_input_ids=token, cache=cache).logits
+
+        compiled_step = torch.compile(step, fullgraph=True)
+        tokens = labels.clamp(min=3)
+        for i in range(tokens.shape[1]):
+            token = tokens[:, i : i + 1]
+            torch.testing.assert_close(compiled_step(token, caches[1]), step(token, caches[0]), **TOL)
+    torch._dynamo.reset()

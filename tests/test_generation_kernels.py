@@ -1,12 +1,12 @@
-"""The two speed-ups under generation that must not change results: block-wise top-k and oneDNN linears."""
+"""The speed tricks of seqweave.fast must not change results: block-wise top-k/argmax, oneDNN linears."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from seqweave import generation
-from seqweave.layers import ONEDNN_LINEAR, Linear
+from seqweave import fast, generation
+from seqweave.fast import ONEDNN_LINEAR, Linear
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ def test_blockwise_topk_equals_torch_topk(rows, size, k):
     scores = torch.randn(rows, size, generator=g)
     scores[0, : size // 2] = -float("inf")  # banned tokens, as processors make them
     scores[-1, -1] = 50.0  # the winner sits in the partial last block
-    values, indices = generation.topk(scores, k)
+    values, indices = fast.topk(scores, k)
     expected = torch.topk(scores, k)
     assert torch.equal(values, expected.values)
     assert torch.equal(indices, expected.indices)
@@ -35,15 +35,15 @@ def test_blockwise_argmax_equals_torch_argmax(size):
             scores[0, size // 3] = scores[0, size // 2] = 9.5  # a tie: the first one wins
         if trial % 5 == 0:
             scores[0, -2] = float("nan")  # NaN counts as the largest
-        assert torch.equal(generation.argmax(scores), scores.argmax(dim=-1)), trial
+        assert torch.equal(fast.argmax(scores), scores.argmax(dim=-1)), trial
     batch = torch.randn(3, size, generator=g)
-    assert torch.equal(generation.argmax(batch), batch.argmax(dim=-1))
+    assert torch.equal(fast.argmax(batch), batch.argmax(dim=-1))
 
 
 def test_blockwise_topk_keeps_ties_as_values():
     scores = torch.zeros(2, 256 * 64)
     scores[:, 1000:1010] = 1.0
-    values, indices = generation.topk(scores, 4)
+    values, indices = fast.topk(scores, 4)
     assert torch.equal(values, torch.ones(2, 4))
     assert all(1000 <= i < 1010 for i in indices.flatten().tolist())
 
@@ -82,3 +82,45 @@ def test_small_linears_stay_on_f_linear():
     x = torch.randn(3, 64)
     with torch.no_grad():
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_generation_reexports_the_block_searches():
+    assert generation.topk is fast.topk and generation.argmax is fast.argmax
+
+
+@needs_onednn
+def test_tricks_step_aside_while_compiling(monkeypatch):
+    """Under torch.compile the plain code runs: F.linear (Inductor cannot lower oneDNN's), module(...)."""
+    seen = []
+
+    class Seen(Linear):
+        def __call__(self, *args, **kwargs):
+            seen.append(1)
+            return super().__call__(*args, **kwargs)
+
+    layer = Seen(768, 1024)
+    x = torch.randn(1, 1, 768)
+    with torch.no_grad():
+        fast.call(layer, x)
+        assert not seen  # eager inference: forward directly
+        monkeypatch.setattr(fast, "compiling", lambda: True)
+        assert torch.equal(fast.call(layer, x), F.linear(x, layer.weight, layer.bias))
+        assert seen  # through nn.Module.__call__, and F.linear rather than oneDNN
+
+
+def test_a_torch_without_onednn_linear_gets_f_linear(monkeypatch):
+    monkeypatch.setattr(fast, "ONEDNN_LINEAR", False)  # what the import-time guard finds on such a build
+    layer = Linear(768, 1024)
+    assert not layer.onednn
+    x = torch.randn(2, 768)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_a_traced_linear_records_f_linear():
+    layer = Linear(768, 1024)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, torch.randn(1, 768))
+    assert "mkldnn" not in str(traced.graph) and "linear" in str(traced.graph)

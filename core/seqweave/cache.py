@@ -1,9 +1,21 @@
 """The decoder's key/value cache.
 
 Self-attention keys/values live in per-layer buffers allocated once and written in
-place at an explicit position counter (never guessed from the data); cross-attention
-keys/values are computed once per source sequence and kept as they are, together with
-the source padding mask.
+place at an explicit position counter, :attr:`Cache.length` (never guessed from the
+data); cross-attention keys/values are computed once per source sequence and kept as
+they are, together with the source padding mask.
+
+The cache owns its state: the decoder and its layers read it, and change it only
+through its methods, in this order per forward call:
+
+1. :meth:`Cache.begin` (``t`` new positions; returns where they start),
+2. per layer, :meth:`LayerCache.append` (self-attention keys/values) and, on the first
+   call for a source, :meth:`LayerCache.store_cross` (cross-attention keys/values),
+3. :meth:`Cache.set_source` (the source padding mask, once per source),
+4. :meth:`Cache.advance` (after every layer has written at the same position).
+
+Beam search reorders the rows with :meth:`Cache.reorder`; a CUDA-graph replay, which
+advances the device position by itself, reports it with :meth:`StaticCache.advance_after_replay`.
 
 Rows and sources: the self-attention buffers have one row per decoded sequence
 (``b * g`` rows when each of ``b`` sources is decoded ``g`` times, as beam search does),
@@ -11,56 +23,55 @@ the cross-attention keys/values one row per *source* (``b``). :class:`~seqweave.
 folds the ``g`` sequences of a source into the query length of one attention call, so
 the source side is never copied per beam.
 
-Two modes:
+Two kinds, one interface (``Cache(num_layers, capacity, static=...)`` makes either):
 
-* dynamic (default): the position is a Python int; attention reads the buffers up to
-  the current length. Cheapest on the CPU.
-* static (``static=True``): the position is also a device tensor, keys/values are written
-  with ``index_copy_`` at that tensor and attention always reads the whole buffer under a
-  mask. No shape or Python value changes from one step to the next, so a CUDA graph
-  captured once replays every later step.
+* :class:`DynamicCache` (default): the position is a Python int; attention reads the
+  buffers up to the current length, which grow by doubling when full. Cheapest on the CPU.
+* :class:`StaticCache` (``static=True``): the position is also a device tensor, keys/values
+  are written with ``index_copy_`` at that tensor and attention always reads the whole
+  buffer under a mask. No shape or Python value changes from one step to the next, so a
+  CUDA graph captured once replays every later step.
+
+They are two classes rather than one with ``if static`` branches because they share
+only the bookkeeping (length, source, reorder): how a layer writes, what a step reads,
+whether the buffer may grow and which mask the decoder needs all differ, and each
+layer's ``append`` runs twice per layer per generated token, where a branch per call
+would be paid for nothing.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
 from .errors import ConfigError
+from .masks import buffer_mask
 
-__all__ = ["Cache", "LayerCache"]
+__all__ = ["Cache", "DynamicCache", "LayerCache", "StaticCache"]
 
 
 class LayerCache:
-    """One decoder layer's cache: self-attention buffers and the cross-attention keys/values."""
+    """One decoder layer's part of a cache: self-attention buffers and the cross-attention keys/values.
+
+    Attributes (read them; they change only through the methods):
+        k, v: the self-attention buffers [b*g, h, capacity, hd], None until the first write.
+        cross: the cross-attention keys and values ([b, h, s, hd], [b, h, s, hd]), None until stored.
+    """
 
     def __init__(self, owner: Cache) -> None:
         self._owner = owner
-        self.k: torch.Tensor | None = None  # [b*g, h, capacity, hd]
+        self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
-        self.cross: tuple[torch.Tensor, torch.Tensor] | None = None  # ([b, h, s, hd], [b, h, s, hd])
+        self.cross: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k``, ``v`` [b, h, t, hd] at the cache position; return the keys/values to attend to.
+        """Write ``k``, ``v`` [b, h, t, hd] at the cache position; return the keys/values to attend to."""
+        raise NotImplementedError
 
-        Dynamic mode returns views of the positions written so far (``[b, h, length + t, hd]``);
-        static mode returns the whole buffers (``[b, h, capacity, hd]``), which the caller
-        masks with :meth:`Cache.self_attention_mask`.
-        """
-        owner = self._owner
-        if owner.static:
-            if self.k is None:
-                self._allocate(k, owner.capacity)
-            self.k.index_copy_(2, owner.write_index, k)
-            self.v.index_copy_(2, owner.write_index, v)
-            return self.k, self.v
-        start, t = owner.length, k.shape[2]
-        if self.k is None or start + t > self.k.shape[2]:
-            self._grow(k, start + t)
-        # narrow + copy_ rather than slice assignment: the same copy, a few microseconds less
-        # Python per call, and this runs twice per layer per generated token.
-        self.k.narrow(2, start, t).copy_(k)
-        self.v.narrow(2, start, t).copy_(v)
-        return self.k.narrow(2, 0, start + t), self.v.narrow(2, 0, start + t)
+    def store_cross(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep the cross-attention keys/values [b, h, s, hd] computed from the source."""
+        self.cross = (k, v)
 
     def _allocate(self, like: torch.Tensor, capacity: int) -> None:
         b, h, _, hd = like.shape
@@ -68,6 +79,19 @@ class LayerCache:
         # left in memory would still poison ``0 * NaN`` in the attention product).
         self.k = like.new_zeros(b, h, capacity, hd)
         self.v = like.new_zeros(b, h, capacity, hd)
+
+
+class _DynamicLayer(LayerCache):
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write at :attr:`Cache.length`; return views of every position written [b, h, length + t, hd]."""
+        start, t = self._owner.length, k.shape[2]
+        if self.k is None or start + t > self.k.shape[2]:
+            self._grow(k, start + t)
+        # narrow + copy_ rather than slice assignment: the same copy, a few microseconds less
+        # Python per call, and this runs twice per layer per generated token.
+        self.k.narrow(2, start, t).copy_(k)
+        self.v.narrow(2, start, t).copy_(v)
+        return self.k.narrow(2, 0, start + t), self.v.narrow(2, 0, start + t)
 
     def _grow(self, like: torch.Tensor, needed: int) -> None:
         old_k, old_v = self.k, self.v
@@ -79,8 +103,25 @@ class LayerCache:
             self.v[:, :, :n] = old_v[:, :, :n]
 
 
+class _StaticLayer(LayerCache):
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write at the device position; return the whole buffers [b, h, capacity, hd].
+
+        The caller masks them with :meth:`StaticCache.self_attention_mask`.
+        """
+        owner = self._owner
+        if self.k is None:
+            self._allocate(k, owner.capacity)
+        self.k.index_copy_(2, owner.write_index, k)
+        self.v.index_copy_(2, owner.write_index, v)
+        return self.k, self.v
+
+
 class Cache:
     """Key/value cache for every layer of a decoder.
+
+    ``Cache(...)`` makes a :class:`DynamicCache`, or a :class:`StaticCache` with
+    ``static=True`` (as ``pathlib.Path`` makes a ``PosixPath``); both are ``Cache`` instances.
 
     Args:
         num_layers: number of decoder layers.
@@ -91,72 +132,72 @@ class Cache:
             (see the module docstring); needs ``capacity`` and ``device``.
         device: where the position tensor of a static cache lives.
 
-    The position counter :attr:`length` is advanced by the decoder once per forward
-    call, after every layer has written its keys/values at the same position.
+    Attributes (read them; they change only through the methods):
+        length: the position: how many positions every layer has written. Advanced by
+            :meth:`advance` once per forward call, after every layer has written its
+            keys/values at the same position.
+        layers: one :class:`LayerCache` per decoder layer.
+        capacity: the positions allocated up front.
 
-    Attributes:
-        source_mask: the boolean cross-attention mask [b, 1, 1, s] (True = token; None: no
-            source padding), made once when the cross-attention keys/values are.
-        has_source: whether the cross-attention keys/values (and ``source_mask``) are filled.
+    Raises:
+        ConfigError: a static cache without a capacity, or a ``static`` that contradicts the class.
     """
+
+    #: Whether this is a :class:`StaticCache` (fixed shapes, device-side position).
+    static: ClassVar[bool] = False
+    _layer_type: ClassVar[type[LayerCache]] = LayerCache
+
+    def __new__(cls, *args: Any, static: bool | None = None, **kwargs: Any) -> Cache:
+        # *args/**kwargs: __init__ checks them; copy and pickle call __new__(cls) with none.
+        if cls is Cache:
+            cls = StaticCache if static else DynamicCache
+        return super().__new__(cls)
 
     def __init__(
         self,
         num_layers: int,
         capacity: int = 0,
         *,
-        static: bool = False,
+        static: bool | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if static and capacity <= 0:
-            raise ConfigError(f"a static cache needs a capacity > 0 (got {capacity})")
+        if static is not None and bool(static) != self.static:
+            raise ConfigError(f"{type(self).__name__} got static={static}; use Cache(..., static={static})")
         self.capacity = capacity
         self.length = 0
-        self.static = static
-        self.layers = [LayerCache(self) for _ in range(num_layers)]
-        self.source_mask: torch.Tensor | None = None
-        self.has_source = False
-        self.position: torch.Tensor | None = None  # static only: [] long, == length
-        self.write_index: torch.Tensor | None = None  # static only: [t] positions this forward writes
-        if static:
-            self.position = torch.zeros((), dtype=torch.long, device=device)
-            self._arange = torch.arange(capacity, device=device)
+        self.layers = [self._layer_type(self) for _ in range(num_layers)]
+        self._source_mask: torch.Tensor | None = None
+        self._has_source = False
 
     def __len__(self) -> int:
         return self.length
 
     @property
-    def past(self) -> int | torch.Tensor:
-        """Positions already written: an int (dynamic) or a 0-d device tensor (static)."""
-        return self.position if self.static else self.length
+    def source_mask(self) -> torch.Tensor | None:
+        """The boolean cross-attention mask [b, 1, 1, s] (True = token; None: no source padding)."""
+        return self._source_mask
 
-    def begin(self, t: int) -> None:
-        """Prepare a forward of ``t`` new positions (static mode: the positions to write)."""
-        if self.static:
-            if self.length + t > self.capacity:
-                raise ConfigError(
-                    f"the static cache holds {self.capacity} positions; {self.length} + {t} do not fit"
-                )
-            self.write_index = self.position + self._arange[:t]
+    @property
+    def has_source(self) -> bool:
+        """Whether the cross-attention keys/values (and :attr:`source_mask`) are filled."""
+        return self._has_source
 
-    def self_attention_mask(self, t: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Static mode: boolean mask [b or 1, 1, t, capacity] (True = attend) over the whole buffer.
+    def set_source(self, source_mask: torch.Tensor | None) -> None:
+        """Record that the layers hold the source's keys/values, and keep its mask [b, 1, 1, s] (or None)."""
+        self._source_mask, self._has_source = source_mask, True
 
-        Query ``i`` (at position ``past + i``) sees the keys at positions up to its own,
-        and of those only the ones ``attention_mask`` [b, <= capacity] keeps.
+    def begin(self, t: int) -> int | torch.Tensor:
+        """Prepare a forward of ``t`` new positions; return where they start.
+
+        Returns:
+            The position of the first new token, in the form the step reads it: an int
+            (dynamic) or a 0-d device tensor (static), for position ids and masks.
         """
-        keep = (self._arange[None, :] <= self.write_index[:, None])[None, None]  # [1, 1, t, capacity]
-        if attention_mask is not None:
-            padded = attention_mask.new_ones(attention_mask.shape[0], self.capacity)
-            padded[:, : attention_mask.shape[1]] = attention_mask
-            keep = keep & padded.bool()[:, None, None, :]
-        return keep
+        raise NotImplementedError
 
     def advance(self, n: int) -> None:
-        """Move the position counter past ``n`` newly written positions."""
+        """Move the position past ``n`` newly written positions (once per forward, after every layer)."""
         self.length += n
-        if self.static:
-            self.position.add_(n)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Reorder the rows of the self-attention buffers in place (beam search).
@@ -170,3 +211,66 @@ class Cache:
             if layer.k is not None:
                 layer.k[:, :, :n] = layer.k[:, :, :n].index_select(0, index)
                 layer.v[:, :, :n] = layer.v[:, :, :n].index_select(0, index)
+
+
+class DynamicCache(Cache):
+    """The default cache: a Python position, buffers read up to it, grown by doubling when full."""
+
+    static = False
+    _layer_type = _DynamicLayer
+
+    def begin(self, t: int) -> int:
+        return self.length
+
+
+class StaticCache(Cache):
+    """Fixed-shape cache for CUDA graphs: the position also lives on the device, the whole buffer is read.
+
+    Attributes:
+        write_index: [t] the buffer positions the current forward writes (set by :meth:`begin`).
+    """
+
+    static = True
+    _layer_type = _StaticLayer
+
+    def __init__(
+        self,
+        num_layers: int,
+        capacity: int = 0,
+        *,
+        static: bool | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if capacity <= 0:
+            raise ConfigError(f"a static cache needs a capacity > 0 (got {capacity})")
+        super().__init__(num_layers, capacity, static=static, device=device)
+        self._position = torch.zeros((), dtype=torch.long, device=device)  # == length, on the device
+        self._slots = torch.arange(capacity, device=device)
+        self.write_index: torch.Tensor | None = None
+
+    def begin(self, t: int) -> torch.Tensor:
+        if self.length + t > self.capacity:
+            raise ConfigError(
+                f"the static cache holds {self.capacity} positions; {self.length} + {t} do not fit"
+            )
+        self.write_index = self._position + self._slots[:t]
+        return self._position
+
+    def self_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Boolean mask [b or 1, 1, t, capacity] over the whole buffer for the current forward.
+
+        See :func:`seqweave.masks.buffer_mask`; ``attention_mask`` is [b, <= capacity] or None.
+        """
+        return buffer_mask(self.write_index, self._slots, attention_mask)
+
+    def advance(self, n: int) -> None:
+        self.length += n
+        self._position.add_(n)
+
+    def advance_after_replay(self, n: int = 1) -> None:
+        """Move the Python position on by ``n``: a CUDA-graph replay has advanced the device one itself.
+
+        Capturing ran the Python once (one :meth:`advance`) and recorded the device-side
+        ``add_``; each replay runs the recorded kernels only, so the host counter is moved here.
+        """
+        self.length += n

@@ -4,19 +4,27 @@ No architecture is named here. BERT, RoBERTa and GPT-2 (and any third-party plug
 differ only in how they set these blocks up: post- or pre-LayerNorm, the activation,
 the embeddings and the head. Shapes use ``[b, t, d]`` notation: batch, time, model width;
 ``h`` heads of width ``hd``; ``s`` source (key) length.
+
+The blocks are plain PyTorch. Two things come from :mod:`seqweave.fast`, where every CPU
+speed trick lives behind its guards: :class:`~seqweave.fast.Linear` (an ``nn.Linear``)
+and :func:`~seqweave.fast.call` (``module(...)``, minus ``nn.Module.__call__``'s
+bookkeeping when nothing needs it). Both act exactly as their plain counterparts under
+``torch.compile``, autograd, hooks and tracing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .fast import Linear, call
+from .masks import causal_mask
 
 if TYPE_CHECKING:
     from .cache import LayerCache
@@ -32,34 +40,6 @@ __all__ = [
     "activation",
     "call",
 ]
-
-
-# nn.Module keeps its global hook registries in module-level dicts; read them, never write.
-_GLOBAL_FORWARD_HOOKS = tuple(
-    getattr(torch.nn.modules.module, name, {}) for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
-)
-
-
-def call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """``module(*args, **kwargs)``, without ``nn.Module.__call__``'s bookkeeping when nothing needs it.
-
-    The layers call their parts some 30 times per generated token, and ``__call__``'s
-    checks cost about 1.5 µs a call: 8% of a 2-layer model's decode step, measured. With
-    autograd off and no forward hook (on ``module`` or global), no tracing and no
-    ``module.compile()``, ``__call__`` would call ``forward`` and nothing else, so this does
-    that directly; otherwise it is ``module(...)``, hooks and all.
-    """
-    if (
-        torch.is_grad_enabled()
-        or module._forward_hooks
-        or module._forward_pre_hooks
-        or _GLOBAL_FORWARD_HOOKS[0]
-        or _GLOBAL_FORWARD_HOOKS[1]
-        or getattr(module, "_compiled_call_impl", None) is not None
-        or torch._C._get_tracing_state()
-    ):
-        return module(*args, **kwargs)
-    return module.forward(*args, **kwargs)
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -121,50 +101,6 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return ACTIVATIONS[name]
     except KeyError:
         raise ConfigError(f"unknown activation {name!r}; allowed: {', '.join(sorted(ACTIVATIONS))}") from None
-
-
-#: Whether this PyTorch build has oneDNN's linear (the kernel torch.compile's CPU backend uses).
-ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-#: Weights with at least this many elements take the oneDNN path: below it, its fixed cost of about
-#: 15 µs a call is more than the matmul (a 256 x 64 weight takes 4 µs through ``F.linear``).
-ONEDNN_MIN_ELEMENTS = 1 << 18
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose CPU inference runs oneDNN's matmul when the weight is large.
-
-    Decoding multiplies a few rows (one new token per sequence) by every weight matrix,
-    which is bound by reading the weights from memory. On the CPU, ``F.linear`` (MKL)
-    reads an ``[out, in]`` weight at about half the bandwidth that oneDNN's matmul reaches
-    on the very same tensor: measured here (2 threads, float32) for GPT-2-small's weights,
-    40 ms against 22 ms a step for one row, 62 ms against 35 ms for eight. So without
-    autograd (``torch.no_grad``/``inference_mode``), on the CPU, in float32 or bfloat16,
-    large weights go through ``torch.ops.mkldnn._linear_pointwise``; everything else
-    (training, other devices, small weights) through ``F.linear``. Same parameters, same
-    state dict; results agree to float rounding (the sums run in another order).
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs: object) -> None:
-        super().__init__(in_features, out_features, bias, **kwargs)
-        self.onednn = ONEDNN_LINEAR and in_features * out_features >= ONEDNN_MIN_ELEMENTS
-        # One row against short weight rows (a 64-wide model's 50257-row head) is a plain
-        # matrix-vector product that MKL does well on one thread, while oneDNN's spreads over
-        # threads that sleep between the small ops of such a model's step: measured in a
-        # decode loop, 0.05-0.08 ms a step slower. Several rows or wider rows: oneDNN wins.
-        self.onednn_single_row = in_features >= 256
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if (
-            self.onednn
-            and not torch.is_grad_enabled()
-            and x.device.type == "cpu"
-            and x.dtype == w.dtype
-            and x.dtype in (torch.float32, torch.bfloat16)
-            and (self.onednn_single_row or x.numel() > self.in_features)
-        ):
-            return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
-        return F.linear(x, w, self.bias)
 
 
 class Attention(nn.Module):
@@ -288,7 +224,7 @@ class Attention(nn.Module):
             assert source is not None, "cross-attention needs a source or a filled cache"
             k, v = (self._heads(t) for t in call(self.kv_proj, source).chunk(2, dim=-1))  # [b, h, s, hd]
             if cache is not None:
-                cache.cross = (k, v)
+                cache.store_cross(k, v)
         rows, t, d = x.shape
         b = k.shape[0]
         assert rows % b == 0, f"{rows} decoder rows cannot share {b} sources"
@@ -342,7 +278,7 @@ class Attention(nn.Module):
         keep = None
         if is_causal:
             t, s = scores.shape[-2:]
-            keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+            keep = causal_mask(t, s - t, None, q.device)  # [1, 1, t, s]
         if mask is not None and mask.dtype == torch.bool:
             keep = mask if keep is None else keep & mask
         elif mask is not None:

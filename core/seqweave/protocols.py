@@ -42,6 +42,12 @@ class Decoder(Protocol):
 
     ``cross_attention_hidden_size`` is the width of the encoder states the decoder's
     cross-attention takes; the composer projects the encoder output when it differs.
+
+    A decoder given a :class:`~seqweave.Cache` changes it only through its methods, as
+    :class:`~seqweave.transformer.TransformerDecoder` does: ``begin(t)``, then per layer
+    ``append`` (and ``store_cross`` for a new source), ``set_source`` and ``advance(t)``.
+    Setting ``supports_static_cache = True`` tells generation it also handles a
+    :class:`~seqweave.cache.StaticCache` (position on the device, whole buffer under a mask).
     """
 
     hidden_size: int

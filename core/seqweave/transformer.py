@@ -12,30 +12,12 @@ from torch import nn
 
 from .cache import Cache
 from .errors import ConfigError
-from .layers import Embeddings, LMHead, TransformerLayer, call
+from .fast import call
+from .layers import Embeddings, LMHead, TransformerLayer
+from .masks import causal_mask, padding_mask
 from .outputs import DecoderOutput, EncoderOutput
 
-__all__ = ["TransformerDecoder", "TransformerEncoder", "causal_mask"]
-
-
-def causal_mask(t: int, past: int, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """Boolean mask [b or 1, 1, t, past + t]: query i sees keys up to ``past + i`` that are not padding.
-
-    Boolean, not additive: a query that sees no key at all (the first position when the
-    start token is also the pad token, GPT-2 style) then gets a zero attention output,
-    which is what SDPA gives for such a row and what transformers computes by default.
-    An additive mask filled with the dtype's minimum would instead attend uniformly to
-    every key, the future ones included.
-    """
-    keep = torch.ones(t, past + t, dtype=torch.bool, device=device).tril(past)[None, None]
-    if attention_mask is not None:
-        keep = keep & attention_mask.bool()[:, None, None, :]
-    return keep
-
-
-def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Boolean mask [b, 1, 1, s] (True = token) from a [b, s] attention mask of ones and zeros."""
-    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+__all__ = ["TransformerDecoder", "TransformerEncoder"]
 
 
 def _model_width(embeddings: nn.Module, layers: list[TransformerLayer]) -> int:
@@ -88,8 +70,10 @@ class _Stack(nn.Module):
         hidden, attns, cross = [], [], []
         caches = cache.layers if cache is not None else [None] * len(self.layers)
         if len(caches) != len(self.layers):  # zip would silently run only the first layers
-            raise ConfigError(f"the cache has {len(caches)} layers but the decoder has {len(self.layers)}; "
-                              "make it with this decoder's new_cache() or use_cache=True")
+            raise ConfigError(
+                f"the cache has {len(caches)} layers but the decoder has {len(self.layers)}; "
+                "make it with seqweave.Cache(decoder.num_layers, ...) or pass use_cache=True"
+            )
         for layer, layer_cache in zip(self.layers, caches):
             if output_hidden_states:
                 hidden.append(x)
@@ -155,7 +139,7 @@ class TransformerEncoder(_Stack):
         if self.causal and attention_mask is not None:
             mask = causal_mask(input_ids.shape[1], 0, attention_mask, x.device)
         else:
-            mask = _padding_mask(attention_mask)
+            mask = padding_mask(attention_mask)
         x, hidden, attns, _ = self._run(
             x,
             mask,
@@ -201,12 +185,6 @@ class TransformerDecoder(_Stack):
         """The longest target sequence the position embeddings allow."""
         return self.embeddings.max_length
 
-    def new_cache(
-        self, capacity: int = 0, *, static: bool = False, device: torch.device | str | None = None
-    ) -> Cache:
-        """An empty cache for this decoder with room for ``capacity`` positions (see :class:`Cache`)."""
-        return Cache(self.num_layers, capacity, static=static, device=device)
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -231,14 +209,11 @@ class TransformerDecoder(_Stack):
             cache: continue from (and write to) this cache.
         """
         t = input_ids.shape[1]
-        past = 0
-        if cache is not None:
-            cache.begin(t)
-            past = cache.past
+        past = 0 if cache is None else cache.begin(t)  # an int, or a static cache's 0-d device tensor
         x = call(self.embeddings, input_ids, past)
         is_causal = False
         if cache is not None and cache.static:
-            mask = cache.self_attention_mask(t, attention_mask)
+            mask = cache.self_attention_mask(attention_mask)
         elif attention_mask is None and past == 0 and not output_attentions:
             mask = None
             is_causal = t > 1
@@ -249,7 +224,7 @@ class TransformerDecoder(_Stack):
         if cache is not None and cache.has_source:
             source_mask = cache.source_mask  # made once per source, with the cross-attention keys/values
         else:
-            source_mask = _padding_mask(encoder_attention_mask)
+            source_mask = padding_mask(encoder_attention_mask)
         x, hidden, attns, cross = self._run(
             x,
             mask,
@@ -262,6 +237,6 @@ class TransformerDecoder(_Stack):
         )
         if cache is not None:
             if encoder_hidden_states is not None and not cache.has_source:
-                cache.source_mask, cache.has_source = source_mask, True
+                cache.set_source(source_mask)
             cache.advance(t)
         return DecoderOutput(call(self.head, x), cache, hidden, attns, cross)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..cache import Cache
 from ..config import GenerationSettings
+from ..fast import argmax, topk  # block-wise CPU searches
 from .processors import Processor
 
 __all__ = ["argmax", "beam_search", "greedy_search", "topk"]
@@ -105,55 +106,6 @@ def greedy_search(
         yield tokens
         if eos is not None and stop.finished(unfinished):
             return
-
-
-_BLOCK = 256
-
-
-def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk(scores, k)`` over the last dim of ``scores`` [r, N] for a small ``k``, in blocks.
-
-    Beam search asks every step for the ``2 * num_beams`` best of ``num_beams * V`` scores
-    (200 000 for 4 beams of GPT-2), and ``torch.topk`` on the CPU scans about 1.6 ns an
-    element (0.3 ms there). The maximum of each block of 256 is a vectorised reduction;
-    the ``k`` blocks with the largest maxima hold the ``k`` largest elements (a block
-    holding the j-th largest has a maximum at least that large, and fewer than j blocks
-    have a larger one), so only they are searched. Same values and indices, sorted; equal
-    values may come in another order, as ``torch.topk`` does not fix that order either.
-    """
-    rows, size = scores.shape
-    blocks = size // _BLOCK
-    if scores.device.type != "cpu" or blocks < 8 * k or not scores.is_contiguous():
-        return torch.topk(scores, k)
-    n = blocks * _BLOCK
-    maxima = scores.as_strided((rows, blocks, _BLOCK), (size, _BLOCK, 1)).amax(dim=-1)  # [r, blocks]
-    starts = maxima.topk(k).indices * _BLOCK  # [r, k]
-    cols = (starts[:, :, None] + torch.arange(_BLOCK, device=scores.device)).view(rows, k * _BLOCK)
-    if n < size:  # the last partial block is always searched
-        cols = torch.cat((cols, torch.arange(n, size, device=scores.device).expand(rows, size - n)), dim=1)
-    values, where = scores.gather(1, cols).topk(k)
-    return values, cols.gather(1, where)
-
-
-def argmax(scores: torch.Tensor) -> torch.Tensor:
-    """``scores.argmax(dim=-1)`` for ``scores`` [r, V]; for one row on the CPU, in blocks.
-
-    ``argmax`` is not vectorised on the CPU (about 0.9 ns an element: 45 µs for GPT-2's
-    50257 logits, a tenth of a small model's decode step), while the maxima of blocks of
-    256 are. The first block holding the largest value, then the first index in it that
-    holds it: the same index ``argmax`` returns, ties and NaN (counted as the largest) alike.
-    """
-    rows, size = scores.shape
-    blocks = size // _BLOCK
-    if rows != 1 or blocks < 32 or scores.device.type != "cpu" or not scores.is_contiguous():
-        return scores.argmax(dim=-1)
-    flat = scores.view(size)
-    n = blocks * _BLOCK
-    maxima = flat[:n].view(blocks, _BLOCK).amax(dim=-1)
-    if n < size:  # the partial last block
-        maxima = torch.cat((maxima, flat[n:].amax(dim=0, keepdim=True)))
-    start = int(maxima.argmax()) * _BLOCK
-    return torch.tensor([start + int(flat[start : start + _BLOCK].argmax())], device=scores.device)
 
 
 def beam_search(

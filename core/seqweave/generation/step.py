@@ -87,7 +87,7 @@ class CudaGraphStep(DecodeStep):
                 self.logits = self.decoder(self.tokens, cache=self.cache).logits[:, -1]
         else:
             self.tokens.copy_(tokens)
-            self.cache.length += 1  # the replay advances the device position; keep the Python one in step
+            self.cache.advance_after_replay()  # the replay advances the device position by itself
         self.graph.replay()
         return self.logits
 
