@@ -62,6 +62,8 @@ def check_parts(encoder: nn.Module, decoder: nn.Module) -> None:
 def tie_encoder_to_decoder(encoder: nn.Module, decoder: nn.Module) -> list[str]:
     """Point encoder modules' parameters at the same-named decoder modules' ones; return the names tied.
 
+    Raises :class:`ConfigError` when no module can be shared.
+
     A module is shared when the decoder has a module of the same name whose own
     parameters have the same names and shapes: a Linear's weight and bias go together,
     so a pair of different widths never ends up with only its biases shared. The
@@ -83,4 +85,10 @@ def tie_encoder_to_decoder(encoder: nn.Module, decoder: nn.Module) -> list[str]:
             if ours[leaf] is not p:
                 setattr(module, leaf, p)
             tied.append(f"{name}.{leaf}" if name else leaf)
+    if not tied:
+        raise ConfigError(
+            "tie_encoder_decoder is set, but no encoder module has a decoder counterpart with parameters "
+            "of the same names and shapes "
+            f"(encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
+        )
     return tied

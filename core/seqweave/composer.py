@@ -20,8 +20,8 @@ from .cache import Cache
 from .checkpoint import hf_config as hf_layout
 from .checkpoint import load, save
 from .checkpoint.report import LoadReport
-from .composition import load_config
-from .config import TOKEN_ID_FIELDS, CompositionConfig, GenerationSettings, check_token_ids
+from .composition import compose
+from .config import TOKEN_ID_FIELDS, CompositionConfig, GenerationSettings
 from .errors import ConfigError
 from .generation import Generated
 from .outputs import Encoded, EncoderOutput, Seq2SeqOutput
@@ -29,7 +29,6 @@ from .registry import Registry, default_registry
 from .weights import WeightMap
 
 __all__ = ["EncoderDecoder", "LoadReport", "build_decoder", "build_encoder", "shift_tokens_right"]
-
 
 
 class EncoderDecoder(nn.Module):
@@ -81,12 +80,6 @@ class EncoderDecoder(nn.Module):
         #: encoder parameter names shared with the decoder (empty unless tie_encoder_decoder)
         self.tied_parameters: list[str] = []
         self.tie_weights()
-        if tie_encoder_decoder and not self.tied_parameters:
-            raise ConfigError(
-                "tie_encoder_decoder is set, but no encoder module has a decoder counterpart with parameters "
-                "of the same names and shapes "
-                f"(encoder hidden size {encoder.hidden_size}, decoder {decoder.hidden_size})"
-            )
         self.generation_settings = GenerationSettings.model_validate(dict(generation or {}))
         self.tokenizer_source = tokenizer
         self.decoder_tokenizer_source = decoder_tokenizer
@@ -136,8 +129,6 @@ class EncoderDecoder(nn.Module):
         Returns:
             A :class:`Seq2SeqOutput` with ``loss`` (when labels are given) and ``logits`` [b, t, vocab].
         """
-        if encoder_outputs is None and input_ids is None:
-            raise ConfigError("pass input_ids or encoder_outputs")
         source = self.encode(
             input_ids,
             attention_mask,
@@ -281,36 +272,24 @@ class EncoderDecoder(nn.Module):
                                    cuda_graph=cuda_graph, static_cache=static_cache, **options)
 
     def generate_with_scores(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        cuda_graph: bool | None = None,
-        static_cache: bool | None = None,
-        **options: Any,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Any
     ) -> Generated:
-        """:meth:`generate`, also returning each sequence's score (see :class:`seqweave.Generated`)."""
-        return generation.generate(self, input_ids, attention_mask, return_scores=True, generator=generator,
-                                   cuda_graph=cuda_graph, static_cache=static_cache, **options)
+        """:meth:`generate` (same arguments but ``streamer``), also returning each sequence's score.
+
+        See :class:`seqweave.Generated`.
+        """
+        return generation.generate(self, input_ids, attention_mask, return_scores=True, **options)
 
     def generate_stream(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        cuda_graph: bool | None = None,
-        static_cache: bool | None = None,
-        **options: Any,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Any
     ) -> Iterator[torch.Tensor]:
         """Like :meth:`generate` (greedy search or sampling), yielding each step's new tokens [b * r] as they come.
 
-        The arguments are checked and the encoder runs when this is called; the yielded
-        columns, after the start token, are exactly what :meth:`generate` returns.
+        Same arguments as :meth:`generate` but ``streamer``. The arguments are checked and the
+        encoder runs when this is called; the yielded columns, after the start token, are
+        exactly what :meth:`generate` returns.
         """
-        return generation.generate_stream(self, input_ids, attention_mask, generator=generator,
-                                          cuda_graph=cuda_graph, static_cache=static_cache, **options)
+        return generation.generate_stream(self, input_ids, attention_mask, **options)
 
     # ------------------------------------------------------------------------------------
     # The Hugging Face layout (seqweave.checkpoint does the work)
@@ -409,14 +388,4 @@ class EncoderDecoder(nn.Module):
         registry: Registry | None = None,
     ) -> EncoderDecoder:
         """Build the model a composition config describes; pretrained parts are loaded, the rest initialised."""
-        registry = registry or default_registry()
-        cfg = load_config(config, overrides, registry=registry)
-        fields = cfg.model_dump(include={"decoder_start_token_id", "pad_token_id", "eos_token_id",
-                                         "tie_encoder_decoder", "tokenizer", "decoder_tokenizer"})
-        model = load.load_composition(cls, {"encoder": cfg.encoder, "decoder": cfg.decoder}, registry,
-                                      dtype=dtype, device=device, generation=cfg.generation, **fields)
-        # load_config checks these only when the decoder's vocabulary is known without loading.
-        source = str(config) if isinstance(config, (str, os.PathLike)) else None
-        check_token_ids(cfg.model_dump(), model.decoder.vocab_size, source)
-        check_token_ids(cfg.generation.model_dump(), model.decoder.vocab_size, source, prefix="generation.")
-        return model
+        return compose(cls, config, overrides, registry=registry or default_registry(), dtype=dtype, device=device)

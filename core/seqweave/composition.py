@@ -10,14 +10,18 @@ registry check as :attr:`CompositionConfig.part_checker`, so that
 from __future__ import annotations
 
 import json
+import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import torch
 from pydantic import BaseModel, Field, ValidationError
+from torch import nn
 
+from .checkpoint import load
 from .config import (
     _NO_VALUE,
     CONFIG_SUFFIXES,
@@ -29,13 +33,14 @@ from .config import (
     _model_at,
     _shown,
     _suggest,
+    check_token_ids,
     format_validation_error,
     token_id_problems,
 )
 from .errors import ConfigError
 from .registry import Registry, default_registry
 
-__all__ = ["CONFIG_SUFFIXES", "composition_json_schema", "load_config"]
+__all__ = ["CONFIG_SUFFIXES", "compose", "composition_json_schema", "load_config"]
 
 
 def _part_config_of(registry: Registry | None) -> PartConfigOf:
@@ -340,3 +345,28 @@ def load_config(
 
 
 CompositionConfig.part_checker = lambda data, registry: _part_problems(data, registry or default_registry())
+
+
+def compose(
+    factory: Callable[..., nn.Module],
+    config: CompositionConfig | Mapping[str, Any] | str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    registry: Registry,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+) -> nn.Module:
+    """``factory(encoder, decoder, ...)`` as a composition config describes it (see ``EncoderDecoder.from_config``).
+
+    Pretrained parts are loaded, the rest initialised; the token ids are checked against the
+    decoder's vocabulary, which :func:`load_config` knows only when no checkpoint is needed for it.
+    """
+    cfg = load_config(config, overrides, registry=registry)
+    fields = cfg.model_dump(include={"decoder_start_token_id", "pad_token_id", "eos_token_id",
+                                     "tie_encoder_decoder", "tokenizer", "decoder_tokenizer"})
+    model = load.load_composition(factory, {"encoder": cfg.encoder, "decoder": cfg.decoder}, registry,
+                                  dtype=dtype, device=device, generation=cfg.generation, **fields)
+    source = str(config) if isinstance(config, (str, os.PathLike)) else None
+    check_token_ids(cfg.model_dump(), model.decoder.vocab_size, source)
+    check_token_ids(cfg.generation.model_dump(), model.decoder.vocab_size, source, prefix="generation.")
+    return model
