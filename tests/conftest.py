@@ -126,3 +126,28 @@ def load_part(architecture: str, role: str, folder: Path):
     assert not unexpected, f"{architecture} {role}: checkpoint tensors no rule uses: {unexpected}"
     load_module_weights(module, ours, source=source, weight_map=wmap)
     return module.eval(), sd, wmap
+
+
+class DelegatingDecoder(torch.nn.Module):
+    """A decoder satisfying the protocol by hand (delegating to a built one), without declaring static-cache support."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.hidden_size = inner.hidden_size
+        self.vocab_size = inner.vocab_size
+        self.cross_attention_hidden_size = inner.cross_attention_hidden_size
+        self.num_layers = inner.num_layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        return self.inner(input_ids, attention_mask, **kwargs)
+
+
+def naive_greedy(model, ids, mask, steps: int) -> torch.Tensor:
+    """Greedy decoding with a full forward per step and no cache: the reference."""
+    seq = torch.full((ids.shape[0], 1), model.decoder_start_token_id)
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = model(ids, attention_mask=mask, decoder_input_ids=seq).logits[:, -1].argmax(-1)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+    return seq

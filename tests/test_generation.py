@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import seqweave as sw
 import torch
-from conftest import DECODERS, ENCODERS, hf_composite, source_batch
+from conftest import DECODERS, ENCODERS, DelegatingDecoder, hf_composite, source_batch
 
 PAIRS = [(e, d) for e in ENCODERS for d in DECODERS]
 MAX_NEW = 10
@@ -325,26 +325,14 @@ def test_start_token_falls_back_to_bos_or_is_a_config_error(pair):
         model.decoder_start_token_id = saved
 
 
-class _HandWritten(torch.nn.Module):
-    """A decoder satisfying the protocol by hand (delegating), without declaring static-cache support."""
 
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.hidden_size = inner.hidden_size
-        self.vocab_size = inner.vocab_size
-        self.cross_attention_hidden_size = inner.cross_attention_hidden_size
-        self.num_layers = inner.num_layers
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
-        return self.inner(input_ids, attention_mask, **kwargs)
 
 
 def test_a_hand_written_decoder_generates_the_same(pair):
     model = pair.sw
     composed = sw.EncoderDecoder(
         model.encoder,
-        _HandWritten(model.decoder),
+        DelegatingDecoder(model.decoder),
         decoder_start_token_id=model.decoder_start_token_id,
         pad_token_id=model.pad_token_id,
     )

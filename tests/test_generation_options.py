@@ -16,7 +16,7 @@ import pytest
 import seqweave as sw
 import torch
 import yaml
-from conftest import build_part, source_batch
+from conftest import DelegatingDecoder, build_part, naive_greedy, source_batch
 from seqweave import generation
 from seqweave.cli import cli, main
 from seqweave.config import TOKEN_ID_FIELDS, check_token_ids, token_id_problems
@@ -227,38 +227,14 @@ class _Encoder(torch.nn.Module):
         return EncoderOutput(torch.tanh(self.mix(x)))
 
 
-class _Decoder(torch.nn.Module):
-    """A hand-written decoder that delegates to a built one (caching is the inner decoder's)."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.hidden_size = inner.hidden_size
-        self.vocab_size = inner.vocab_size
-        self.cross_attention_hidden_size = inner.cross_attention_hidden_size
-        self.num_layers = inner.num_layers
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        return self.inner(input_ids, attention_mask, **kwargs)
-
-
 def _hand_written() -> sw.EncoderDecoder:
-    decoder = _Decoder(build_part("bert", "decoder"))
+    decoder = DelegatingDecoder(build_part("bert", "decoder"))
     torch.manual_seed(1)
     model = sw.EncoderDecoder(
         _Encoder(decoder.vocab_size), decoder, decoder_start_token_id=2, pad_token_id=0
     ).eval()
     assert model.enc_to_dec_proj is not None  # 24 -> the decoder's width: encode() projects
     return model
-
-
-def _naive_greedy(model: sw.EncoderDecoder, ids, mask, steps: int) -> torch.Tensor:
-    seq = torch.full((ids.shape[0], 1), model.decoder_start_token_id)
-    with torch.no_grad():
-        for _ in range(steps):
-            nxt = model(ids, attention_mask=mask, decoder_input_ids=seq).logits[:, -1].argmax(-1)
-            seq = torch.cat([seq, nxt[:, None]], 1)
-    return seq
 
 
 def test_encode_is_what_forward_and_generation_use():
@@ -271,7 +247,7 @@ def test_encode_is_what_forward_and_generation_use():
         assert torch.equal(source.states, model.enc_to_dec_proj(source.encoder.last_hidden_state))
         again = model(encoder_outputs=source.encoder, attention_mask=mask, decoder_input_ids=ids[:, :3])
         assert torch.equal(again.logits, model(ids, mask, decoder_input_ids=ids[:, :3]).logits)
-    assert torch.equal(model.generate(ids, mask, max_new_tokens=5), _naive_greedy(model, ids, mask, 5))
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=5), naive_greedy(model, ids, mask, 5))
 
 
 class _OnlyTheProtocol:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import seqweave as sw
 import torch
+from conftest import naive_greedy
 from seqweave.progress import progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,14 +94,7 @@ def model() -> sw.EncoderDecoder:
     return sw.EncoderDecoder.from_config(TINY).eval()
 
 
-def naive_greedy(model, ids, mask, steps: int) -> torch.Tensor:
-    """Greedy decoding with a full forward per step and no cache: the reference."""
-    seq = torch.full((ids.shape[0], 1), model.decoder_start_token_id)
-    with torch.no_grad():
-        for _ in range(steps):
-            nxt = model(ids, attention_mask=mask, decoder_input_ids=seq).logits[:, -1].argmax(-1)
-            seq = torch.cat([seq, nxt[:, None]], 1)
-    return seq
+
 
 
 def test_pipeline_string_in_string_out_and_batches(model):

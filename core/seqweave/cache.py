@@ -168,6 +168,10 @@ class Cache:
         self.layers = [self._layer_type(self) for _ in range(num_layers)]
         self._source_mask: torch.Tensor | None = None
         self._has_source = False
+        self._setup(device)
+
+    def _setup(self, device: torch.device | str | None) -> None:
+        """What a kind of cache keeps besides the shared bookkeeping (called at the end of ``__init__``)."""
 
     def __len__(self) -> int:
         return self.length
@@ -233,19 +237,11 @@ class StaticCache(Cache):
     static = True
     _layer_type = _StaticLayer
 
-    def __init__(
-        self,
-        num_layers: int,
-        capacity: int = 0,
-        *,
-        static: bool | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        if capacity <= 0:
-            raise ConfigError(f"a static cache needs a capacity > 0 (got {capacity})")
-        super().__init__(num_layers, capacity, static=static, device=device)
+    def _setup(self, device: torch.device | str | None) -> None:
+        if self.capacity <= 0:
+            raise ConfigError(f"a static cache needs a capacity > 0 (got {self.capacity})")
         self._position = torch.zeros((), dtype=torch.long, device=device)  # == length, on the device
-        self._slots = torch.arange(capacity, device=device)
+        self._slots = torch.arange(self.capacity, device=device)
         self.write_index: torch.Tensor | None = None
 
     def begin(self, t: int) -> torch.Tensor:
