@@ -87,6 +87,18 @@ GREEDY_CASES = {
     "processors": {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3},
     "min_new": {"min_new_tokens": 6},
     "two_eos": {"eos_token_id": "two"},
+    # transformers' lengths: max_length counts the start token; max_new_tokens wins over it;
+    # min_length counts the start token; min_new_tokens wins over it.
+    "max_length": {"max_new_tokens": None, "max_length": 7},
+    "both_max": {"max_new_tokens": 8, "max_length": 4},
+    "min_length": {"min_length": 6},
+    "both_min": {"min_length": 9, "min_new_tokens": 2},
+    "bad_words": {"bad_words_ids": "model"},
+    "forced_bos": {"forced_bos_token_id": "model"},
+    "forced_eos": {"forced_eos_token_id": "model", "max_new_tokens": 6},
+    "forced_eos_list": {"forced_eos_token_id": "two", "max_new_tokens": 6},
+    "all_processors": {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3, "bad_words_ids": "model",
+                       "min_length": 4, "forced_bos_token_id": "model", "forced_eos_token_id": "model"},
 }
 BEAM_CASES = {
     "beam3": {"num_beams": 3},
@@ -97,15 +109,33 @@ BEAM_CASES = {
     "pad5": {"num_beams": 3, "pad_token_id": 5},
     "processors": {"num_beams": 3, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2, "min_new_tokens": 3},
     "two_eos": {"num_beams": 3, "eos_token_id": "two"},
+    "max_length": {"num_beams": 3, "max_new_tokens": None, "max_length": 6},
+    "min_length": {"num_beams": 3, "min_length": 6},
+    "bad_words": {"num_beams": 3, "bad_words_ids": "model"},
+    "forced": {"num_beams": 3, "forced_bos_token_id": "model", "forced_eos_token_id": "model",
+               "max_new_tokens": 7},
 }
 
 
 def _resolve(p: Pair, kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs = {"max_new_tokens": MAX_NEW, "eos_token_id": p.eos, **kwargs}
+    produced = [t for t in p.greedy[:, 1:].flatten().tolist() if t != p.eos]
+    other = produced[0]  # a token the model produces, not the eos
     if kwargs["eos_token_id"] == "two":  # the chosen eos and another token the model produces
-        other = next(t for t in p.greedy[:, 1:].flatten().tolist() if t != p.eos)
         kwargs["eos_token_id"] = [other, p.eos]
-    return kwargs
+    if kwargs.get("bad_words_ids") == "model":
+        # one token the model produces first (always banned), a two-token sequence it produces
+        # (banned after its first token, which includes the start token), a word whose prefix
+        # never occurs, and the eos alone (dropped, as transformers does)
+        row = p.greedy[0].tolist()
+        kwargs["bad_words_ids"] = [[p.greedy[1, 1].item()], row[2:4], [p.eos], [p.eos, p.eos, other]]
+    if kwargs.get("forced_bos_token_id") == "model":
+        kwargs["forced_bos_token_id"] = produced[-1]
+    if kwargs.get("forced_eos_token_id") == "model":
+        kwargs["forced_eos_token_id"] = other
+    elif kwargs.get("forced_eos_token_id") == "two":
+        kwargs["forced_eos_token_id"] = [produced[-1], other]
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 @pytest.mark.parametrize("case", list(GREEDY_CASES), ids=list(GREEDY_CASES))
@@ -135,6 +165,9 @@ SAMPLE_CASES = {
     "warpers": {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
     "return2": {"do_sample": True, "top_k": 0, "num_return_sequences": 2, "repetition_penalty": 1.2},
     "beam_sample": {"do_sample": True, "num_beams": 3, "top_k": 10},
+    "processors": {"do_sample": True, "top_k": 0, "bad_words_ids": "model", "min_length": 5,
+                   "forced_bos_token_id": "model", "forced_eos_token_id": "model", "max_length": 8,
+                   "max_new_tokens": None},
 }
 
 
@@ -291,7 +324,10 @@ def test_special_token_defaults_come_from_the_model(pair):
         ({"pad_token_id": 10_000}, "vocab_size"),
         ({"decoder_start_token_id": 10_000}, "vocab_size"),
         ({"generator": 3}, "generator"),
-        ({"max_length": 5}, "unknown argument"),
+        ({"max_lenght": 5}, "unknown argument.*max_lenght"),
+        ({"max_length": 1}, "max_length"),
+        ({"bad_words_ids": [[]]}, "bad_words_ids"),
+        ({"forced_eos_token_id": 10_000}, "forced_eos_token_id.*vocab_size"),
         ({"cuda_graph": True}, "cuda_graph"),
     ],
 )

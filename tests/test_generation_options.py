@@ -17,6 +17,7 @@ import seqweave as sw
 import torch
 import yaml
 from conftest import DelegatingDecoder, build_part, naive_greedy, source_batch
+from seqweave import cli as cli_module
 from seqweave import generation
 from seqweave.cli import cli, main
 from seqweave.config import TOKEN_ID_FIELDS, check_token_ids, token_id_problems
@@ -79,24 +80,53 @@ def test_the_config_generation_block_is_the_model():
 def test_the_cli_flags_are_the_fields():
     command = cli.commands["generate"]
     names = {p.name for p in command.params}
-    assert names - CLI_OWN == FIELDS
+    assert names - CLI_OWN == FIELDS - set(cli_module.NOT_FLAGS)
+    assert set(cli_module.NOT_FLAGS) <= FIELDS and all(cli_module.NOT_FLAGS.values())
     flags = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
     # the flag names of earlier releases keep working
     old = {"--do-sample", "--greedy", "--early-stopping", "--no-early-stopping", "--seed", "--num-beams"}
     assert old <= flags
     by_name = {p.name: p for p in command.params}
     for name, field in sw.GenerationSettings.model_fields.items():
+        if name in cli_module.NOT_FLAGS:
+            continue
         p = by_name[name]
         assert p.default is None or p.multiple, name  # unset flags leave the model's setting alone
         assert p.help and p.help.startswith(field.description.replace("%", "%%")), name
         kinds = set(typing.get_args(field.annotation)) or {field.annotation}
-        if bool in kinds:
+        if list[list[int]] in kinds:
+            assert p.multiple and p.type.convert("5,6", p, None) == [5, 6], name
+        elif bool in kinds:
             assert p.is_flag and p.secondary_opts, name
         elif int in kinds:
             assert p.type.name == "integer", name
         elif float in kinds:
             assert p.type.name == "float", name
     assert by_name["eos_token_id"].multiple
+
+
+def test_list_of_lists_flags_and_length_flags_reach_generate(capsys, monkeypatch):
+    """``--bad-words-ids 5,6 --bad-words-ids 9`` is [[5, 6], [9]]; ``--max-length`` is passed on."""
+    seen: dict[str, Any] = {}
+    real = sw.EncoderDecoder.generate
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(sw.EncoderDecoder, "generate", spy)
+    args = ["generate", str(TINY), "some text", "--bad-words-ids", "5,6", "--bad-words-ids", "9",
+            "--max-length", "4", "--forced-eos-token-id", "3"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert seen["bad_words_ids"] == [[5, 6], [9]] and seen["max_length"] == 4
+    assert seen["forced_eos_token_id"] == [3]
+    assert main(["generate", str(TINY), "x", "--bad-words-ids", "5,a"]) == 2
+    assert "comma-separated list of token ids" in capsys.readouterr().err
+
+
+def test_the_pipeline_refuses_an_output_object(model):
+    with pytest.raises(sw.ConfigError, match="return_dict_in_generate: the pipeline returns text"):
+        sw.pipeline(model)("some text", return_dict_in_generate=True)
 
 
 def test_the_pipeline_options_are_the_fields(model):
@@ -121,7 +151,7 @@ def test_generate_takes_the_fields_and_the_runtime_arguments(model):
     options.update(max_new_tokens=2, pad_token_id=0, eos_token_id=3, decoder_start_token_id=2)
     assert model.generate(ids, mask, **options).shape[0] == ids.shape[0]
     with pytest.raises(sw.ConfigError, match="unknown argument"):
-        model.generate(ids, mask, max_length=3)
+        model.generate(ids, mask, max_lenght=3)
 
 
 def test_settings_checks_are_the_same_everywhere(model):

@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
                      "checkpoint.hf_config", "checkpoint.load", "checkpoint.save", "hub", "assembly"], 8),
     **dict.fromkeys(["composition"], 9),
     **dict.fromkeys(["generation", "generation.options", "generation.processors", "generation.step",
-                     "generation.search"], 10),
+                     "generation.search", "generation.outputs"], 10),
     **dict.fromkeys(["composer"], 11),
     **dict.fromkeys(["summary", "tokenizer", "pipeline", "cli", "demo", "configdoc", "modules", "testing",
                      "testing.checks", "testing.helpers", "__main__", ""], 12),

@@ -126,6 +126,13 @@ def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
 
 #: Flag spellings that differ from ``--field-name/--no-field-name`` (kept from earlier releases).
 _FLAG_NAMES = {"do_sample": "--do-sample/--greedy"}
+#: Fields with no flag, and why: they change what ``generate`` returns in Python (an output
+#: object instead of token ids), and the command prints text.
+NOT_FLAGS = {
+    "output_scores": "the command prints text, not scores",
+    "output_logits": "the command prints text, not logits",
+    "return_dict_in_generate": "the command prints text, not an output object",
+}
 
 
 def _generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,16 +140,25 @@ def _generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
     ``--max-new-tokens INTEGER``, ``--top-p FLOAT``; a field that takes a bool becomes
     ``--x/--no-x`` (its other values stay config-only, as early_stopping's "never"); a
-    list becomes a repeatable flag (``--eos-token-id 2 --eos-token-id 5``). Every flag
-    defaults to None, "the model's setting"; values are checked by the model, not here.
+    list becomes a repeatable flag (``--eos-token-id 2 --eos-token-id 5``), a list of lists
+    a repeatable flag of comma-separated ids (``--bad-words-ids 5,6 --bad-words-ids 9``).
+    Every flag defaults to None, "the model's setting"; values are checked by the model, not
+    here. The fields of :data:`NOT_FLAGS` have none.
     """
     from .config import GenerationSettings
 
     for name, field in reversed(GenerationSettings.model_fields.items()):
+        if name in NOT_FLAGS:
+            continue
         flag = "--" + name.replace("_", "-")
         types = _scalar_types(field.annotation)
         help_text = (field.description or "").replace("%", "%%")
-        if bool in types:
+        if _is_list_of_lists(field.annotation):
+            help_text += " One comma-separated sequence per flag (5,6); repeat the flag for several."
+            command = click.option(
+                flag, name, type=_IdList(), multiple=True, help=help_text, metavar="ID[,ID...]"
+            )(command)
+        elif bool in types:
             decls = _FLAG_NAMES.get(name, f"{flag}/--no-{flag[2:]}")
             command = click.option(decls, name, default=None, help=help_text)(command)
         elif list in types:
@@ -153,6 +169,30 @@ def _generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
             kind = next((t for t in types if t in (int, float)), str)
             command = click.option(flag, name, type=kind, default=None, help=help_text)(command)
     return command
+
+
+class _IdList(click.ParamType):
+    """A comma-separated list of token ids: ``5,6`` -> [5, 6]."""
+
+    name = "ids"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        try:
+            return [int(v) for v in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of token ids", param, ctx)
+
+
+def _is_list_of_lists(annotation: Any) -> bool:
+    """Whether the annotation takes a list of lists (``list[list[int]] | None``)."""
+    import typing
+
+    return any(
+        typing.get_origin(a) is list and any(typing.get_origin(x) is list for x in typing.get_args(a))
+        for a in (*typing.get_args(annotation), annotation)
+    )
 
 
 def _scalar_types(annotation: Any) -> set[Any]:

@@ -176,6 +176,7 @@ class EncoderDecoder(nn.Module):
         encoder_outputs: EncoderOutput | tuple | torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        token_type_ids: torch.Tensor | None = None,
     ) -> Encoded:
         """Run the encoder and bring its states to the width the decoder's cross-attention takes.
 
@@ -187,6 +188,7 @@ class EncoderDecoder(nn.Module):
             encoder_outputs: reuse an earlier encoder result (an :class:`EncoderOutput`, a
                 tuple in its field order, or its last hidden state [b, s, d_enc]).
             output_attentions, output_hidden_states: ask the encoder for them.
+            token_type_ids: [b, s] segment ids, passed to the encoder when given.
 
         Returns:
             An :class:`~seqweave.outputs.Encoded`: ``states`` [b, s, d_cross] (projected by
@@ -195,11 +197,13 @@ class EncoderDecoder(nn.Module):
         if encoder_outputs is None:
             if input_ids is None:
                 raise ConfigError("pass input_ids or encoder_outputs")
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
             encoder_outputs = self.encoder(
                 input_ids,
                 attention_mask,
                 output_attentions=output_attentions,
                 output_hidden_states=output_hidden_states,
+                **extra,
             )
         elif isinstance(encoder_outputs, torch.Tensor):
             encoder_outputs = EncoderOutput(encoder_outputs)
@@ -224,31 +228,49 @@ class EncoderDecoder(nn.Module):
 
     def generate(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
         streamer: Callable[[torch.Tensor], None] | None = None,
         cuda_graph: bool | None = None,
         static_cache: bool | None = None,
+        generation_config: Any = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        encoder_outputs: Any = None,
+        token_type_ids: torch.Tensor | None = None,
         **options: Any,
-    ) -> torch.Tensor:
+    ) -> Any:
         """Generate target token ids for the sources ``input_ids`` [b, s].
 
         Greedy search (default), sampling (``do_sample=True``) or beam search
         (``num_beams > 1``), with the semantics of transformers' ``generate`` for an
         encoder-decoder model.
 
+        A tokenizer's whole output can be passed as keyword arguments
+        (``model.generate(**tokenizer(texts, return_tensors="pt"))``).
+
         Args:
-            input_ids: [b, s] source token ids.
+            input_ids: [b, s] source token ids (unless ``encoder_outputs`` is given).
             attention_mask: [b, s] 1 for tokens, 0 for padding (padded sources).
             options: the fields of :class:`~seqweave.GenerationSettings`, each documented
-                there (``max_new_tokens``, ``num_beams``, ``do_sample``, ``temperature``,
-                ``top_k``, ``top_p``, ``eos_token_id``, ...; docs/generation.md has the table).
-                An option left out or None takes the model's default,
+                there (``max_new_tokens``, ``max_length``, ``num_beams``, ``do_sample``,
+                ``bad_words_ids``, ``eos_token_id``, ``return_dict_in_generate``, ...;
+                docs/generation.md has the table). An option left out or None takes
+                ``generation_config``'s value, else the model's default,
                 :meth:`generation_defaults`: the config's ``generation:`` block, then the
                 model's token ids; the start token falls back to the decoder's ``bos_token_id``
                 and the pad token to the (first) eos id, as in transformers.
+            generation_config: a transformers ``GenerationConfig``, a dict of options or a
+                :class:`~seqweave.GenerationSettings`: its fields apply under the keyword
+                options (transformers' precedence); a transformers field we do not support,
+                set, is a :class:`~seqweave.ConfigError` naming it.
+            decoder_input_ids: [b, P] a forced decoder prefix: generation continues after it
+                (the start token is prepended unless every row starts with it, as in
+                transformers); the output starts with it.
+            encoder_outputs: an earlier encoder result (ours, transformers', a tuple or the
+                last hidden state [b, s, d]): the encoder does not run.
+            token_type_ids: [b, s] segment ids, passed to the encoder (BERT's token types).
 
             These belong to this call only and are not settings:
 
@@ -261,18 +283,25 @@ class EncoderDecoder(nn.Module):
                 and useful to test the code path the graph captures.
 
         Returns:
-            [b * num_return_sequences, 1 + n] token ids: the start token, then the
-            generated tokens; rows that end early are padded with ``pad_token_id``, and
-            ``n`` is the longest row's length (``max_new_tokens`` unless every row ended).
+            [b * num_return_sequences, P + n] token ids: the decoder prompt (the start token),
+            then the generated tokens; rows that end early are padded with ``pad_token_id``,
+            and ``n`` is the longest row's length (``max_new_tokens`` unless every row
+            ended). With ``return_dict_in_generate=True``, transformers' output object
+            (:class:`~seqweave.generation.GenerateEncoderDecoderOutput`, or
+            :class:`~seqweave.generation.GenerateBeamEncoderDecoderOutput` for beam search)
+            holding ``sequences`` and, as asked, ``scores``, ``logits``,
+            ``sequences_scores`` and ``beam_indices``.
 
         Raises:
             ConfigError: an option is unknown, out of range or unsupported in this combination.
         """
         return generation.generate(self, input_ids, attention_mask, generator=generator, streamer=streamer,
-                                   cuda_graph=cuda_graph, static_cache=static_cache, **options)
+                                   cuda_graph=cuda_graph, static_cache=static_cache,
+                                   generation_config=generation_config, decoder_input_ids=decoder_input_ids,
+                                   encoder_outputs=encoder_outputs, token_type_ids=token_type_ids, **options)
 
     def generate_with_scores(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Any
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **options: Any
     ) -> Generated:
         """:meth:`generate` (same arguments but ``streamer``), also returning each sequence's score.
 
@@ -281,7 +310,7 @@ class EncoderDecoder(nn.Module):
         return generation.generate(self, input_ids, attention_mask, return_scores=True, **options)
 
     def generate_stream(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options: Any
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **options: Any
     ) -> Iterator[torch.Tensor]:
         """Like :meth:`generate` (greedy search or sampling), yielding each step's new tokens [b * r] as they come.
 

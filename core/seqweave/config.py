@@ -166,8 +166,24 @@ class GenerationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: int = Field(20, ge=1, description="Tokens to generate after the start token.")
-    min_new_tokens: int = Field(0, ge=0, description="Suppress EOS until this many tokens are generated.")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens to generate after the decoder prompt (the start token, or decoder_input_ids); "
+        "null: max_length minus the prompt when max_length is set, else 20. Wins over max_length.",
+    )
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        description="Total decoder length, the prompt included (transformers' max_length); "
+        "used when max_new_tokens is not set.",
+    )
+    min_new_tokens: int = Field(
+        0, ge=0, description="Suppress EOS until this many tokens are generated; when > 0 it wins over min_length."
+    )
+    min_length: int = Field(
+        0, ge=0, description="Suppress EOS while the decoder sequence, the prompt included, is shorter than this."
+    )
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy or sampling.")
     do_sample: bool = Field(False, description="Sample instead of taking the most likely token.")
     temperature: float = Field(1.0, gt=0, description="Divide logits by this before sampling.")
@@ -195,8 +211,32 @@ class GenerationSettings(BaseModel):
     eos_token_id: int | list[int] | None = Field(
         None, description="End-of-sequence id(s): a row ends at the first; null: the model's."
     )
+    bad_words_ids: list[list[int]] | None = Field(
+        None,
+        description="Token sequences never to generate: the last token of each is forbidden after the others "
+        "(a one-token sequence always; one equal to an eos id is dropped, as transformers does).",
+    )
+    forced_bos_token_id: int | None = Field(
+        None, ge=0, description="Force this token as the first generated one (after the start token)."
+    )
+    forced_eos_token_id: int | list[int] | None = Field(
+        None, description="Force this token (the first of a list) as the last one when max_length is reached."
+    )
+    output_scores: bool = Field(
+        False,
+        description="With return_dict_in_generate: return each step's processed scores "
+        "(beam search: its processed log-probabilities) and, for beam search, sequences_scores.",
+    )
+    output_logits: bool = Field(
+        False, description="With return_dict_in_generate: return each step's raw logits."
+    )
+    return_dict_in_generate: bool = Field(
+        False,
+        description="Return an output object (sequences, scores, logits, sequences_scores, beam_indices) "
+        "instead of the sequences tensor.",
+    )
 
-    @field_validator(*TOKEN_ID_FIELDS, mode="before")
+    @field_validator(*TOKEN_ID_FIELDS, "forced_bos_token_id", "forced_eos_token_id", mode="before")
     @classmethod
     def _token_ids(cls, value: Any) -> Any:
         # A token id is an int as written: not True, not 3.0, not "3" (pydantic's lax mode takes those).
@@ -217,13 +257,27 @@ class GenerationSettings(BaseModel):
                 f"must be at most num_beams ({self.num_beams}){unless}",
                 self.num_return_sequences,
             )
-        if self.min_new_tokens > self.max_new_tokens:
+        if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise FieldError(
                 "min_new_tokens",
                 f"must be at most max_new_tokens ({self.max_new_tokens})",
                 self.min_new_tokens,
             )
         return self
+
+    @field_validator("bad_words_ids", mode="before")
+    @classmethod
+    def _bad_words(cls, value: Any) -> Any:
+        # transformers' NoBadWordsLogitsProcessor: a non-empty list of non-empty lists of token ids.
+        if value is None:
+            return value
+        if not isinstance(value, (list, tuple)) or not value or any(
+            not isinstance(w, (list, tuple)) or not w for w in value
+        ):
+            raise ValueError("must be a non-empty list of non-empty lists of token ids")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for w in value for t in w):
+            raise ValueError("must hold token ids (ints >= 0)")
+        return [list(w) for w in value]
 
     @property
     def eos_ids(self) -> tuple[int, ...] | None:

@@ -191,7 +191,8 @@ class TextToText:
         """The model's generation defaults with ``options`` applied and checked, plus the generator.
 
         Raises:
-            ConfigError: an unknown option (with a "did you mean"), or an invalid value.
+            ConfigError: an unknown option (with a "did you mean"), an invalid value, or
+                ``return_dict_in_generate`` (the pipeline returns text).
         """
         import difflib
 
@@ -202,6 +203,11 @@ class TextToText:
             raise ConfigError(f"unknown generation option {unknown[0]!r}{hint}")
         seed = options.pop("seed", None)
         merged = self.model.generation_defaults().merged(options, "generation options").model_dump()
+        if merged["return_dict_in_generate"]:
+            raise ConfigError(
+                "generation options: return_dict_in_generate: the pipeline returns text; call "
+                "model.generate for an output object with scores (got True)"
+            )
         if seed is not None:
             merged["generator"] = torch.Generator(device=self.device).manual_seed(int(seed))
         return merged

@@ -14,7 +14,9 @@ The package, read in this order:
    replays it.
 4. :mod:`.search`: :func:`greedy_search` (greedy and sampling, one step per ``yield``) and
    :func:`beam_search` (transformers' vectorised ``_beam_search``, step for step).
-5. Here: :func:`generate` / :func:`generate_stream`: resolve the options, encode once
+5. :mod:`.outputs`: what ``return_dict_in_generate=True`` returns, transformers' output
+   classes with its ``ModelOutput`` semantics.
+6. Here: :func:`generate` / :func:`generate_stream`: resolve the options, encode once
    (``model.encode``), set up the cache, run a search.
 
 Semantics follow transformers 5.24's ``GenerationMixin.generate`` for an encoder-decoder
@@ -27,7 +29,8 @@ the output is one preallocated buffer.
 
 Shapes: ``b`` sources, ``g`` rows decoded per source (beams or returned sequences),
 ``B = b * g`` decoder rows (source-major: rows ``i*g ... i*g + g-1`` belong to source ``i``),
-``V`` vocabulary, ``L = 1 + max_new_tokens``.
+``V`` vocabulary, ``P`` the decoder prompt's length (1, the start token, unless
+``decoder_input_ids`` is given), ``L = max_length = P + max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,14 @@ import torch
 from ..cache import Cache
 from ..config import GenerationSettings
 from ..errors import ConfigError
-from .options import RUNTIME_ARGUMENTS, Seq2SeqModel, resolve
+from .options import RUNTIME_ARGUMENTS, Seq2SeqModel, config_options, resolve
+from .outputs import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput, OutputDict
 from .processors import (
     Processor,
+    bad_words,
+    forced_token,
     logits_processors,
+    min_length,
     min_new_tokens,
     no_repeat_ngram,
     repetition_penalty,
@@ -59,15 +66,22 @@ __all__ = [
     "RUNTIME_ARGUMENTS",
     "CudaGraphStep",
     "DecodeStep",
+    "GenerateBeamEncoderDecoderOutput",
+    "GenerateEncoderDecoderOutput",
     "Generated",
+    "OutputDict",
     "Processor",
     "Seq2SeqModel",
     "argmax",
+    "bad_words",
     "beam_search",
+    "config_options",
+    "forced_token",
     "generate",
     "generate_stream",
     "greedy_search",
     "logits_processors",
+    "min_length",
     "min_new_tokens",
     "no_repeat_ngram",
     "repetition_penalty",
@@ -107,39 +121,69 @@ class _Prepared:
     rows: int
     processors: list[Processor]
     device: torch.device
+    prompt: torch.Tensor | None  # [b, P] decoder_input_ids (the start token prepended), or None
 
 
 def _prepare(
     model: Seq2SeqModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     options: Mapping[str, Any],
     cuda_graph: bool | None,
     static_cache: bool | None = None,
     generator: torch.Generator | None = None,
+    *,
+    generation_config: Any = None,
+    decoder_input_ids: torch.Tensor | None = None,
+    encoder_outputs: Any = None,
+    token_type_ids: torch.Tensor | None = None,
 ) -> _Prepared:
     decoder = model.decoder
-    settings = resolve(model.generation_defaults(), options, decoder)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ConfigError(
             f"generate(): generator must be a torch.Generator or None, got {type(generator).__name__}"
         )
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ConfigError(
-            f"generate(): input_ids must be an integer tensor [batch, source_length], got {shape}"
-        )
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ConfigError(
-            f"generate(): attention_mask has shape {list(attention_mask.shape)}, "
-            f"input_ids {list(input_ids.shape)}; they must match"
-        )
     device = next(model.parameters()).device
-    input_ids = input_ids.to(device)
+    if encoder_outputs is not None:
+        states = _last_hidden_state(encoder_outputs)
+        b, s_len = states.shape[:2]
+        if input_ids is not None:
+            _check_ids("input_ids", input_ids)
+    else:
+        if input_ids is None:
+            raise ConfigError("generate(): pass input_ids, or encoder_outputs")
+        _check_ids("input_ids", input_ids)
+        b, s_len = input_ids.shape
+        input_ids = input_ids.to(device)
+    for name, extra in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if extra is not None and (not isinstance(extra, torch.Tensor) or tuple(extra.shape) != (b, s_len)):
+            shape = list(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__
+            raise ConfigError(f"generate(): {name} has shape {shape}; the source is {[b, s_len]}: they must match")
+    if token_type_ids is not None:
+        token_type_ids = token_type_ids.to(device)
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
         if bool(attention_mask.all()):
             attention_mask = None  # no padding: attention needs no mask at all
+    prompt = None
+    if decoder_input_ids is not None:
+        _check_ids("decoder_input_ids", decoder_input_ids)
+        if decoder_input_ids.shape[0] != b:
+            raise ConfigError(
+                f"generate(): decoder_input_ids has {decoder_input_ids.shape[0]} rows, the source {b}; they must match"
+            )
+        prompt = decoder_input_ids.to(device)
+    # The start token is known only after resolution, which needs the prompt's length: resolve
+    # once for it (the prompt gains the start token unless every row starts with it, as in
+    # transformers), then with the final length.
+    defaults = model.generation_defaults()
+    settings = resolve(defaults, options, decoder, generation_config=generation_config)
+    if prompt is not None:
+        start = settings.decoder_start_token_id
+        if bool((prompt[:, 0] != start).all()):
+            prompt = torch.cat((prompt.new_full((b, 1), start), prompt), dim=1)
+        settings = resolve(defaults, options, decoder, prompt_length=prompt.shape[1],
+                           generation_config=generation_config)
     # A static cache needs a decoder that reads its position from the cache and masks the
     # whole buffer (TransformerDecoder does); a hand-written one may not.
     supports_static = bool(getattr(decoder, "supports_static_cache", False))
@@ -156,32 +200,70 @@ def _prepare(
             f"{type(decoder).__name__} does not declare it"
         )
 
-    source = model.encode(input_ids, attention_mask)  # once per source, however many beams decode it
-    b = input_ids.shape[0]
+    # once per source, however many beams decode it
+    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    if encoder_outputs is not None:  # the states are all generation uses of an encoder output
+        states = _last_hidden_state(encoder_outputs).to(device)
+        source = model.encode(None, attention_mask, encoder_outputs=states, **extra)
+    else:
+        source = model.encode(input_ids, attention_mask, **extra)
     rows = b * (settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences)
-    cache = Cache(decoder.num_layers, 1 + settings.max_new_tokens, static=static, device=device)
+    assert settings.max_length is not None, "resolved settings carry max_length"
+    cache = Cache(decoder.num_layers, settings.max_length, static=static, device=device)
     step_type = CudaGraphStep if cuda_graph else DecodeStep  # looked up here, so tests can swap it
     step = step_type(decoder, source.states, source.mask, cache)
-    procs = logits_processors(settings, prompt_length=1, device=device)
-    return _Prepared(settings, generator, step, cache, b, rows, procs, device)
+    prompt_length = 1 if prompt is None else prompt.shape[1]
+    procs = logits_processors(settings, prompt_length=prompt_length, device=device)
+    return _Prepared(settings, generator, step, cache, b, rows, procs, device, prompt)
 
 
-def _run(p: _Prepared, scores: torch.Tensor | None) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
+def _check_ids(name: str, ids: Any) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
+        shape = list(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ConfigError(f"generate(): {name} must be an integer tensor [batch, length], got {shape}")
+
+
+def _last_hidden_state(encoder_outputs: Any) -> torch.Tensor:
+    """The encoder states of an ``encoder_outputs=`` argument (ours, transformers', a tuple or a tensor)."""
+    if isinstance(encoder_outputs, torch.Tensor):
+        states = encoder_outputs
+    elif isinstance(encoder_outputs, (tuple, list)) and encoder_outputs:
+        states = encoder_outputs[0]
+    else:
+        states = getattr(encoder_outputs, "last_hidden_state", None)
+    if not isinstance(states, torch.Tensor) or states.dim() != 3:
+        raise ConfigError(
+            "generate(): encoder_outputs must be an encoder output (with last_hidden_state [b, s, d]), "
+            f"a tuple starting with it, or that tensor; got {type(encoder_outputs).__name__}"
+        )
+    return states
+
+
+def _run(p: _Prepared, scores: torch.Tensor | None, step_scores: list[torch.Tensor] | None = None,
+         step_logits: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
     s = p.settings
+    assert s.max_length is not None, "resolved settings carry max_length"
     out = torch.full(
-        (p.rows, 1 + s.max_new_tokens),
+        (p.rows, s.max_length),
         s.pad_token_id if s.pad_token_id is not None else 0,
         dtype=torch.long,
         device=p.device,
     )
-    out[:, 0] = s.decoder_start_token_id
-    return out, greedy_search(p.step, out, s, p.processors, scores, generator=p.generator)
+    prompt_length = 1
+    if p.prompt is None:
+        out[:, 0] = s.decoder_start_token_id
+    else:
+        prompt_length = p.prompt.shape[1]
+        out[:, :prompt_length] = p.prompt.repeat_interleave(p.rows // p.batch_size, dim=0)
+    steps = greedy_search(p.step, out, s, p.processors, scores, generator=p.generator,
+                          prompt_length=prompt_length, step_scores=step_scores, step_logits=step_logits)
+    return out, steps
 
 
 @torch.no_grad()
 def generate(
     model: Seq2SeqModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
@@ -189,48 +271,84 @@ def generate(
     return_scores: bool = False,
     cuda_graph: bool | None = None,
     static_cache: bool | None = None,
+    generation_config: Any = None,
+    decoder_input_ids: torch.Tensor | None = None,
+    encoder_outputs: Any = None,
+    token_type_ids: torch.Tensor | None = None,
     **options: Any,
-) -> torch.Tensor | Generated:
+) -> torch.Tensor | Generated | GenerateEncoderDecoderOutput | GenerateBeamEncoderDecoderOutput:
     """Generate for ``input_ids`` [b, s]; see :meth:`seqweave.EncoderDecoder.generate` for the arguments.
 
     ``options`` are :class:`~seqweave.GenerationSettings` fields (None = the model's
-    default); the other keyword arguments belong to this call only (:data:`RUNTIME_ARGUMENTS`).
+    default, or ``generation_config``'s); the other keyword arguments belong to this call only
+    (:data:`RUNTIME_ARGUMENTS`).
     ``static_cache=True`` decodes with a static cache (see :class:`~seqweave.Cache`) even
     without a CUDA graph: slower on the CPU, but the same code path the graph captures.
 
     Returns:
-        [b * num_return_sequences, 1 + generated] token ids, or a :class:`Generated` with
-        ``return_scores=True``.
+        [b * num_return_sequences, prompt + generated] token ids; a :class:`Generated` with
+        ``return_scores=True``; with ``return_dict_in_generate`` a
+        :class:`GenerateEncoderDecoderOutput` (greedy search, sampling) or
+        :class:`GenerateBeamEncoderDecoderOutput` (beam search), as transformers returns them.
     """
-    p = _prepare(model, input_ids, attention_mask, options, cuda_graph, static_cache, generator)
-    if p.settings.num_beams > 1:
+    p = _prepare(model, input_ids, attention_mask, options, cuda_graph, static_cache, generator,
+                 generation_config=generation_config, decoder_input_ids=decoder_input_ids,
+                 encoder_outputs=encoder_outputs, token_type_ids=token_type_ids)
+    s = p.settings
+    as_dict = s.return_dict_in_generate and not return_scores
+    step_scores: list[torch.Tensor] | None = [] if as_dict and s.output_scores else None
+    step_logits: list[torch.Tensor] | None = [] if as_dict and s.output_logits else None
+    if s.num_beams > 1:
         if streamer is not None:
             raise ConfigError(
                 "generate(): streamer works with greedy search and sampling, not with num_beams > 1"
             )
+        indices: list[torch.Tensor] | None = [] if as_dict else None
         sequences, beam_scores = beam_search(
-            p.step, p.cache, p.batch_size, p.settings, p.processors, p.device, generator=p.generator
+            p.step, p.cache, p.batch_size, s, p.processors, p.device, generator=p.generator,
+            prompt=p.prompt, step_scores=step_scores, step_logits=step_logits, beam_indices=indices,
         )
+        if as_dict:
+            return GenerateBeamEncoderDecoderOutput(
+                sequences=sequences,
+                sequences_scores=beam_scores if s.output_scores else None,
+                scores=None if step_scores is None else tuple(step_scores),
+                logits=None if step_logits is None else tuple(step_logits),
+                beam_indices=indices[0] if indices else None,
+                cache=p.cache,
+            )
         return Generated(sequences, beam_scores) if return_scores else sequences
     scores = torch.zeros(p.rows, device=p.device) if return_scores else None
-    out, steps = _run(p, scores)
+    out, steps = _run(p, scores, step_scores, step_logits)
     n = 0
     for tokens in steps:
         n += 1
         if streamer is not None:
             streamer(tokens)
-    sequences = out[:, : 1 + n]
+    prompt_length = 1 if p.prompt is None else p.prompt.shape[1]
+    sequences = out[:, : prompt_length + n]
+    if as_dict:
+        return GenerateEncoderDecoderOutput(
+            sequences=sequences,
+            scores=None if step_scores is None else tuple(step_scores),
+            logits=None if step_logits is None else tuple(step_logits),
+            cache=p.cache,
+        )
     return Generated(sequences, scores) if scores is not None else sequences
 
 
 def generate_stream(
     model: Seq2SeqModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
     cuda_graph: bool | None = None,
     static_cache: bool | None = None,
+    generation_config: Any = None,
+    decoder_input_ids: torch.Tensor | None = None,
+    encoder_outputs: Any = None,
+    token_type_ids: torch.Tensor | None = None,
     **options: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield each step's new tokens [b * num_return_sequences] (pad for finished rows) as they are chosen.
@@ -240,11 +358,15 @@ def generate_stream(
     the yielded columns are exactly what :func:`generate` returns.
     """
     with torch.no_grad():
-        p = _prepare(model, input_ids, attention_mask, options, cuda_graph, static_cache, generator)
+        p = _prepare(model, input_ids, attention_mask, options, cuda_graph, static_cache, generator,
+                     generation_config=generation_config, decoder_input_ids=decoder_input_ids,
+                     encoder_outputs=encoder_outputs, token_type_ids=token_type_ids)
     if p.settings.num_beams > 1:
         raise ConfigError(
             "generate_stream(): streaming works with greedy search and sampling, not num_beams > 1"
         )
+    if p.settings.return_dict_in_generate:
+        raise ConfigError("generate_stream(): return_dict_in_generate does not apply: it yields tokens")
     _, steps = _run(p, None)
     return _no_grad_iter(steps)
 

@@ -16,7 +16,10 @@ from ..config import GenerationSettings
 
 __all__ = [
     "Processor",
+    "bad_words",
+    "forced_token",
     "logits_processors",
+    "min_length",
     "min_new_tokens",
     "no_repeat_ngram",
     "repetition_penalty",
@@ -59,6 +62,43 @@ def min_new_tokens(
     return scores.index_fill(1, eos, -float("inf"))
 
 
+def bad_words(tokens: torch.Tensor, scores: torch.Tensor, *, single: torch.Tensor,
+              groups: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Forbid the last token of every bad word whose other tokens end ``tokens``.
+
+    ``single`` [n]: the one-token bad words, always forbidden; ``groups``: per prefix length
+    ``k``, the prefixes [m, k] and the last tokens [m] of the longer ones (transformers'
+    ``NoBadWordsLogitsProcessor``, which matches the prefix against the start token too).
+    """
+    banned = torch.zeros_like(scores, dtype=torch.bool)
+    if len(single):
+        banned[:, single] = True
+    for prefixes, last in groups:
+        k = prefixes.shape[1]
+        if k > tokens.shape[1]:
+            continue
+        matching = (tokens[:, None, -k:] == prefixes).all(dim=-1)  # [B, m]
+        rows, which = matching.nonzero(as_tuple=True)
+        banned[rows, last[which]] = True
+    return scores.masked_fill(banned, -float("inf"))
+
+
+def min_length(tokens: torch.Tensor, scores: torch.Tensor, *, eos: torch.Tensor, minimum: int) -> torch.Tensor:
+    """Forbid the eos token(s) ``eos`` [n] while the sequence (start token and prompt included) is shorter than ``minimum``."""
+    if tokens.shape[1] >= minimum:
+        return scores
+    return scores.index_fill(1, eos, -float("inf"))
+
+
+def forced_token(tokens: torch.Tensor, scores: torch.Tensor, *, ids: torch.Tensor, at: int) -> torch.Tensor:
+    """At sequence length ``at``: only ``ids`` are allowed (score 0), everything else -inf."""
+    if tokens.shape[1] != at:
+        return scores
+    forced = torch.full_like(scores, -float("inf"))
+    forced[:, ids] = 0
+    return forced
+
+
 def temperature(tokens: torch.Tensor, scores: torch.Tensor, *, value: float) -> torch.Tensor:
     """Divide by the temperature (sampling only)."""
     return scores / value
@@ -82,7 +122,12 @@ def top_p(tokens: torch.Tensor, scores: torch.Tensor, *, p: float, keep: int) ->
 def logits_processors(
     settings: GenerationSettings, *, prompt_length: int, device: torch.device
 ) -> list[Processor]:
-    """The processors ``settings`` ask for, in transformers' order (penalties, then sampling warpers).
+    """The processors ``settings`` ask for, in transformers' order.
+
+    That is ``_get_logits_processor``'s: repetition penalty, no-repeat n-grams, bad words,
+    minimum length, forced bos, forced eos, then the sampling warpers (temperature, top-k,
+    top-p). ``settings`` are resolved (:func:`~.options.resolve`: ``max_length`` set);
+    ``prompt_length`` is the decoder prompt's length.
 
     Beam search applies them to log-probabilities, greedy search and sampling to logits, as
     transformers does. The sampling warpers keep at least ``len(eos) + 1`` tokens in beam
@@ -94,11 +139,33 @@ def logits_processors(
         procs.append(partial(repetition_penalty, penalty=s.repetition_penalty))
     if s.no_repeat_ngram_size > 0:
         procs.append(partial(no_repeat_ngram, n=s.no_repeat_ngram_size))
-    if s.min_new_tokens > 0 and eos_ids is not None:
+    if s.bad_words_ids:
+        # as transformers: a one-token bad word equal to an eos id is dropped
+        words = [w for w in s.bad_words_ids if not (len(w) == 1 and eos_ids and w[0] in eos_ids)]
+        single = torch.tensor([w[0] for w in words if len(w) == 1], dtype=torch.long, device=device)
+        by_length: dict[int, list[list[int]]] = {}
+        for w in words:
+            if len(w) > 1:
+                by_length.setdefault(len(w) - 1, []).append(w)
+        groups = [
+            (torch.tensor([w[:-1] for w in ws], device=device), torch.tensor([w[-1] for w in ws], device=device))
+            for ws in by_length.values()
+        ]
+        if len(single) or groups:
+            procs.append(partial(bad_words, single=single, groups=groups))
+    # transformers turns min_new_tokens into min_length = prompt + min_new_tokens (min_new_tokens
+    # wins) and runs both processors, which then forbid the same tokens: one does it here.
+    minimum = prompt_length + s.min_new_tokens if s.min_new_tokens > 0 else s.min_length
+    if minimum > 0 and eos_ids is not None:
         eos = torch.tensor(eos_ids, device=device)
-        procs.append(
-            partial(min_new_tokens, eos=eos, prompt_length=prompt_length, minimum=s.min_new_tokens)
-        )
+        procs.append(partial(min_length, eos=eos, minimum=minimum))
+    if s.forced_bos_token_id is not None:
+        procs.append(partial(forced_token, ids=torch.tensor([s.forced_bos_token_id], device=device), at=1))
+    if s.forced_eos_token_id is not None:
+        assert s.max_length is not None, "resolved settings carry max_length"
+        forced = s.forced_eos_token_id
+        ids = torch.tensor(forced if isinstance(forced, list) else [forced], device=device)
+        procs.append(partial(forced_token, ids=ids, at=s.max_length - 1))
     if s.do_sample:
         keep = (len(eos_ids) + 1 if eos_ids else 2) if s.num_beams > 1 else 1
         if s.temperature != 1.0:

@@ -63,18 +63,26 @@ def greedy_search(
     scores: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
+    prompt_length: int = 1,
+    step_scores: list[torch.Tensor] | None = None,
+    step_logits: list[torch.Tensor] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Greedy search or sampling; yields each step's new tokens [B] as they are chosen.
 
     Args:
         step: the decode step (tokens [B, 1] -> logits [B, V]).
-        out: [B, L] the output buffer, column 0 holding the start token; filled in place.
-            When the iterator ends, ``out[:, : 1 + number of tokens yielded]`` is the result.
+        out: [B, L] the output buffer, its first ``prompt_length`` columns holding the decoder
+            prompt (the start token, or ``decoder_input_ids``); filled in place. When the
+            iterator ends, ``out[:, : prompt_length + number of tokens yielded]`` is the result.
         settings: the resolved settings (the pad id set when there is an eos).
         processors: logits processors, applied in order.
         scores: [B] if given, accumulates each row's log-probability of its tokens under the
             distribution they were chosen from (after the processors), up to its eos.
         generator: the random generator sampling draws from (the global one if None).
+        prompt_length: the prompt's length; the first step runs the decoder on all of it.
+        step_scores, step_logits: if given, each step's processed scores [B, V] (what the
+            token was chosen from) and raw logits [B, V] (float32) are appended, as
+            transformers' ``output_scores`` / ``output_logits`` give them.
     """
     rows, length = out.shape
     device = out.device
@@ -85,8 +93,9 @@ def greedy_search(
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     stop = _StopCheck(device)
     lagged = stop.lagged
-    for cur in range(1, length):
-        logits = step(out[:, cur - 1 : cur]).float()
+    for cur in range(prompt_length, length):
+        logits = step(out[:, cur - 1 : cur] if cur > prompt_length else out[:, :cur]).float()
+        raw = logits.clone() if step_logits is not None else None
         for process in processors:
             logits = process(out[:, :cur], logits)
         if settings.do_sample:
@@ -103,6 +112,10 @@ def greedy_search(
         out.select(1, cur).copy_(tokens)
         if lagged and stop.finished_before():
             return  # lagged check: the previous step finished every row, so this one is discarded
+        if step_scores is not None:
+            step_scores.append(logits)
+        if step_logits is not None and raw is not None:
+            step_logits.append(raw)
         yield tokens
         if eos is not None and stop.finished(unfinished):
             return
@@ -117,6 +130,10 @@ def beam_search(
     device: torch.device,
     *,
     generator: torch.Generator | None = None,
+    prompt: torch.Tensor | None = None,
+    step_scores: list[torch.Tensor] | None = None,
+    step_logits: list[torch.Tensor] | None = None,
+    beam_indices: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Beam search, with transformers' vectorised ``_beam_search`` semantics step for step.
 
@@ -142,6 +159,14 @@ def beam_search(
         processors: applied to the log-probabilities, in order.
         device: where the bookkeeping tensors live.
         generator: the random generator beam sampling draws from (the global one if None).
+        prompt: [b, P] the decoder prompt (``decoder_input_ids``); None: the start token.
+        step_scores, step_logits: if given, each step's processed log-probabilities [b * n, V]
+            and raw logits [b * n, V] are appended (transformers' ``output_scores`` /
+            ``output_logits``).
+        beam_indices: if given, the returned hypotheses' beam indices
+            [b * num_return_sequences, generated] are appended (transformers' ``beam_indices``:
+            at each step, the row ``source * num_beams + beam`` the token was chosen from;
+            -1 after a hypothesis ended).
 
     Returns:
         The sequences [b * num_return_sequences, 1 + longest] (best first within a source)
@@ -150,8 +175,10 @@ def beam_search(
     s, eos_ids = settings, settings.eos_ids
     assert s.decoder_start_token_id is not None, "resolved settings carry the start token"
     b, n = batch_size, s.num_beams
-    length = 1 + s.max_new_tokens  # transformers' max_length
-    prompt = 1  # the decoder prompt is the start token
+    assert s.max_length is not None, "resolved settings carry max_length"
+    length = s.max_length  # the prompt included
+    prompt_ids = prompt
+    prompt = 1 if prompt_ids is None else prompt_ids.shape[1]  # the decoder prompt's length
     eos = None if eos_ids is None else torch.tensor(eos_ids, device=device)
     keep = max(2, 1 + (0 if eos_ids is None else len(eos_ids))) * n
     # transformers fills unwritten positions with ``pad_token_id or eos_token_id[0]`` when there
@@ -160,8 +187,15 @@ def beam_search(
     lp, es = s.length_penalty, s.early_stopping
 
     running = torch.full((b, n, length), fill, dtype=torch.long, device=device)
-    running[:, :, 0] = s.decoder_start_token_id
+    if prompt_ids is None:
+        running[:, :, 0] = s.decoder_start_token_id
+    else:
+        running[:, :, :prompt] = prompt_ids[:, None, :]
     sequences = running.clone()  # finished hypotheses
+    track = beam_indices is not None
+    if track:  # transformers' running_beam_indices / beam_indices: -1 where nothing was chosen yet
+        running_beams = torch.full((b, n, length - prompt), -1, dtype=torch.int32, device=device)
+        done_beams = running_beams.clone()
     running_scores = torch.zeros(b, n, device=device)
     running_scores[:, 1:] = -1e9  # only beam 0 may start, or all beams would pick the same tokens
     beam_scores = torch.full((b, n), -1e9, device=device)
@@ -176,12 +210,17 @@ def beam_search(
 
     cur = prompt
     while True:
-        logits = step(running[:, :, cur - 1].reshape(b * n, 1)).float()
+        inputs = running[:, :, cur - 1 : cur] if cur > prompt else running[:, :, :cur]
+        logits = step(inputs.reshape(b * n, inputs.shape[-1])).float()
+        if step_logits is not None:
+            step_logits.append(logits.clone())
         log_probs = F.log_softmax(logits, dim=-1)
         if processors:
             history = running[:, :, :cur].reshape(b * n, cur)
             for process in processors:
                 log_probs = process(history, log_probs)
+        if step_scores is not None:
+            step_scores.append(log_probs.clone())
         vocab = log_probs.shape[-1]
         accumulated = (log_probs.view(b, n, vocab) + running_scores[:, :, None]).view(b, n * vocab)
 
@@ -196,6 +235,9 @@ def beam_search(
         parent = picked // vocab  # [b, K] beam each continuation extends
         candidates = running.gather(1, parent[:, :, None].expand(b, keep, length))
         candidates[:, :, cur] = picked % vocab
+        if track:
+            candidate_beams = running_beams.gather(1, parent[:, :, None].expand(b, keep, length - prompt))
+            candidate_beams[:, :, cur - prompt] = (parent + row_offset).to(torch.int32)
         if cur + 1 >= length:
             hits = torch.ones(b, keep, dtype=torch.bool, device=device)
         elif eos is not None:
@@ -208,6 +250,8 @@ def beam_search(
         chosen = torch.topk(running_candidates, k=n)[1]
         running = candidates.gather(1, chosen[:, :, None].expand(b, n, length))
         running_scores = running_candidates.gather(1, chosen)
+        if track:
+            running_beams = candidate_beams.gather(1, chosen[:, :, None].expand(b, n, length - prompt))
         cache.reorder((parent.gather(1, chosen) + row_offset).view(-1))
 
         # Finished continuations among the top num_beams join the finished hypotheses if good enough.
@@ -232,6 +276,10 @@ def beam_search(
                 1, best
             )
             finished = torch.cat((finished, just_finished), dim=1).gather(1, best)
+            if track:
+                done_beams = torch.cat((done_beams, candidate_beams), dim=1).gather(
+                    1, best[:, :, None].expand(b, n, length - prompt)
+                )
             any_finished = True
 
         cur += 1
@@ -249,5 +297,7 @@ def beam_search(
 
     r = s.num_return_sequences
     longest = prompt + int(new_tokens[:, :r].max())
+    if beam_indices is not None:
+        beam_indices.append(done_beams[:, :r, : longest - prompt].reshape(b * r, longest - prompt))
     return sequences[:, :r, :longest].reshape(b * r, longest), beam_scores[:, :r].reshape(b * r)
 
