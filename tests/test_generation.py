@@ -95,8 +95,9 @@ GREEDY_CASES = {
     "both_min": {"min_length": 9, "min_new_tokens": 2},
     "bad_words": {"bad_words_ids": "model"},
     "forced_bos": {"forced_bos_token_id": "model"},
-    "forced_eos": {"forced_eos_token_id": "model", "max_new_tokens": 6},
-    "forced_eos_list": {"forced_eos_token_id": "two", "max_new_tokens": 6},
+    # an eos the model never produces: rows reach max_length, where the forced eos applies
+    "forced_eos": {"forced_eos_token_id": "model", "max_new_tokens": 6, "eos_token_id": "never"},
+    "forced_eos_list": {"forced_eos_token_id": "two", "max_new_tokens": 6, "eos_token_id": "never"},
     "all_processors": {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3, "bad_words_ids": "model",
                        "min_length": 4, "forced_bos_token_id": "model", "forced_eos_token_id": "model"},
 }
@@ -114,6 +115,8 @@ BEAM_CASES = {
     "bad_words": {"num_beams": 3, "bad_words_ids": "model"},
     "forced": {"num_beams": 3, "forced_bos_token_id": "model", "forced_eos_token_id": "model",
                "max_new_tokens": 7},
+    "forced_eos_never": {"num_beams": 3, "forced_eos_token_id": "model", "max_new_tokens": 5,
+                         "eos_token_id": "never"},
 }
 
 
@@ -123,14 +126,17 @@ def _resolve(p: Pair, kwargs: dict[str, Any]) -> dict[str, Any]:
     other = produced[0]  # a token the model produces, not the eos
     if kwargs["eos_token_id"] == "two":  # the chosen eos and another token the model produces
         kwargs["eos_token_id"] = [other, p.eos]
+    elif kwargs["eos_token_id"] == "never":  # a token greedy search never produces
+        kwargs["eos_token_id"] = next(t for t in range(p.sw.decoder.vocab_size) if t not in p.greedy)
     if kwargs.get("bad_words_ids") == "model":
         # one token the model produces first (always banned), a two-token sequence it produces
         # (banned after its first token, which includes the start token), a word whose prefix
         # never occurs, and the eos alone (dropped, as transformers does)
         row = p.greedy[0].tolist()
         kwargs["bad_words_ids"] = [[p.greedy[1, 1].item()], row[2:4], [p.eos], [p.eos, p.eos, other]]
-    if kwargs.get("forced_bos_token_id") == "model":
-        kwargs["forced_bos_token_id"] = produced[-1]
+    if kwargs.get("forced_bos_token_id") == "model":  # a token the model produces, never first
+        first = p.greedy[:, 1].tolist()
+        kwargs["forced_bos_token_id"] = next((t for t in produced if t not in first), p.sw.decoder.vocab_size - 1)
     if kwargs.get("forced_eos_token_id") == "model":
         kwargs["forced_eos_token_id"] = other
     elif kwargs.get("forced_eos_token_id") == "two":
@@ -401,3 +407,193 @@ def test_hooks_on_inner_modules_still_fire_during_generation(pair):
     finally:
         handle.remove()
     assert {"layers.0.self_attn.qkv_proj", "layers.0.ffn_norm", "head"} <= seen
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers' calling conventions: lengths and processors change the output, output objects,
+# generation_config, decoder_input_ids, encoder_outputs, a tokenizer's whole output
+
+
+def test_the_new_options_change_the_output(pair):
+    """The parity cases of the new options are not vacuous: each changes what greedy search gives."""
+    for case in ("bad_words", "forced_bos", "forced_eos", "forced_eos_list", "min_length", "all_processors"):
+        kwargs = _resolve(pair, GREEDY_CASES[case])
+        out = pair.sw.generate(pair.ids, pair.mask, **kwargs)
+        lengths = {k: kwargs[k] for k in ("max_new_tokens", "max_length", "eos_token_id") if k in kwargs}
+        plain = pair.sw.generate(pair.ids, pair.mask, **lengths)
+        assert out.shape != plain.shape or not torch.equal(out, plain), case
+    # max_length counts the start token; max_new_tokens wins over it (an eos the model never produces)
+    never = next(t for t in range(pair.sw.decoder.vocab_size) if t not in pair.greedy)
+    assert pair.sw.generate(pair.ids, max_length=5, eos_token_id=never).shape[1] == 5
+    assert pair.sw.generate(pair.ids, max_length=9, max_new_tokens=3, eos_token_id=never).shape[1] == 4
+
+
+def _assert_same_steps(ours: tuple, theirs: tuple) -> float:
+    assert len(ours) == len(theirs)
+    worst = 0.0
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # -inf where theirs is -inf
+        finite = torch.isfinite(b)
+        worst = max(worst, float((a[finite] - b[finite]).abs().max()) if finite.any() else 0.0)
+    return worst
+
+
+OUTPUT_CASES = {
+    "greedy": {},
+    "greedy_processors": {"bad_words_ids": "model", "min_length": 4, "repetition_penalty": 1.3},
+    "sample": {"do_sample": True, "top_k": 5, "temperature": 0.8},
+    "beam": {"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.7},
+    "beam_processors": {"num_beams": 3, "no_repeat_ngram_size": 2, "forced_eos_token_id": "model",
+                        "max_new_tokens": 6},
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_CASES), ids=list(OUTPUT_CASES))
+def test_output_scores_and_logits_match_transformers(pair, case):
+    kwargs = {**_resolve(pair, OUTPUT_CASES[case]), "return_dict_in_generate": True,
+              "output_scores": True, "output_logits": True}
+    torch.manual_seed(5)
+    theirs = hf_generate(pair, **kwargs)
+    ours = pair.sw.generate(pair.ids, pair.mask, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert type(ours).__name__ == type(theirs).__name__
+    assert_same(ours.sequences, theirs.sequences)
+    worst = _assert_same_steps(ours.scores, theirs.scores)
+    worst = max(worst, _assert_same_steps(ours.logits, theirs.logits))
+    if "num_beams" in kwargs:
+        torch.testing.assert_close(ours.sequences_scores, theirs.sequences_scores, rtol=1e-5, atol=1e-5)
+        assert ours.beam_indices.dtype == theirs.beam_indices.dtype
+        assert_same(ours.beam_indices, theirs.beam_indices)
+    # ModelOutput semantics: the same keys (transformers' cache is ours), index and key access
+    assert list(ours.keys()) == list(theirs.keys())
+    assert ours[0] is ours["sequences"] is ours.sequences
+    assert len(ours.to_tuple()) == len(theirs.to_tuple())
+    assert worst < 1e-5
+
+
+def test_output_objects_leave_out_what_was_not_asked_for(pair):
+    out = pair.sw.generate(pair.ids, pair.mask, max_new_tokens=3, return_dict_in_generate=True)
+    assert out.scores is None and "scores" not in out and list(out.keys()) == ["sequences", "cache"]
+    assert torch.equal(out[0], pair.sw.generate(pair.ids, pair.mask, max_new_tokens=3))
+    beam = pair.sw.generate(pair.ids, pair.mask, max_new_tokens=3, num_beams=2, return_dict_in_generate=True)
+    assert beam.sequences_scores is None and list(beam.keys()) == ["sequences", "beam_indices", "cache"]
+    theirs = hf_generate(pair, max_new_tokens=3, num_beams=2, return_dict_in_generate=True)
+    assert list(beam.keys()) == list(theirs.keys())
+    with pytest.raises(KeyError):
+        beam["scores"]
+
+
+def test_generation_config_applies_under_the_keyword_options(pair):
+    from transformers import GenerationConfig
+
+    base = _resolve(pair, {"num_beams": 3, "bad_words_ids": "model", "max_new_tokens": None, "max_length": 7})
+    config = GenerationConfig(**base)
+    # its fields apply
+    theirs = hf_generate(pair, generation_config=config)
+    assert_same(pair.sw.generate(pair.ids, pair.mask, generation_config=config), theirs)
+    # keyword options win over it (transformers' precedence)
+    theirs = hf_generate(pair, generation_config=config, num_beams=2, max_new_tokens=4)
+    ours = pair.sw.generate(pair.ids, pair.mask, generation_config=config, num_beams=2, max_new_tokens=4)
+    assert_same(ours, theirs)
+    # a dict and our own settings give the same
+    assert_same(pair.sw.generate(pair.ids, pair.mask, generation_config=base), hf_generate(pair, **base))
+    settings = sw.GenerationSettings(**base)
+    assert_same(pair.sw.generate(pair.ids, pair.mask, generation_config=settings), hf_generate(pair, **base))
+    # fields that change nothing we compute are accepted
+    pair.sw.generate(pair.ids, pair.mask, generation_config=GenerationConfig(use_cache=False, max_new_tokens=2))
+
+
+def test_generation_config_fields_we_do_not_support_are_named(pair):
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(typical_p=0.5, do_sample=True, suppress_tokens=[3])
+    with pytest.raises(sw.ConfigError, match=r"generation_config sets .*suppress_tokens=\[3\], typical_p=0.5"):
+        pair.sw.generate(pair.ids, pair.mask, generation_config=config)
+    with pytest.raises(sw.ConfigError, match="unknown_option"):
+        pair.sw.generate(pair.ids, pair.mask, generation_config={"unknown_option": 1})
+    with pytest.raises(sw.ConfigError, match="generation_config: num_beams"):
+        pair.sw.generate(pair.ids, pair.mask, generation_config={"num_beams": 0})
+    with pytest.raises(sw.ConfigError, match="generation_config must be"):
+        pair.sw.generate(pair.ids, pair.mask, generation_config=3)
+
+
+@pytest.mark.parametrize("start", [True, False], ids=["with_start", "without_start"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoder_input_ids_are_a_forced_prefix(pair, start, beams):
+    """transformers prepends the start token unless every row starts with it; so do we."""
+    prefix = pair.greedy[:, :3] if start else pair.greedy[:, 2:4].flip(1)
+    kwargs = _resolve(pair, {"num_beams": beams, "max_new_tokens": None, "max_length": 9})
+    theirs = hf_generate(pair, decoder_input_ids=prefix, **kwargs)
+    ours = pair.sw.generate(pair.ids, pair.mask, decoder_input_ids=prefix, **kwargs)
+    assert_same(ours, theirs)
+    forced = prefix if start else torch.cat((pair.greedy[:, :1], prefix), dim=1)
+    assert torch.equal(ours[:, : forced.shape[1]], forced)
+    if beams == 1:
+        static = pair.sw.generate(pair.ids, pair.mask, decoder_input_ids=prefix, static_cache=True, **kwargs)
+        assert_same(static, theirs)
+
+
+def test_decoder_input_ids_fill_the_cache_in_one_forward(pair):
+    calls: list[int] = []
+    hook = pair.sw.decoder.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[1]))
+    try:
+        pair.sw.generate(pair.ids, pair.mask, decoder_input_ids=pair.greedy[:, :4], max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert calls[0] == 4 and set(calls[1:]) <= {1}
+
+
+def test_encoder_outputs_skip_the_encoder(pair):
+    with torch.no_grad():
+        encoded = pair.hf.encoder(input_ids=pair.ids, attention_mask=pair.mask)  # transformers' own output
+    kwargs = _resolve(pair, {"num_beams": 2})
+    states = encoded.last_hidden_state  # transformers expands the output it is given for the beams, in place
+    theirs = pair.hf.generate(encoder_outputs=encoded, attention_mask=pair.mask, **kwargs)
+    encoded.last_hidden_state = states
+    calls: list[int] = []
+    hook = pair.sw.encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        ours = pair.sw.generate(encoder_outputs=encoded, attention_mask=pair.mask, **kwargs)
+        as_tuple = pair.sw.generate(encoder_outputs=(encoded.last_hidden_state,), attention_mask=pair.mask,
+                                    **kwargs)
+    finally:
+        hook.remove()
+    assert not calls
+    assert_same(ours, theirs)
+    assert_same(as_tuple, theirs)
+    with pytest.raises(sw.ConfigError, match="encoder_outputs must be"):
+        pair.sw.generate(encoder_outputs="states")
+    with pytest.raises(sw.ConfigError, match="pass input_ids, or encoder_outputs"):
+        pair.sw.generate(attention_mask=pair.mask)
+
+
+def test_a_tokenizers_whole_output_reaches_the_encoder(pair, monkeypatch):
+    """``generate(**tokenizer(...))``: token_type_ids go to ``encode``, which passes them to the encoder."""
+    inputs = {"input_ids": pair.ids, "attention_mask": pair.mask, "token_type_ids": torch.zeros_like(pair.ids)}
+    seen = {}
+    real = pair.sw.encode
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        kwargs.pop("token_type_ids", None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pair.sw, "encode", spy)
+    ours = pair.sw.generate(**inputs, **_resolve(pair, {}))
+    assert torch.equal(seen["token_type_ids"], inputs["token_type_ids"])
+    assert_same(ours, hf_generate(pair, **_resolve(pair, {})))  # the spy dropped them
+    with pytest.raises(sw.ConfigError, match="token_type_ids has shape"):
+        pair.sw.generate(pair.ids, token_type_ids=torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_token_type_ids_match_transformers_where_the_encoder_uses_them(pair):
+    """BERT and RoBERTa add token-type embeddings; transformers' GPT-2 adds ``wte(token_type_ids)``."""
+    import inspect
+
+    if "token_type_ids" not in inspect.signature(pair.sw.encoder.forward).parameters:
+        pytest.skip(f"{type(pair.sw.encoder).__name__}.forward takes no token_type_ids yet (the fwd branch adds it)")
+    types = (torch.arange(pair.ids.shape[1]) >= 4).long().expand_as(pair.ids)
+    kwargs = _resolve(pair, {})
+    theirs = hf_generate(pair, token_type_ids=types, **kwargs)
+    assert_same(pair.sw.generate(input_ids=pair.ids, attention_mask=pair.mask, token_type_ids=types, **kwargs),
+                theirs)
