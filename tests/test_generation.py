@@ -597,3 +597,13 @@ def test_token_type_ids_match_transformers_where_the_encoder_uses_them(pair):
     theirs = hf_generate(pair, token_type_ids=types, **kwargs)
     assert_same(pair.sw.generate(input_ids=pair.ids, attention_mask=pair.mask, token_type_ids=types, **kwargs),
                 theirs)
+
+
+def test_stream_after_a_prefix_yields_the_columns_generate_returns(pair):
+    prefix = pair.greedy[:, :3]
+    kwargs = _resolve(pair, {})
+    full = pair.sw.generate(pair.ids, pair.mask, decoder_input_ids=prefix, **kwargs)
+    columns = list(pair.sw.generate_stream(pair.ids, pair.mask, decoder_input_ids=prefix, **kwargs))
+    assert torch.equal(torch.cat((prefix, torch.stack(columns, dim=1)), dim=1), full)
+    with pytest.raises(sw.ConfigError, match="return_dict_in_generate"):
+        pair.sw.generate_stream(pair.ids, return_dict_in_generate=True)

@@ -23,6 +23,8 @@ CASES = {
     "processors": {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3},
     "beam3": {"num_beams": 3},
     "beam4_return2": {"num_beams": 4, "num_return_sequences": 2, "length_penalty": 0.7},
+    "new_processors": {"bad_words_ids": "model", "min_length": 4, "forced_bos_token_id": "model",
+                       "forced_eos_token_id": "model", "max_new_tokens": None, "max_length": 8},
 }
 
 
@@ -124,3 +126,20 @@ def test_torch_compile_on_cuda():
             token = tokens[:, i : i + 1]
             torch.testing.assert_close(compiled_step(token, caches[1]), step(token, caches[0]), **TOL)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_prefix_and_output_scores_with_a_cuda_graph(cuda_pair, beams):
+    """A decoder prefix (a multi-token first step before the graph) and per-step scores (with the
+    lagged stop check, a discarded last step must not be recorded) equal transformers' on CUDA."""
+    p = cuda_pair
+    kwargs = {**_resolve(p, {"num_beams": beams}), "return_dict_in_generate": True, "output_scores": True,
+              "output_logits": True}
+    prefix = p.greedy[:, :3].cuda()
+    ours = p.sw.generate(p.ids, p.mask, decoder_input_ids=prefix, **kwargs)
+    with torch.no_grad():
+        theirs = p.hf.generate(input_ids=p.ids, attention_mask=p.mask, decoder_input_ids=prefix, **kwargs)
+    assert_same(ours.sequences.cpu(), theirs.sequences.cpu())
+    assert len(ours.scores) == len(theirs.scores) and len(ours.logits) == len(theirs.logits)
+    for a, b in zip((*ours.scores, *ours.logits), (*theirs.scores, *theirs.logits), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -354,8 +354,9 @@ def generate_stream(
     """Yield each step's new tokens [b * num_return_sequences] (pad for finished rows) as they are chosen.
 
     Greedy search and sampling only. The arguments are checked (and the encoder run) at
-    the call, before the first token is asked for. Concatenated after the start token,
-    the yielded columns are exactly what :func:`generate` returns.
+    the call, before the first token is asked for. Concatenated after the decoder prompt
+    (the start token, or ``decoder_input_ids``), the yielded columns are exactly what
+    :func:`generate` returns.
     """
     with torch.no_grad():
         p = _prepare(model, input_ids, attention_mask, options, cuda_graph, static_cache, generator,

@@ -179,8 +179,9 @@ _INERT = {"use_cache": None, "output_attentions": False, "output_hidden_states":
 def config_options(generation_config: Any, source: str = "generate()") -> tuple[dict[str, Any], int | None]:
     """The options a ``generation_config=`` argument sets, and its ``bos_token_id`` (a start-token fallback).
 
-    Takes a :class:`~seqweave.GenerationSettings` (its fields), a dict of its fields, or a
-    transformers ``GenerationConfig`` (duck-typed: anything with ``to_dict()``), whose fields
+    Takes a :class:`~seqweave.GenerationSettings` (the fields it sets to other than their
+    defaults), a dict of its fields, or a transformers ``GenerationConfig`` (duck-typed:
+    anything with ``to_dict()``; ``to_diff_dict()`` is read where it exists), whose fields
     left at None (transformers' "not set") are skipped, as are fields that change nothing we
     compute; ``bos_token_id`` is the start token when ``decoder_start_token_id`` is set nowhere.
 
@@ -195,7 +196,10 @@ def config_options(generation_config: Any, source: str = "generate()") -> tuple[
     if isinstance(generation_config, Mapping):
         data, strict = dict(generation_config), True
     elif callable(getattr(generation_config, "to_dict", None)):
-        data, strict = dict(generation_config.to_dict()), False
+        # to_diff_dict (the fields that differ from GenerationConfig()'s) where there is one:
+        # transformers before 5 filled its defaults in (max_length=20, top_k=50, ...)
+        as_dict = getattr(generation_config, "to_diff_dict", None) or generation_config.to_dict
+        data, strict = dict(as_dict()), False
     else:
         raise ConfigError(
             f"{source}: generation_config must be a transformers GenerationConfig, a dict or a "
