@@ -515,6 +515,8 @@ def test_generation_config_fields_we_do_not_support_are_named(pair):
         pair.sw.generate(pair.ids, pair.mask, generation_config={"num_beams": 0})
     with pytest.raises(sw.ConfigError, match="generation_config must be"):
         pair.sw.generate(pair.ids, pair.mask, generation_config=3)
+    with pytest.raises(sw.ConfigError, match="pass generation_config=... by keyword"):
+        pair.sw.generate(pair.ids, GenerationConfig(num_beams=2))
 
 
 @pytest.mark.parametrize("start", [True, False], ids=["with_start", "without_start"])

@@ -144,6 +144,12 @@ def _prepare(
             f"generate(): generator must be a torch.Generator or None, got {type(generator).__name__}"
         )
     device = next(model.parameters()).device
+    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+        # transformers' second positional parameter is generation_config; ours is attention_mask
+        raise ConfigError(
+            f"generate(): attention_mask (the second positional argument) must be a tensor, got "
+            f"{type(attention_mask).__name__}; pass generation_config=... by keyword"
+        )
     if encoder_outputs is not None:
         states = _last_hidden_state(encoder_outputs)
         b, s_len = states.shape[:2]
