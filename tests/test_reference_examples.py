@@ -354,9 +354,7 @@ def translation_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None) 
     return {"outputs": outputs, "text": translated_text}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the bert-generation model type (issue 9, branch i9-fam) and "
-                   "generate() without length options stopping at transformers' max_length 20 "
-                   "(issue 9, branch i9-gen9)")
+@pytest.mark.xfail(strict=True, reason="needs the bert-generation model type (issue 9, branch i9-fam)")
 def test_notes_translation(hub):
     ours, theirs = _run_both(translation_example, hub=hub)
     assert ours["outputs"].tolist() == theirs["outputs"].tolist()
@@ -388,8 +386,8 @@ def forward_example(EncoderDecoderModel, pipeline, *, hub, folder: Path, adopt_f
     return {"model": model, "loss": loss, "logits": logits, "generated": generated}
 
 
-@pytest.mark.xfail(strict=True, reason=f"{NEEDS_WARM_START_ALIAS}; {NEEDS_CONFIG_WRITES} and vocab_size/decoder "
-                   "reads; generate() without length options stopping at max_length 20 (issue 9, branch i9-gen9)")
+@pytest.mark.xfail(strict=True, reason=f"{NEEDS_WARM_START_ALIAS}; {NEEDS_CONFIG_WRITES}, with the vocab_size "
+                   "write and config.decoder.vocab_size read")
 def test_forward_docstring_example(hub, tmp_path):
     # transformers 5.24 fails the page's example (written for 4.x) at generate(): its generate reads
     # generation_config, which the model.config writes never reach, so it finds no start token. Ours
