@@ -180,10 +180,27 @@ def _adopt(reference: Any, ours: Any) -> None:
     assert {k for k in theirs if "crossattention" in k} <= set(mine), "our model lacks cross-attention tensors"
 
 
+def _assert_same_tensor_names(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    """Our tensors are transformers' by name and shape. What only transformers lists: BERT's pooler (the
+    composite never uses it; we may leave it out and say so) and second names of tied tensors (its LM
+    head's weight and bias, which share storage with tensors we list)."""
+    assert set(mine) <= set(theirs), set(mine) - set(theirs)
+    assert {k: v.shape for k, v in mine.items()} == {k: theirs[k].shape for k in mine}
+    ours_storage = {theirs[k].data_ptr() for k in mine}
+    only_theirs = {k for k in set(theirs) - set(mine) if not k.startswith("encoder.pooler.")}
+    assert all(theirs[k].data_ptr() in ours_storage for k in only_theirs), only_theirs
+
+
 def _run_both(example: Callable[..., dict], reference_kwargs: dict | None = None, **kwargs: Any) -> tuple[dict, dict]:
-    """Run ``example`` with seqweave's class, then with transformers' (which adopts our new tensors)."""
-    ours = example(EncoderDecoderModel, pipeline, **kwargs)
-    theirs = example(ReferenceModel, reference_pipeline, adopt_from=ours.get("model"), **kwargs,
+    """Run ``example`` with seqweave's class, then with transformers' (which adopts our new tensors).
+
+    An example that saves gets a ``folder`` of its own per side: ``folder / "ours"``, ``folder / "theirs"``.
+    """
+    folder = kwargs.pop("folder", None)
+    mine = {"folder": folder / "ours"} if folder is not None else {}
+    ref = {"folder": folder / "theirs"} if folder is not None else {}
+    ours = example(EncoderDecoderModel, pipeline, **kwargs, **mine)
+    theirs = example(ReferenceModel, reference_pipeline, adopt_from=ours.get("model"), **kwargs, **ref,
                      **(reference_kwargs or {}))
     return ours, theirs
 
@@ -242,13 +259,7 @@ def warm_start_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None) -
 @pytest.mark.xfail(strict=True, reason=NEEDS_WARM_START_ALIAS)
 def test_notes_from_encoder_decoder_pretrained(hub):
     ours, theirs = _run_both(warm_start_example, hub=hub)
-    mine, theirs_state = _hf_state(ours["model"]), _hf_state(theirs["model"])
-    assert set(mine) <= set(theirs_state)
-    # what only transformers lists: the encoder's pooler (the composite never uses it; we report it as
-    # ignored) and second names of tied tensors (its LM head's weight and bias, shared with tensors we list)
-    ours_storage = {theirs_state[k].data_ptr() for k in mine}
-    only_theirs = {k for k in set(theirs_state) - set(mine) if not k.startswith("encoder.pooler.")}
-    assert all(theirs_state[k].data_ptr() in ours_storage for k in only_theirs), only_theirs
+    _assert_same_tensor_names(_hf_state(ours["model"]), _hf_state(theirs["model"]))
     ids = theirs["tokenizer"](SHORT_SOURCE, return_tensors="pt").input_ids
     dec = ids[:, :4]
     with torch.no_grad():
@@ -302,8 +313,7 @@ def config_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None) -> di
 @pytest.mark.xfail(strict=True, reason=NEEDS_CONFIG_CONSTRUCTOR)
 def test_notes_model_from_configs(hub):
     ours, theirs = _run_both(config_example, hub=hub)
-    mine, ref = _hf_state(ours["model"]), _hf_state(theirs["model"])
-    assert {k: v.shape for k, v in mine.items()} == {k: v.shape for k, v in ref.items()}
+    _assert_same_tensor_names(_hf_state(ours["model"]), _hf_state(theirs["model"]))
 
 
 def config_roundtrip_example(EncoderDecoderModel, pipeline, *, hub, folder: Path, adopt_from=None) -> dict:
@@ -325,7 +335,7 @@ def config_roundtrip_example(EncoderDecoderModel, pipeline, *, hub, folder: Path
                    "is_decoder/add_cross_attention writes (issue 9, branch i9-fwd); from_pretrained(folder, "
                    "config=<EncoderDecoderConfig>) (issue 9 item 3; i9-build adds the other from_pretrained kwargs)")
 def test_config_class_example_save_and_reload(hub, tmp_path):
-    ours, theirs = _run_both(config_roundtrip_example, hub=hub, folder=tmp_path / "ours")
+    ours, theirs = _run_both(config_roundtrip_example, hub=hub, folder=tmp_path)
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
         assert getattr(ours["encoder"], key) == getattr(theirs["encoder"], key), key
     for part in ("encoder", "decoder"):
@@ -392,7 +402,7 @@ def test_forward_docstring_example(hub, tmp_path):
     # transformers 5.24 fails the page's example (written for 4.x) at generate(): its generate reads
     # generation_config, which the model.config writes never reach, so it finds no start token. Ours
     # must use what was written, as 4.x did; the reference is given the token explicitly.
-    ours, theirs = _run_both(forward_example, hub=hub, folder=tmp_path / "ours",
+    ours, theirs = _run_both(forward_example, hub=hub, folder=tmp_path,
                              reference_kwargs={"generate_fix": {"decoder_start_token_id": 101}})
     torch.testing.assert_close(ours["loss"], theirs["loss"], rtol=0, atol=1e-5)
     torch.testing.assert_close(ours["logits"], theirs["logits"], rtol=0, atol=1e-5)
@@ -417,7 +427,7 @@ def save_reload_example(EncoderDecoderModel, pipeline, *, hub, folder: Path, ado
 
 @pytest.mark.xfail(strict=True, reason=NEEDS_WARM_START_ALIAS)
 def test_from_encoder_decoder_pretrained_docstring_example(hub, tmp_path):
-    ours, theirs = _run_both(save_reload_example, hub=hub, folder=tmp_path / "ours")
+    ours, theirs = _run_both(save_reload_example, hub=hub, folder=tmp_path)
     after = _hf_state(ours["model"])
     for name, tensor in ours["before"].items():
         assert torch.equal(after[name], tensor), name
