@@ -53,8 +53,13 @@ def reference_pipeline(task: str, model: str, device: str):
         inputs.pop("token_type_ids", None)
         with torch.no_grad():
             ids = reference.generate(**inputs)
-        return [{"summary_text": tokenizer.decode(ids[0], skip_special_tokens=True,
-                                                  clean_up_tokenization_spaces=False)}]
+        return [
+            {
+                "summary_text": tokenizer.decode(
+                    ids[0], skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+            }
+        ]
 
     return summarize
 
@@ -69,14 +74,19 @@ SHORT_SOURCE = "This is a short text about a bridge"
 SHORT_TARGET = "This is its short summary"
 TRANSLATION_SOURCE = "Plants make energy from light and water"
 
-#: bert-base-uncased's special tokens at their ids there: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103.
+#: bert-base-uncased's special tokens at its ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103.
 BERT_SPECIALS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
-                 "max_position_embeddings": 128}
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 128,
+}
 
 
 def _words(*texts: str) -> list[str]:
-    """The lower-cased words and punctuation BERT's pre-tokenizer splits ``texts`` into, in order, once each."""
+    """The lower-cased words and punctuation BERT's pre-tokenizer cuts ``texts`` into, in order, once each."""
     from tokenizers.pre_tokenizers import BertPreTokenizer
 
     seen: dict[str, None] = {}
@@ -87,17 +97,20 @@ def _words(*texts: str) -> list[str]:
 
 
 def _wordpiece_vocab() -> list[str]:
-    """An uncased WordPiece vocabulary laid out like bert-base-uncased's, covering the test texts and any ASCII word."""
+    """An uncased WordPiece vocabulary laid out like bert-base-uncased's: the test texts, any ASCII word."""
     vocab = [BERT_SPECIALS.get(i, f"[unused{i}]") for i in range(104)]
     chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
     vocab += chars + [f"##{c}" for c in chars if c.isalnum()]
-    vocab += [w for w in _words(ARTICLE, SUMMARY, SHORT_SOURCE, SHORT_TARGET, TRANSLATION_SOURCE) if w not in vocab]
+    vocab += [
+        w for w in _words(ARTICLE, SUMMARY, SHORT_SOURCE, SHORT_TARGET, TRANSLATION_SOURCE) if w not in vocab
+    ]
     return vocab
 
 
 def bert_base_uncased(folder: Path, seed: int = 0) -> Path:
     """Stand-in for ``google-bert/bert-base-uncased``: a tiny random BertForPreTraining (pooler and both
-    pre-training heads, as the real checkpoint has) and an uncased WordPiece tokenizer, saved by transformers."""
+    pre-training heads, as the real checkpoint has) and an uncased WordPiece tokenizer, saved by transformers.
+    """
     vocab = _wordpiece_vocab()
     folder.mkdir(parents=True, exist_ok=True)
     BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
@@ -116,15 +129,25 @@ def bert2bert_cnn_dailymail_fp16(folder: Path) -> Path:
     enc = BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)
     dec = BertConfig(vocab_size=tokenizer.vocab_size, is_decoder=True, add_cross_attention=True, **TINY_BERT)
     cfg = EncoderDecoderConfig.from_encoder_decoder_configs(
-        enc, dec, decoder_start_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        enc,
+        dec,
+        decoder_start_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(1)
     model = randomize(ReferenceModel(cfg), 1).eval()
     model.generation_config = transformers.GenerationConfig(
-        decoder_start_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, num_beams=4, max_length=24,
-        min_length=8, no_repeat_ngram_size=3, early_stopping=True, length_penalty=2.0,
+        decoder_start_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        num_beams=4,
+        max_length=24,
+        min_length=8,
+        no_repeat_ngram_size=3,
+        early_stopping=True,
+        length_penalty=2.0,
     )
     out = folder / "bert2bert-cnn_dailymail-fp16"
     model.half().save_pretrained(out)
@@ -147,8 +170,15 @@ def bert2bert_wmt_en_de(folder: Path) -> Path:
     out = folder / "bert2bert_L-24_wmt_en_de"
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(out)
     special = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
-    small = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 max_position_embeddings=64, **special)
+    small = dict(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        **special,
+    )
     enc = transformers.BertGenerationConfig(**small)
     dec = transformers.BertGenerationConfig(is_decoder=True, add_cross_attention=True, **small)
     cfg = EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec, decoder_start_token_id=2, **special)
@@ -175,9 +205,13 @@ def _adopt(reference: Any, ours: Any) -> None:
     for name, tensor in theirs.items():
         if "crossattention" not in name and name in mine:
             assert torch.equal(mine[name], tensor), f"{name} differs after the warm start"
-    unexpected = reference.load_state_dict({k: v for k, v in mine.items() if k in theirs}, strict=False).unexpected_keys
+    unexpected = reference.load_state_dict(
+        {k: v for k, v in mine.items() if k in theirs}, strict=False
+    ).unexpected_keys
     assert not unexpected
-    assert {k for k in theirs if "crossattention" in k} <= set(mine), "our model lacks cross-attention tensors"
+    assert {k for k in theirs if "crossattention" in k} <= set(mine), (
+        "our model lacks cross-attention tensors"
+    )
 
 
 def _assert_same_tensor_names(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
@@ -191,7 +225,9 @@ def _assert_same_tensor_names(mine: dict[str, torch.Tensor], theirs: dict[str, t
     assert all(theirs[k].data_ptr() in ours_storage for k in only_theirs), only_theirs
 
 
-def _run_both(example: Callable[..., dict], reference_kwargs: dict | None = None, **kwargs: Any) -> tuple[dict, dict]:
+def _run_both(
+    example: Callable[..., dict], reference_kwargs: dict | None = None, **kwargs: Any
+) -> tuple[dict, dict]:
     """Run ``example`` with seqweave's class, then with transformers' (which adopts our new tensors).
 
     An example that saves gets a ``folder`` of its own per side: ``folder / "ours"``, ``folder / "theirs"``.
@@ -200,8 +236,14 @@ def _run_both(example: Callable[..., dict], reference_kwargs: dict | None = None
     mine = {"folder": folder / "ours"} if folder is not None else {}
     ref = {"folder": folder / "theirs"} if folder is not None else {}
     ours = example(EncoderDecoderModel, pipeline, **kwargs, **mine)
-    theirs = example(ReferenceModel, reference_pipeline, adopt_from=ours.get("model"), **kwargs, **ref,
-                     **(reference_kwargs or {}))
+    theirs = example(
+        ReferenceModel,
+        reference_pipeline,
+        adopt_from=ours.get("model"),
+        **kwargs,
+        **ref,
+        **(reference_kwargs or {}),
+    )
     return ours, theirs
 
 
@@ -217,10 +259,15 @@ def hub(tmp_path_factory) -> dict[str, Path]:
 
 
 NEEDS_WARM_START_ALIAS = "needs EncoderDecoder.from_encoder_decoder_pretrained (issue 9, branch i9-build)"
-NEEDS_CONFIG_WRITES = "needs model.config, a live view taking writes to decoder_start_token_id/pad_token_id (issue 9, branch i9-fwd)"
-NEEDS_CONFIG_CONSTRUCTOR = ("needs EncoderDecoder(config=<transformers EncoderDecoderConfig>), transformers' constructor "
-                            "(issue 9 item 3; i9-build brings it as from_config(EncoderDecoderConfig), no branch as the "
-                            "constructor keyword)")
+NEEDS_CONFIG_WRITES = (
+    "needs model.config, a live view taking writes to decoder_start_token_id/pad_token_id "
+    "(issue 9, branch i9-fwd)"
+)
+NEEDS_CONFIG_CONSTRUCTOR = (
+    "needs EncoderDecoder(config=<transformers EncoderDecoderConfig>), transformers' constructor "
+    "(issue 9 item 3; i9-build brings it as from_config(EncoderDecoderConfig), no branch as the "
+    "constructor keyword)"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,15 +275,19 @@ NEEDS_CONFIG_CONSTRUCTOR = ("needs EncoderDecoder(config=<transformers EncoderDe
 
 
 def summarization_pipeline_example(model_class, pipeline, *, hub, adopt_from=None) -> dict:
-    summarizer = pipeline("summarization", model=str(hub["patrickvonplaten/bert2bert-cnn_dailymail-fp16"]),
-                          device="cpu")  # the page runs on device=0; the tests run on the CPU
+    summarizer = pipeline(
+        "summarization", model=str(hub["patrickvonplaten/bert2bert-cnn_dailymail-fp16"]), device="cpu"
+    )  # the page runs on device=0; the tests run on the CPU
     return {"result": summarizer(ARTICLE)}
 
 
-@pytest.mark.xfail(strict=True, reason="needs seqweave.pipeline('summarization', model=..., device=...) returning "
-                   "[{'summary_text': ...}] as transformers 4.x's pipeline did (issue 9 item 4; no branch has it: "
-                   "ours takes the model first and returns a str), and the checkpoint's max_length/min_length "
-                   "read from generation_config.json (issue 9, branch i9-gen9)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs seqweave.pipeline('summarization', model=..., device=...) returning "
+    "[{'summary_text': ...}] as transformers 4.x's pipeline did (issue 9 item 4; no branch has it: "
+    "ours takes the model first and returns a str), and the checkpoint's max_length/min_length "
+    "read from generation_config.json (issue 9, branch i9-gen9)",
+)
 def test_pipeline_summarization(hub):
     ours, theirs = _run_both(summarization_pipeline_example, hub=hub)
     assert theirs["result"][0]["summary_text"]
@@ -264,8 +315,12 @@ def test_notes_from_encoder_decoder_pretrained(hub):
     ids = theirs["tokenizer"](SHORT_SOURCE, return_tensors="pt").input_ids
     dec = ids[:, :4]
     with torch.no_grad():
-        torch.testing.assert_close(ours["model"](input_ids=ids, decoder_input_ids=dec).logits,
-                                   theirs["model"](input_ids=ids, decoder_input_ids=dec).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            ours["model"](input_ids=ids, decoder_input_ids=dec).logits,
+            theirs["model"](input_ids=ids, decoder_input_ids=dec).logits,
+            rtol=0,
+            atol=1e-5,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,9 +387,12 @@ def config_roundtrip_example(EncoderDecoderModel, pipeline, *, hub, folder: Path
     return {"model": model, "encoder": config_encoder, "config": encoder_decoder_config}
 
 
-@pytest.mark.xfail(strict=True, reason=f"{NEEDS_CONFIG_CONSTRUCTOR}; model.config.encoder/.decoder taking "
-                   "is_decoder/add_cross_attention writes (issue 9, branch i9-fwd); from_pretrained(folder, "
-                   "config=<EncoderDecoderConfig>) (issue 9 item 3; i9-build adds the other from_pretrained kwargs)")
+@pytest.mark.xfail(
+    strict=True,
+    reason=f"{NEEDS_CONFIG_CONSTRUCTOR}; model.config.encoder/.decoder taking "
+    "is_decoder/add_cross_attention writes (issue 9, branch i9-fwd); from_pretrained(folder, "
+    "config=<EncoderDecoderConfig>) (issue 9 item 3; i9-build adds the other from_pretrained kwargs)",
+)
 def test_config_class_example_save_and_reload(hub, tmp_path):
     ours, theirs = _run_both(config_roundtrip_example, hub=hub, folder=tmp_path)
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
@@ -347,8 +405,12 @@ def test_config_class_example_save_and_reload(hub, tmp_path):
     reloaded = ReferenceModel.from_pretrained(tmp_path / "ours" / "my-model").eval()
     ids, dec = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[2, 9]])
     with torch.no_grad():
-        torch.testing.assert_close(ours["model"].eval()(input_ids=ids, decoder_input_ids=dec).logits,
-                                   reloaded(input_ids=ids, decoder_input_ids=dec).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            ours["model"].eval()(input_ids=ids, decoder_input_ids=dec).logits,
+            reloaded(input_ids=ids, decoder_input_ids=dec).logits,
+            rtol=0,
+            atol=1e-5,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +419,9 @@ def test_config_class_example_save_and_reload(hub, tmp_path):
 
 def translation_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None) -> dict:
     model_name = hub["google/bert2bert_L-24_wmt_en_de"]
-    tokenizer = AutoTokenizer.from_pretrained(model_name, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_name, pad_token="<pad>", eos_token="</s>", bos_token="<s>"
+    )
     model = EncoderDecoderModel.from_pretrained(model_name)
     inputs = tokenizer(TRANSLATION_SOURCE, return_tensors="pt", add_special_tokens=False).input_ids
     outputs = model.generate(inputs)[0]
@@ -376,8 +440,9 @@ def test_notes_translation(hub):
 # Example 7 (forward's docstring): train, save, reload, generate
 
 
-def forward_example(EncoderDecoderModel, pipeline, *, hub, folder: Path, adopt_from=None,
-                    generate_fix: dict | None = None) -> dict:
+def forward_example(
+    EncoderDecoderModel, pipeline, *, hub, folder: Path, adopt_from=None, generate_fix: dict | None = None
+) -> dict:
     tokenizer = BertTokenizer.from_pretrained(hub["google-bert/bert-base-uncased"])
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(
         str(hub["google-bert/bert-base-uncased"]), str(hub["google-bert/bert-base-uncased"])
@@ -397,14 +462,21 @@ def forward_example(EncoderDecoderModel, pipeline, *, hub, folder: Path, adopt_f
     return {"model": model, "loss": loss, "logits": logits, "generated": generated}
 
 
-@pytest.mark.xfail(strict=True, reason=f"{NEEDS_WARM_START_ALIAS}; {NEEDS_CONFIG_WRITES}, with the vocab_size "
-                   "write and config.decoder.vocab_size read")
+@pytest.mark.xfail(
+    strict=True,
+    reason=f"{NEEDS_WARM_START_ALIAS}; {NEEDS_CONFIG_WRITES}, with the vocab_size "
+    "write and config.decoder.vocab_size read",
+)
 def test_forward_docstring_example(hub, tmp_path):
     # transformers 5.24 fails the page's example (written for 4.x) at generate(): its generate reads
     # generation_config, which the model.config writes never reach, so it finds no start token. Ours
     # must use what was written, as 4.x did; the reference is given the token explicitly.
-    ours, theirs = _run_both(forward_example, hub=hub, folder=tmp_path,
-                             reference_kwargs={"generate_fix": {"decoder_start_token_id": 101}})
+    ours, theirs = _run_both(
+        forward_example,
+        hub=hub,
+        folder=tmp_path,
+        reference_kwargs={"generate_fix": {"decoder_start_token_id": 101}},
+    )
     torch.testing.assert_close(ours["loss"], theirs["loss"], rtol=0, atol=1e-5)
     torch.testing.assert_close(ours["logits"], theirs["logits"], rtol=0, atol=1e-5)
     assert ours["generated"].tolist() == theirs["generated"].tolist()
@@ -434,5 +506,9 @@ def test_from_encoder_decoder_pretrained_docstring_example(hub, tmp_path):
         assert torch.equal(after[name], tensor), name
     ids, dec = torch.tensor([[101, 110, 120, 130, 102]]), torch.tensor([[101, 140, 150]])
     with torch.no_grad():
-        torch.testing.assert_close(ours["model"](input_ids=ids, decoder_input_ids=dec).logits,
-                                   theirs["model"](input_ids=ids, decoder_input_ids=dec).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            ours["model"](input_ids=ids, decoder_input_ids=dec).logits,
+            theirs["model"](input_ids=ids, decoder_input_ids=dec).logits,
+            rtol=0,
+            atol=1e-5,
+        )
