@@ -11,7 +11,7 @@ from conftest import hf_composite, hf_config, label_batch, randomize, source_bat
 from transformers import BertLMHeadModel, BertModel, EncoderDecoderConfig, EncoderDecoderModel
 
 import seqweave as sw
-from seqweave import EncoderDecoder as EncoderDecoderModelSW  # noqa: N814
+from seqweave import EncoderDecoder as EncoderDecoderModelSW
 
 
 def _copy_from_hf(ours, ref):
@@ -98,7 +98,7 @@ def test_from_config_takes_an_encoder_decoder_config(as_dict):
     theirs = EncoderDecoderModel(config=cfg).eval()
     assert ours.training and ours.decoder_start_token_id == 2 and ours.pad_token_id == 0
     assert ours.enc_to_dec_proj is not None
-    mine, ref = _same_structure(ours, theirs)
+    _, ref = _same_structure(ours, theirs)
     assert ours.num_parameters() == theirs.num_parameters()
     _copy_from_hf(ours, ref)
     ours.eval()
@@ -193,7 +193,7 @@ def test_sharded_save_loads_in_transformers_and_here(composite, tmp_path, safe):
 
 
 def test_transformers_sharded_save_loads_here(composite, tmp_path):
-    folder, theirs = composite
+    theirs = composite[1]
     theirs.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     ours = EncoderDecoderModelSW.from_pretrained(tmp_path)

@@ -107,7 +107,7 @@ class _Stack(nn.Module):
         ``mean_resizing=True`` (its default) from a normal distribution with the old rows'
         mean and 1e-9 times their covariance (the mean itself when that is not positive
         definite), else normal(0, ``initializer_range``); a new head bias entry is the old
-        bias's mean (zero without ``mean_resizing``). A tied head stays tied; ``config.vocab_size`` follows, so a saved model
+        zero, as in transformers' resized BERT head. A tied head stays tied; ``config.vocab_size`` follows, so a saved model
         loads again. ``pad_to_multiple_of`` rounds the size up. None for both arguments
         returns the table unchanged.
 
@@ -129,13 +129,22 @@ class _Stack(nn.Module):
                     f"resize_token_embeddings: pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of!r}"
                 )
             n = math.ceil(n / pad_to_multiple_of) * pad_to_multiple_of
-        std = getattr(getattr(self, "config", None), "initializer_range", 0.02)
+        config = getattr(self, "config", None)
+        if config is not None and getattr(config, "vocab_size", n) != n:
+            values, source = {**config.model_dump(), "vocab_size": n}, f"resize_token_embeddings({n})"
+            arch = getattr(self, "seqweave_architecture", None)  # set on parts built from a registered architecture
+            try:  # before anything changes: a token id of the config may not fit a smaller vocabulary
+                arch.make_config(values, source=source) if arch else type(config).model_validate(values)
+            except ConfigError:
+                raise
+            except ValueError as e:
+                raise ConfigError(f"{source}: the {type(config).__name__} would be invalid: {e}") from None
+        std = getattr(config, "initializer_range", 0.02)
         old.weight = nn.Parameter(_resized(old.weight, n, std, mean_resizing), requires_grad=old.weight.requires_grad)
         old.num_embeddings = n
         if old.padding_idx is not None and old.padding_idx >= n:
             old.padding_idx = None
         self._resize_head(n, std, mean_resizing)
-        config = getattr(self, "config", None)
         if config is not None and getattr(config, "vocab_size", n) != n:
             config.vocab_size = n
         return old
@@ -201,7 +210,7 @@ def _resized(old: torch.Tensor, n: int, std: float, mean_resizing: bool) -> torc
         new[:keep] = old[:keep]
         added = n - keep
         if added > 0 and old.dim() == 1:  # a head's bias
-            new[keep:] = old.float().mean() if mean_resizing else 0.0
+            new[keep:] = 0.0  # what transformers' resized BERT head holds, with mean_resizing or without
         elif added > 0 and not mean_resizing:
             new[keep:].normal_(0.0, std)
         elif added > 0:
