@@ -229,3 +229,23 @@ def test_save_pretrained_trainer_arguments(composite, tmp_path):
         ours.save_pretrained(tmp_path / "x", nonsense=1)
     with pytest.raises(sw.ConfigError, match="max_shard_size"):
         ours.save_pretrained(tmp_path / "x", max_shard_size="lots")
+
+
+def test_hub_arguments_reach_huggingface_hub(composite, singles, monkeypatch, tmp_path):
+    from seqweave import hub
+
+    seen = []
+    folders = {"org/model": composite[0], "org/enc": singles / "enc", "org/dec": singles / "lm"}
+
+    def fake_download(name, revision, patterns, **kw):
+        seen.append((name, revision, kw))
+        return folders[name]
+
+    monkeypatch.setattr(hub, "_download", fake_download)
+    EncoderDecoderModelSW.from_pretrained("org/model", "v1", cache_dir=tmp_path, token="hf_x", local_files_only=True)
+    assert seen == [("org/model", "v1", {"local_files_only": True, "cache_dir": str(tmp_path), "token": "hf_x"})]
+    seen.clear()
+    EncoderDecoderModelSW.from_encoder_decoder_pretrained("org/enc", "org/dec", encoder_revision="r1",
+                                                         decoder_token="t2", cache_dir=tmp_path)
+    assert [(n, r, kw.get("token"), kw.get("cache_dir")) for n, r, kw in seen] == [
+        ("org/enc", "r1", None, str(tmp_path)), ("org/dec", None, "t2", str(tmp_path))]

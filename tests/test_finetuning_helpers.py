@@ -186,3 +186,26 @@ def test_resize_shrinks_and_refuses_nonsense(pair):
             ours.decoder.resize_token_embeddings(bad)
     with pytest.raises(sw.ConfigError, match="pad_to_multiple_of"):
         ours.decoder.resize_token_embeddings(60, pad_to_multiple_of=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_placement_and_checkpointing(pair):
+    folder, theirs = pair
+    cpu = EncoderDecoderModelSW.from_pretrained(folder)
+    ids, mask = source_batch(cpu.encoder.config.vocab_size, 0)
+    labels = label_batch(cpu.decoder.vocab_size)
+    for kw in ({"device_map": "auto"}, {"device_map": "cuda:0"}, {"device_map": {"": 0}}):
+        model = EncoderDecoderModelSW.from_pretrained(folder, **kw)
+        assert model.device == torch.device("cuda", 0) or model.device.type == "cuda"
+        with torch.no_grad():
+            got = model(ids.cuda(), mask.cuda(), labels=labels.cuda()).logits.cpu()
+            torch.testing.assert_close(got, cpu(ids, mask, labels=labels).logits, rtol=1e-4, atol=1e-4)
+    half = EncoderDecoderModelSW.from_pretrained(folder, device_map="cuda", torch_dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.device.type == "cuda"
+    model = EncoderDecoderModelSW.from_pretrained(folder, device_map="auto").train()
+    batch = (ids.cuda(), mask.cuda(), labels.cuda())
+    plain = _grads(model, *batch)
+    model.gradient_checkpointing_enable()
+    checkpointed = _grads(model, *batch)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -375,7 +375,8 @@ class EncoderDecoder(nn.Module):
                 docs/migrating.md), or ``"flash_attention_2"``/``"flash_attention_3"``/``"flex_attention"``,
                 accepted with one log line: torch's SDPA, which picks flash kernels itself on GPUs
                 that have them, computes the same function.
-            cache_dir, local_files_only, token: passed to ``huggingface_hub`` (see :func:`seqweave.hub.resolve`).
+            cache_dir, local_files_only, token: passed to ``huggingface_hub``
+                (see :func:`seqweave.hub.resolve`).
             registry: the architecture registry (the installed plugins by default).
             kwargs: ``decoder_start_token_id``, ``pad_token_id``, ``eos_token_id`` set those fields
                 after loading, as transformers sets config fields from keyword arguments; a few of
@@ -442,14 +443,16 @@ class EncoderDecoder(nn.Module):
         dtype, device = _placement(dtype, torch_dtype, device, device_map)
         attn = _attn_implementation(attn_implementation)
         folders = {}
-        for role, path, revision in (("encoder", encoder, encoder_revision), ("decoder", decoder, decoder_revision)):
+        for role, path, revision in (("encoder", encoder, encoder_revision),
+                                     ("decoder", decoder, decoder_revision)):
             hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
             hub.update({k: overrides.pop(f"{role}_{k}") for k in list(hub) if f"{role}_{k}" in overrides})
             folders[role] = resolve(path, revision, **hub)
         specs = load.part_specs(folders["encoder"], folders["decoder"], {}, overrides)
         model = load.load_composition(cls, specs, registry or default_registry(), dtype=dtype, device=device,
-                                      decoder_start_token_id=decoder_start_token_id, pad_token_id=pad_token_id,
-                                      eos_token_id=eos_token_id, tie_encoder_decoder=tie_encoder_decoder)
+                                      decoder_start_token_id=decoder_start_token_id,
+                                      pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                                      tie_encoder_decoder=tie_encoder_decoder)
         model.attn_implementation = attn
         return model
 
@@ -492,7 +495,9 @@ class EncoderDecoder(nn.Module):
                     f"compose ready modules with seqweave.EncoderDecoder(encoder, decoder)"
                 )
             if path is None:
-                raise ConfigError(f"from_encoder_decoder_pretrained: {role}_pretrained_model_name_or_path is required")
+                raise ConfigError(
+                    f"from_encoder_decoder_pretrained: {role}_pretrained_model_name_or_path is required"
+                )
         return cls.from_pretrained_parts(encoder_pretrained_model_name_or_path,
                                          decoder_pretrained_model_name_or_path, **kwargs)
 
@@ -523,7 +528,9 @@ class EncoderDecoder(nn.Module):
         data = config.to_dict() if callable(getattr(config, "to_dict", None)) else config
         if isinstance(data, Mapping) and data.get("model_type") == hf_layout.COMPOSITE_MODEL_TYPE:
             if overrides:
-                raise ConfigError("from_config: overrides apply to composition configs, not to an EncoderDecoderConfig")
+                raise ConfigError(
+                    "from_config: overrides apply to composition configs, not to an EncoderDecoderConfig"
+                )
             return _from_hf_config(cls, data, registry, dtype=dtype, device=device)
         return compose(cls, config, overrides, registry=registry, dtype=dtype, device=device)
 
@@ -611,7 +618,9 @@ class EncoderDecoder(nn.Module):
         for role in ("encoder", "decoder"):
             part = getattr(self, role)
             if not hasattr(part, "set_gradient_checkpointing"):
-                raise ConfigError(f"the {role} ({type(part).__name__}) does not support gradient checkpointing")
+                raise ConfigError(
+                    f"the {role} ({type(part).__name__}) does not support gradient checkpointing"
+                )
             part.set_gradient_checkpointing(True, dict(activation_checkpointing_kwargs or {}),
                                             every_n_layers=every_n_layers, offload=offload)
 
@@ -630,7 +639,10 @@ class EncoderDecoder(nn.Module):
     gradient_checkpointing_disable = activation_checkpointing_disable
 
     def resize_token_embeddings(
-        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
     ) -> nn.Embedding:
         """Resize the decoder's vocabulary, and the encoder's when it was the same (one tokenizer).
 
@@ -660,7 +672,8 @@ class EncoderDecoder(nn.Module):
 
 #: transformers' ``from_pretrained`` switches that change nothing for a seqweave model (logged as ignored).
 _IGNORED_LOADING = frozenset({"low_cpu_mem_usage", "use_safetensors", "trust_remote_code", "force_download",
-                              "resume_download", "proxies", "weights_only", "_fast_init", "output_loading_info"})
+                              "resume_download", "proxies", "weights_only", "_fast_init",
+                              "output_loading_info"})
 #: transformers' ``save_pretrained`` arguments taken when they change nothing, and the value that does not.
 _IGNORED_SAVING = {"push_to_hub": False, "variant": None, "token": None, "save_peft_format": True,
                    "save_original_format": True, "distributed_checkpoint": False}
@@ -675,7 +688,7 @@ def _dtype_of(value: torch.dtype | str | None, name: str) -> torch.dtype | None:
         return value
     dtype = getattr(torch, str(value).removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ConfigError(f"{name}={value!r} is not a floating dtype (e.g. torch.float16, \"bfloat16\", \"auto\")")
+        raise ConfigError(f"{name}={value!r} is not a floating dtype (torch.float16, 'bfloat16', 'auto')")
     return dtype
 
 
@@ -685,13 +698,14 @@ def _one_device(device_map: Any) -> torch.device:
         devices = {str(_one_device(v)) for v in device_map.values()}
         if len(devices) != 1:
             raise ConfigError(
-                f"device_map={dict(device_map)!r} places the model on {len(devices) or 'no'} devices; a seqweave "
+                f"device_map={dict(device_map)!r} places the model on {len(devices) or 'no'} devices; "
+                "a seqweave "
                 "model lives on one device: give one (\"cuda:0\", {\"\": \"cpu\"}) or \"auto\""
             )
         return torch.device(devices.pop())
     if device_map == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device_map, str) and device_map in ("balanced", "balanced_low_0", "sequential", "disk", "meta"):
+    if device_map in ("balanced", "balanced_low_0", "sequential", "disk", "meta"):
         raise ConfigError(
             f"device_map={device_map!r} spreads or offloads the model; a seqweave model lives on one device: "
             "give one (\"cuda:0\", \"cpu\") or \"auto\""
@@ -699,7 +713,7 @@ def _one_device(device_map: Any) -> torch.device:
     try:
         return torch.device(device_map)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device_map={device_map!r} is not a device (\"cpu\", \"cuda:0\", 0, \"auto\")") from None
+        raise ConfigError(f"device_map={device_map!r} is not a device ('cpu', 'cuda:0', 0, 'auto')") from None
 
 
 def _placement(dtype: Any, torch_dtype: Any, device: Any, device_map: Any) -> tuple[torch.dtype | None, Any]:
@@ -720,11 +734,13 @@ def _attn_implementation(name: str | None) -> str:
     if name is None or name in _ATTN_IMPLEMENTATIONS:
         return name or "sdpa"
     if name in _ATTN_LIKE_SDPA:
-        logger.info("attn_implementation=%r: seqweave computes attention with torch's scaled_dot_product_attention, "
-                    "which uses flash kernels itself where the GPU has them; the results are the same function", name)
+        logger.info("attn_implementation=%r: seqweave computes attention with torch's "
+                    "scaled_dot_product_attention, which uses flash kernels itself where the GPU has them; "
+                    "the results are the same function", name)
         return name
     raise ConfigError(
-        f"attn_implementation={name!r} is unknown; use one of {', '.join(_ATTN_IMPLEMENTATIONS + _ATTN_LIKE_SDPA)}"
+        f"attn_implementation={name!r} is unknown; "
+        f"use one of {', '.join(_ATTN_IMPLEMENTATIONS + _ATTN_LIKE_SDPA)}"
     )
 
 
@@ -755,7 +771,12 @@ def _check_save_kwargs(kwargs: Mapping[str, Any]) -> None:
 
 
 def _from_hf_config(
-    cls: type[EncoderDecoder], data: Mapping[str, Any], registry: Registry, *, dtype: torch.dtype | None, device: Any
+    cls: type[EncoderDecoder],
+    data: Mapping[str, Any],
+    registry: Registry,
+    *,
+    dtype: torch.dtype | None,
+    device: Any,
 ) -> EncoderDecoder:
     """A randomly initialised model of a transformers ``EncoderDecoderConfig``'s dict."""
     parts, kwargs, top = hf_layout.composite_config(data, "EncoderDecoderConfig", registry)

@@ -99,40 +99,48 @@ class _Stack(nn.Module):
             self._checkpoint = run
 
     def resize_token_embeddings(
-        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
     ) -> nn.Embedding:
-        """Give the token table (and a decoder's head) ``new_num_tokens`` rows, as transformers' method of that name.
+        """Give the token table (and a decoder's head) ``new_num_tokens`` rows, as transformers' method does.
 
         Rows that stay keep their values; new rows are drawn as transformers draws them:
         ``mean_resizing=True`` (its default) from a normal distribution with the old rows'
         mean and 1e-9 times their covariance (the mean itself when that is not positive
-        definite), else normal(0, ``initializer_range``); a new head bias entry is the old
-        zero, as in transformers' resized BERT head. A tied head stays tied; ``config.vocab_size`` follows, so a saved model
-        loads again. ``pad_to_multiple_of`` rounds the size up. None for both arguments
-        returns the table unchanged.
+        definite), else normal(0, ``initializer_range``); a new head bias entry is zero, as
+        in transformers' resized BERT head. A tied head stays tied; ``config.vocab_size``
+        follows, so a saved model loads again. ``pad_to_multiple_of`` rounds the size up.
+        None for both arguments returns the table unchanged. A ``padding_idx`` beyond
+        the new size is dropped, as transformers drops it.
 
         Returns:
             The token embedding module.
 
         Raises:
-            ConfigError: ``new_num_tokens`` or ``pad_to_multiple_of`` is not a positive integer.
+            ConfigError: ``new_num_tokens`` or ``pad_to_multiple_of`` is not a positive integer,
+                or a token id of the config would fall outside the smaller vocabulary.
         """
         old = self.embeddings.tokens
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
         n = old.num_embeddings if new_num_tokens is None else new_num_tokens
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(f"resize_token_embeddings: new_num_tokens must be a positive integer, got {n!r}")
+            raise ConfigError(
+                f"resize_token_embeddings: new_num_tokens must be a positive integer, got {n!r}"
+            )
         if pad_to_multiple_of is not None:
             if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
                 raise ConfigError(
-                    f"resize_token_embeddings: pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of!r}"
+                    "resize_token_embeddings: pad_to_multiple_of must be a positive integer, "
+                    f"got {pad_to_multiple_of!r}"
                 )
             n = math.ceil(n / pad_to_multiple_of) * pad_to_multiple_of
         config = getattr(self, "config", None)
         if config is not None and getattr(config, "vocab_size", n) != n:
             values, source = {**config.model_dump(), "vocab_size": n}, f"resize_token_embeddings({n})"
-            arch = getattr(self, "seqweave_architecture", None)  # set on parts built from a registered architecture
+            arch = getattr(self, "seqweave_architecture", None)  # parts of a registered architecture have it
             try:  # before anything changes: a token id of the config may not fit a smaller vocabulary
                 arch.make_config(values, source=source) if arch else type(config).model_validate(values)
             except ConfigError:
@@ -140,7 +148,8 @@ class _Stack(nn.Module):
             except ValueError as e:
                 raise ConfigError(f"{source}: the {type(config).__name__} would be invalid: {e}") from None
         std = getattr(config, "initializer_range", 0.02)
-        old.weight = nn.Parameter(_resized(old.weight, n, std, mean_resizing), requires_grad=old.weight.requires_grad)
+        old.weight = nn.Parameter(_resized(old.weight, n, std, mean_resizing),
+                                  requires_grad=old.weight.requires_grad)
         old.num_embeddings = n
         if old.padding_idx is not None and old.padding_idx >= n:
             old.padding_idx = None
@@ -171,7 +180,8 @@ class _Stack(nn.Module):
                 f"the cache has {len(caches)} layers but the decoder has {len(self.layers)}; "
                 "make it with seqweave.Cache(decoder.num_layers, ...) or pass use_cache=True"
             )
-        recompute = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        recompute = (self.gradient_checkpointing and self.training and cache is None
+                     and torch.is_grad_enabled())
         for i, (layer, layer_cache) in enumerate(zip(self.layers, caches)):
             if output_hidden_states:
                 hidden.append(x)
@@ -312,7 +322,8 @@ class TransformerDecoder(_Stack):
             proj.weight = nn.Parameter(_resized(proj.weight, n, std, mean_resizing),
                                        requires_grad=proj.weight.requires_grad)
         if proj.bias is not None:
-            proj.bias = nn.Parameter(_resized(proj.bias, n, std, mean_resizing), requires_grad=proj.bias.requires_grad)
+            proj.bias = nn.Parameter(_resized(proj.bias, n, std, mean_resizing),
+                                     requires_grad=proj.bias.requires_grad)
         proj.out_features = n
         self.vocab_size = n
 

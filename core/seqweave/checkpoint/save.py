@@ -54,7 +54,8 @@ def _weight_files(
 
     pattern = "model{suffix}.safetensors" if safe else "pytorch_model{suffix}.bin"
     try:
-        split = split_torch_state_dict_into_shards(tensors, filename_pattern=pattern, max_shard_size=max_shard_size)
+        split = split_torch_state_dict_into_shards(tensors, filename_pattern=pattern,
+                                                   max_shard_size=max_shard_size)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"save_pretrained: max_shard_size={max_shard_size!r} is not a size ({e})") from None
 
@@ -72,7 +73,8 @@ def _weight_files(
         index = {"metadata": {"total_parameters": num_parameters, **split.metadata},
                  "weight_map": split.tensor_to_filename}
         text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-        files.append((pattern.format(suffix="") + ".index.json", lambda p: p.write_text(text, encoding="utf-8")))
+        index_name = pattern.format(suffix="") + ".index.json"
+        files.append((index_name, lambda p: p.write_text(text, encoding="utf-8")))
     return files
 
 
@@ -104,8 +106,9 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     sd = dict(model.state_dict() if state_dict is None else state_dict)
     tensors = untie(model.weight_map().to_hf(sd))
+    count = sum(p.numel() for p in model.parameters())
     writers = (
-        *_weight_files(tensors, max_shard_size, safe_serialization, sum(p.numel() for p in model.parameters())),
+        *_weight_files(tensors, max_shard_size, safe_serialization, count),
         (CONFIG_JSON, lambda p: write_json(p, model.hf_config())),
         (GENERATION_CONFIG_JSON, lambda p: write_json(p, generation_config(model))),
     )
