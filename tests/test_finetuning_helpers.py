@@ -190,7 +190,7 @@ def test_resize_shrinks_and_refuses_nonsense(pair):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_placement_and_checkpointing(pair):
-    folder, theirs = pair
+    folder = pair[0]
     cpu = EncoderDecoderModelSW.from_pretrained(folder)
     ids, mask = source_batch(cpu.encoder.config.vocab_size, 0)
     labels = label_batch(cpu.decoder.vocab_size)
