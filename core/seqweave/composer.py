@@ -537,6 +537,11 @@ class EncoderDecoder(nn.Module):
     # ------------------------------------------------------------------------------------
     # Fine-tuning helpers, under transformers' names
 
+    #: what ``from_pretrained(attn_implementation=...)`` was given; the computation is SDPA's whichever it is
+    attn_implementation: str = "sdpa"
+    #: transformers' flag that Trainer reads before it turns checkpointing on
+    supports_gradient_checkpointing = True
+
     def get_encoder(self) -> nn.Module:
         """The encoder (transformers' ``get_encoder``)."""
         return self.encoder
