@@ -67,6 +67,15 @@ def test_from_encoder_decoder_pretrained_matches_transformers(singles, tmp_path)
                                rtol=0, atol=1e-5)
 
 
+def test_from_encoder_decoder_pretrained_ignores_role_flags_as_transformers(singles, caplog):
+    kw = {"decoder_is_decoder": True, "decoder_add_cross_attention": True, "encoder_add_cross_attention": True}
+    with caplog.at_level(logging.INFO, logger="seqweave"):
+        ours = EncoderDecoderModelSW.from_encoder_decoder_pretrained(str(singles / "enc"), str(singles / "lm"), **kw)
+    EncoderDecoderModel.from_encoder_decoder_pretrained(str(singles / "enc"), str(singles / "lm"), **kw)
+    assert ours.decoder.num_layers == 2
+    assert any("decoder_add_cross_attention" in r.getMessage() for r in caplog.records)
+
+
 def test_from_encoder_decoder_pretrained_errors(singles):
     with pytest.raises(sw.ConfigError, match="decoder_pretrained_model_name_or_path"):
         EncoderDecoderModelSW.from_encoder_decoder_pretrained(str(singles / "enc"))

@@ -498,6 +498,12 @@ class EncoderDecoder(nn.Module):
                 raise ConfigError(
                     f"from_encoder_decoder_pretrained: {role}_pretrained_model_name_or_path is required"
                 )
+        # transformers sets these itself whatever is passed (with a log line): the role decides them
+        roles = sorted(k for k in kwargs if k.partition("_")[2] in hf_layout.ROLE_FIELDS
+                       and k.partition("_")[0] in ("encoder", "decoder"))
+        if roles:
+            logger.info("from_encoder_decoder_pretrained: ignored %s (the part's role sets them)", ", ".join(roles))
+            kwargs = {k: v for k, v in kwargs.items() if k not in roles}
         return cls.from_pretrained_parts(encoder_pretrained_model_name_or_path,
                                          decoder_pretrained_model_name_or_path, **kwargs)
 
@@ -666,7 +672,7 @@ class EncoderDecoder(nn.Module):
         """
         shared = self.encoder.embeddings.tokens.num_embeddings == self.decoder.vocab_size
         out = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        if shared and not (self.tie_encoder_decoder and self.encoder.embeddings.tokens is out):
+        if shared:  # with tie_encoder_decoder, tie_weights then shares the decoder's new table again
             self.encoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.tie_weights()
         return out
