@@ -209,3 +209,20 @@ def test_cuda_placement_and_checkpointing(pair):
     checkpointed = _grads(model, *batch)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_reentrant_checkpointing_with_frozen_embeddings_needs_input_grads(pair):
+    model = EncoderDecoderModelSW.from_pretrained(pair[0]).train()
+    ids, mask = source_batch(model.encoder.config.vocab_size, 0)
+    labels = label_batch(model.decoder.vocab_size)
+    for part in (model.encoder, model.decoder):
+        part.embeddings.requires_grad_(False)
+    plain = _grads(model, ids, mask, labels)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.enable_input_require_grads()
+    checkpointed = _grads(model, ids, mask, labels)
+    assert plain.keys() == checkpointed.keys() and any(".layers.0." in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-6, msg=name)
+    model.disable_input_require_grads()
+    assert not model._input_grad_hooks

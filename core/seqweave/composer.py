@@ -649,6 +649,26 @@ class EncoderDecoder(nn.Module):
 
     gradient_checkpointing_disable = activation_checkpointing_disable
 
+    def enable_input_require_grads(self) -> None:
+        """Make the token embeddings' outputs require gradients, even with frozen embeddings (PEFT's call).
+
+        Reentrant checkpointing passes gradients only through inputs that require them; with
+        frozen tables (adapters, LoRA) nothing would reach the layers. Hooks both parts' token
+        tables (transformers hooks the encoder's, the one ``get_input_embeddings`` returns).
+        """
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._input_grad_hooks = [part.embeddings.tokens.register_forward_hook(hook)
+                                  for part in (self.encoder, self.decoder)]
+
+    def disable_input_require_grads(self) -> None:
+        """Undo :meth:`enable_input_require_grads`."""
+        for handle in getattr(self, "_input_grad_hooks", ()):
+            handle.remove()
+        self._input_grad_hooks = []
+
     def resize_token_embeddings(
         self,
         new_num_tokens: int | None = None,
