@@ -218,6 +218,11 @@ def test_a_new_save_replaces_the_weights_of_an_earlier_one(composite, tmp_path):
     names = {p.name for p in tmp_path.iterdir()}
     assert "pytorch_model.bin" in names
     assert not any(n.startswith("model") for n in names), names  # no shard or index left to shadow the new file
+    ids, mask = source_batch(ours.encoder.config.vocab_size, 0)
+    labels = label_batch(ours.decoder.vocab_size)
+    want = _logits(ours, ids, mask, labels)
+    for loaded in (EncoderDecoderModel.from_pretrained(tmp_path).eval(), EncoderDecoderModelSW.from_pretrained(tmp_path)):
+        torch.testing.assert_close(_logits(loaded, ids, mask, labels), want, rtol=0, atol=1e-5)
     ours.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "config.json", "generation_config.json"}
     assert not list(tmp_path.glob(".*.tmp"))
