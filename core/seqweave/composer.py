@@ -6,6 +6,7 @@ lives in :mod:`seqweave.checkpoint`, composition files in :mod:`seqweave.composi
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -21,14 +22,17 @@ from .checkpoint import hf_config as hf_layout
 from .checkpoint import load, save
 from .checkpoint.report import LoadReport
 from .composition import compose
-from .config import TOKEN_ID_FIELDS, CompositionConfig, GenerationSettings
+from .config import TOKEN_ID_FIELDS, GenerationSettings, PartConfig
 from .errors import ConfigError
 from .generation import Generated
+from .hub import resolve
 from .outputs import Encoded, EncoderOutput, Seq2SeqOutput
 from .registry import Registry, default_registry
 from .weights import WeightMap
 
 __all__ = ["EncoderDecoder", "LoadReport", "build_decoder", "build_encoder", "shift_tokens_right"]
+
+logger = logging.getLogger("seqweave")
 
 
 class EncoderDecoder(nn.Module):
@@ -331,14 +335,36 @@ class EncoderDecoder(nn.Module):
         """The ``config.json`` transformers' ``EncoderDecoderModel`` reads."""
         return hf_layout.hf_config(self)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``config.json``, ``generation_config.json`` and ``model.safetensors``.
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        *,
+        max_shard_size: int | str = save.DEFAULT_MAX_SHARD_SIZE,
+        safe_serialization: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``config.json``, ``generation_config.json`` and the weights, as transformers writes them.
 
         transformers' ``EncoderDecoderModel.from_pretrained`` loads the folder. Every file
         is written to a temporary name first and renamed into place only when all are
         complete, so a failed save leaves an earlier checkpoint in the folder intact.
+
+        Args:
+            save_directory: the folder (created if needed).
+            is_main_process: False writes nothing (the other ranks of a distributed run).
+            state_dict: the tensors to write, by this model's names; its own when None.
+            max_shard_size: past this size (bytes, or text such as ``"500MB"``) the weights are
+                split into shards plus ``model.safetensors.index.json``, named as transformers names them.
+            safe_serialization: safetensors (default) or ``torch.save``'s zip ``pytorch_model.bin``.
+            kwargs: transformers' ``push_to_hub``, ``variant``, ``token``, ``save_peft_format``,
+                ``save_original_format`` at values that change nothing; others are a :class:`ConfigError`.
         """
-        save.save_pretrained(self, save_directory)
+        _check_save_kwargs(kwargs)
+        if is_main_process:
+            save.save_pretrained(self, save_directory, state_dict=state_dict, max_shard_size=max_shard_size,
+                                 safe_serialization=safe_serialization)
 
     # ------------------------------------------------------------------------------------
     # Loading (seqweave.checkpoint.load does the work)
@@ -349,25 +375,59 @@ class EncoderDecoder(nn.Module):
         name_or_path: str | os.PathLike,
         revision: str | None = None,
         *,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        device_map: Any = None,
+        attn_implementation: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
         registry: Registry | None = None,
+        **kwargs: Any,
     ) -> EncoderDecoder:
         """Load a composite checkpoint: a transformers ``EncoderDecoderModel`` folder, or ours.
+
+        The keyword arguments are transformers' ``from_pretrained`` ones, with the same meaning.
 
         Args:
             name_or_path: a local folder or a Hugging Face Hub id.
             revision: the Hub revision to pin.
-            dtype: cast floating weights to this; None keeps the checkpoint's dtype.
-            device: where the weights go.
+            dtype: cast floating weights to this (a ``torch.dtype`` or its name); None or
+                ``"auto"`` keeps the checkpoint's dtype. ``torch_dtype`` is the older name.
+            device: where the weights go (default ``"cpu"``).
+            device_map: transformers' spelling of ``device``: one device (``"cuda:0"``, ``0``, a
+                ``torch.device``, ``{"": "cpu"}``) or ``"auto"`` (CUDA if available, else the
+                CPU). A map that spreads the model over several devices is a :class:`ConfigError`:
+                a seqweave model lives on one device.
+            attn_implementation: ``"sdpa"`` or ``"eager"`` (the same computation here; see
+                docs/migrating.md), or ``"flash_attention_2"``/``"flash_attention_3"``/``"flex_attention"``,
+                accepted with one log line: torch's SDPA, which picks flash kernels itself on GPUs
+                that have them, computes the same function.
+            cache_dir, local_files_only, token: passed to ``huggingface_hub``
+                (see :func:`seqweave.hub.resolve`).
             registry: the architecture registry (the installed plugins by default).
+            kwargs: ``decoder_start_token_id``, ``pad_token_id``, ``eos_token_id`` set those fields
+                after loading, as transformers sets config fields from keyword arguments; a few of
+                transformers' loading switches that change nothing here (``low_cpu_mem_usage``,
+                ``use_safetensors``, ...) are logged as ignored; anything else is a :class:`ConfigError`.
 
         Raises:
             CheckpointError: missing files, an unregistered architecture, missing or
                 misshapen tensors; the message names the file and the tensor or field.
+            ConfigError: an argument is invalid; the message names it.
         """
-        return load.load_pretrained(cls, name_or_path, revision, dtype=dtype, device=device,
-                                    registry=registry or default_registry())
+        dtype, device = _placement(dtype, torch_dtype, device, device_map)
+        attn = _attn_implementation(attn_implementation)
+        fields = _top_fields(kwargs, "from_pretrained")
+        folder = resolve(name_or_path, revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                         token=token)
+        model = load.load_pretrained(cls, folder, None, dtype=dtype, device=device,
+                                     registry=registry or default_registry())
+        for key, value in fields.items():
+            setattr(model, key, value)
+        model.attn_implementation = attn
+        return model
 
     @classmethod
     def from_pretrained_parts(
@@ -381,8 +441,14 @@ class EncoderDecoder(nn.Module):
         tie_encoder_decoder: bool = False,
         encoder_revision: str | None = None,
         decoder_revision: str | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        device_map: Any = None,
+        attn_implementation: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
         registry: Registry | None = None,
         **overrides: Any,
     ) -> EncoderDecoder:
@@ -397,24 +463,388 @@ class EncoderDecoder(nn.Module):
             decoder: folder or Hub id of the decoder checkpoint.
             tie_encoder_decoder: share same-name, same-shape weights after loading (the
                 decoder checkpoint's values win), as transformers 4.x's keyword of that name did.
+            dtype, torch_dtype, device, device_map, attn_implementation, cache_dir,
+                local_files_only, token: as in :meth:`from_pretrained`, for both parts;
+                ``encoder_cache_dir=`` / ``decoder_token=`` ... set the Hub ones of one part.
             overrides: ``encoder_<field>=...`` / ``decoder_<field>=...`` change a part's
                 config field (e.g. ``decoder_num_hidden_layers=2``).
         """
-        specs = load.part_specs(encoder, decoder, {"encoder": encoder_revision, "decoder": decoder_revision},
-                                overrides)
-        return load.load_composition(cls, specs, registry or default_registry(), dtype=dtype, device=device,
-                                     decoder_start_token_id=decoder_start_token_id, pad_token_id=pad_token_id,
-                                     eos_token_id=eos_token_id, tie_encoder_decoder=tie_encoder_decoder)
+        dtype, device = _placement(dtype, torch_dtype, device, device_map)
+        attn = _attn_implementation(attn_implementation)
+        folders = {}
+        for role, path, revision in (("encoder", encoder, encoder_revision),
+                                     ("decoder", decoder, decoder_revision)):
+            hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+            hub.update({k: overrides.pop(f"{role}_{k}") for k in list(hub) if f"{role}_{k}" in overrides})
+            folders[role] = resolve(path, revision, **hub)
+        specs = load.part_specs(folders["encoder"], folders["decoder"], {}, overrides)
+        model = load.load_composition(cls, specs, registry or default_registry(), dtype=dtype, device=device,
+                                      decoder_start_token_id=decoder_start_token_id,
+                                      pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                                      tie_encoder_decoder=tie_encoder_decoder)
+        model.attn_implementation = attn
+        return model
+
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_pretrained_model_name_or_path: str | os.PathLike | None = None,
+        decoder_pretrained_model_name_or_path: str | os.PathLike | None = None,
+        *model_args: Any,
+        **kwargs: Any,
+    ) -> EncoderDecoder:
+        """transformers' name for :meth:`from_pretrained_parts`, with its keyword conventions.
+
+        ``encoder_<field>=`` / ``decoder_<field>=`` change a part's config field
+        (``decoder_num_hidden_layers=2``) or set a part's Hub argument (``encoder_revision=``,
+        ``decoder_cache_dir=``, ``encoder_token=``, ``decoder_local_files_only=``); the
+        others are the composite's (``decoder_start_token_id``, ``pad_token_id``,
+        ``eos_token_id``, ``tie_encoder_decoder``, ``dtype``/``torch_dtype``, ``device_map``,
+        ``attn_implementation``, ``cache_dir``, ``token``, ``local_files_only``).
+
+        Differs from transformers on purpose (docs/migrating.md): ``decoder_start_token_id=``
+        sets the composite's start token (transformers files it in the decoder's config as
+        ``start_token_id``, where nothing reads it); ``torch_dtype`` and ``device_map`` place
+        the whole model; positional ``model_args`` and ``encoder_model=`` / ``decoder_model=``
+        (ready modules) are not taken: compose modules with ``EncoderDecoder(encoder, decoder)``.
+
+        Raises:
+            ConfigError: a checkpoint path is missing, or an argument is not one of the above.
+        """
+        if model_args:
+            raise ConfigError(
+                f"from_encoder_decoder_pretrained: {len(model_args)} positional model argument(s) given; "
+                "pass part settings as encoder_<field>= / decoder_<field>= keyword arguments"
+            )
+        for role, path in (("encoder", encoder_pretrained_model_name_or_path),
+                           ("decoder", decoder_pretrained_model_name_or_path)):
+            if f"{role}_model" in kwargs:
+                raise ConfigError(
+                    f"from_encoder_decoder_pretrained: {role}_model= (a ready module) is not taken; "
+                    f"compose ready modules with seqweave.EncoderDecoder(encoder, decoder)"
+                )
+            if path is None:
+                raise ConfigError(
+                    f"from_encoder_decoder_pretrained: {role}_pretrained_model_name_or_path is required"
+                )
+        # transformers sets these itself whatever is passed (with a log line): the role decides them
+        roles = sorted(k for k in kwargs if k.partition("_")[2] in hf_layout.ROLE_FIELDS
+                       and k.partition("_")[0] in ("encoder", "decoder"))
+        if roles:
+            logger.info("from_encoder_decoder_pretrained: ignored %s (the part's role sets them)", ", ".join(roles))
+            kwargs = {k: v for k, v in kwargs.items() if k not in roles}
+        return cls.from_pretrained_parts(encoder_pretrained_model_name_or_path,
+                                         decoder_pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_config(
         cls,
-        config: CompositionConfig | Mapping[str, Any] | str | os.PathLike,
+        config: Any,
         *,
         overrides: list[str] | tuple[str, ...] = (),
         dtype: torch.dtype | None = None,
-        device: torch.device | str = "cpu",
+        torch_dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
         registry: Registry | None = None,
     ) -> EncoderDecoder:
-        """Build the model a composition config describes; pretrained parts are loaded, the rest initialised."""
-        return compose(cls, config, overrides, registry=registry or default_registry(), dtype=dtype, device=device)
+        """Build the model a config describes; pretrained parts are loaded, the rest initialised.
+
+        Args:
+            config: a composition config (file, mapping or :class:`CompositionConfig`), or a
+                transformers ``EncoderDecoderConfig`` (anything with ``to_dict()`` and
+                ``model_type == "encoder-decoder"``) or its dict: a randomly initialised model of
+                those two part configs and top-level token ids, as ``EncoderDecoderModel(config=...)``
+                builds; fields of theirs that we do not use are kept and written back on save.
+            overrides: ``key.sub=value`` changes to a composition config.
+            dtype, torch_dtype, device: the parameters' dtype and device.
+        """
+        dtype, device = _placement(dtype, torch_dtype, device, None)
+        registry = registry or default_registry()
+        data = config.to_dict() if callable(getattr(config, "to_dict", None)) else config
+        if isinstance(data, Mapping) and data.get("model_type") == hf_layout.COMPOSITE_MODEL_TYPE:
+            if overrides:
+                raise ConfigError(
+                    "from_config: overrides apply to composition configs, not to an EncoderDecoderConfig"
+                )
+            return _from_hf_config(cls, data, registry, dtype=dtype, device=device)
+        return compose(cls, config, overrides, registry=registry, dtype=dtype, device=device)
+
+    # ------------------------------------------------------------------------------------
+    # Fine-tuning helpers, under transformers' names
+
+    #: what ``from_pretrained(attn_implementation=...)`` was given; the computation is SDPA's whichever it is
+    attn_implementation: str = "sdpa"
+    #: transformers' flag that Trainer reads before it turns checkpointing on
+    supports_gradient_checkpointing = True
+
+    def get_encoder(self) -> nn.Module:
+        """The encoder (transformers' ``get_encoder``)."""
+        return self.encoder
+
+    def get_decoder(self) -> nn.Module:
+        """The decoder (transformers' ``get_decoder``)."""
+        return self.decoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's token embedding table, as transformers' ``EncoderDecoderModel`` returns."""
+        return self.encoder.embeddings.tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """Replace the encoder's token embedding table."""
+        self.encoder.embeddings.tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        """The decoder's output projection (the vocabulary logits' ``Linear``)."""
+        return self.decoder.head.proj
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        """Replace the decoder's output projection; its rows are the decoder's vocabulary."""
+        self.decoder.head.proj = value
+        self.decoder.vocab_size = value.out_features
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters, as transformers counts them (a shared tensor once).
+
+        Args:
+            only_trainable: count only parameters with ``requires_grad``.
+            exclude_embeddings: leave out the weights of ``nn.Embedding`` modules (token,
+                position and token-type tables).
+        """
+        embeddings = {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, nn.Embedding)}
+        return sum(
+            p.numel()
+            for name, p in self.named_parameters()
+            if not (exclude_embeddings and name in embeddings) and (p.requires_grad or not only_trainable)
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters (the model lives on one)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the floating parameters."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether :meth:`gradient_checkpointing_enable` is in effect (in either part)."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in (self.encoder, self.decoder))
+
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: Mapping[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute each layer's activations in the backward pass instead of keeping them (saves memory).
+
+        Per layer, with ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``: gradients
+        equal those without. In effect while training (``model.train()``) without a cache; it
+        does nothing in evaluation or generation.
+
+        Args:
+            activation_checkpointing_kwargs: passed to ``torch.utils.checkpoint.checkpoint``
+                (``{"use_reentrant": False}`` unless given).
+            every_n_layers: checkpoint every n-th layer of each stack (the first, n+1-th, ...).
+            offload: keep the saved layer inputs in (pinned) CPU memory.
+
+        Raises:
+            ConfigError: a part does not support it (a module of a plugin's own making).
+        """
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ConfigError(f"every_n_layers must be a positive integer, got {every_n_layers!r}")
+        for role in ("encoder", "decoder"):
+            part = getattr(self, role)
+            if not hasattr(part, "set_gradient_checkpointing"):
+                raise ConfigError(
+                    f"the {role} ({type(part).__name__}) does not support gradient checkpointing"
+                )
+            part.set_gradient_checkpointing(True, dict(activation_checkpointing_kwargs or {}),
+                                            every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """transformers' older name of :meth:`activation_checkpointing_enable` (same arguments)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        """Keep activations again (undo :meth:`activation_checkpointing_enable`)."""
+        for part in (self.encoder, self.decoder):
+            if hasattr(part, "set_gradient_checkpointing"):
+                part.set_gradient_checkpointing(False)
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    def enable_input_require_grads(self) -> None:
+        """Make the token embeddings' outputs require gradients, even with frozen embeddings (PEFT's call).
+
+        Reentrant checkpointing passes gradients only through inputs that require them; with
+        frozen tables (adapters, LoRA) nothing would reach the layers. Hooks both parts' token
+        tables (transformers hooks the encoder's, the one ``get_input_embeddings`` returns).
+        """
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._input_grad_hooks = [part.embeddings.tokens.register_forward_hook(hook)
+                                  for part in (self.encoder, self.decoder)]
+
+    def disable_input_require_grads(self) -> None:
+        """Undo :meth:`enable_input_require_grads`."""
+        for handle in getattr(self, "_input_grad_hooks", ()):
+            handle.remove()
+        self._input_grad_hooks = []
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Resize the decoder's vocabulary, and the encoder's when it was the same (one tokenizer).
+
+        transformers' ``EncoderDecoderModel.resize_token_embeddings`` raises
+        ``NotImplementedError`` and asks for the parts' methods; this does what a user who added
+        tokens to the shared tokenizer of a bert2bert-like model needs: the decoder's token
+        table and head (the vocabulary of the loss and of generation) get ``new_num_tokens`` rows,
+        and so does the encoder's table when its size equalled the decoder's before. With two
+        tokenizers, resize the parts themselves: ``model.encoder.resize_token_embeddings(n)``,
+        ``model.decoder.resize_token_embeddings(n)``. New rows are drawn as transformers draws
+        them (see :meth:`seqweave.TransformerDecoder.resize_token_embeddings`); ties are kept
+        (head to embeddings, and ``tie_encoder_decoder``'s).
+
+        Returns:
+            The decoder's token embedding module.
+        """
+        shared = self.encoder.embeddings.tokens.num_embeddings == self.decoder.vocab_size
+        out = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if shared:  # with tie_encoder_decoder, tie_weights then shares the decoder's new table again
+            self.encoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.tie_weights()
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# transformers' loading arguments
+
+#: transformers' ``from_pretrained`` switches that change nothing for a seqweave model (logged as ignored).
+_IGNORED_LOADING = frozenset({"low_cpu_mem_usage", "use_safetensors", "trust_remote_code", "force_download",
+                              "resume_download", "proxies", "weights_only", "_fast_init",
+                              "output_loading_info"})
+#: transformers' ``save_pretrained`` arguments taken when they change nothing, and the value that does not.
+_IGNORED_SAVING = {"push_to_hub": False, "variant": None, "token": None, "save_peft_format": True,
+                   "save_original_format": True, "distributed_checkpoint": False}
+_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+_ATTN_LIKE_SDPA = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def _dtype_of(value: torch.dtype | str | None, name: str) -> torch.dtype | None:
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"{name}={value!r} is not a floating dtype (torch.float16, 'bfloat16', 'auto')")
+    return dtype
+
+
+def _one_device(device_map: Any) -> torch.device:
+    """The single device a transformers ``device_map`` names."""
+    if isinstance(device_map, Mapping):
+        devices = {str(_one_device(v)) for v in device_map.values()}
+        if len(devices) != 1:
+            raise ConfigError(
+                f"device_map={dict(device_map)!r} places the model on {len(devices) or 'no'} devices; "
+                "a seqweave "
+                "model lives on one device: give one (\"cuda:0\", {\"\": \"cpu\"}) or \"auto\""
+            )
+        return torch.device(devices.pop())
+    if device_map == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device_map in ("balanced", "balanced_low_0", "sequential", "disk", "meta"):
+        raise ConfigError(
+            f"device_map={device_map!r} spreads or offloads the model; a seqweave model lives on one device: "
+            "give one (\"cuda:0\", \"cpu\") or \"auto\""
+        )
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device_map={device_map!r} is not a device ('cpu', 'cuda:0', 0, 'auto')") from None
+
+
+def _placement(dtype: Any, torch_dtype: Any, device: Any, device_map: Any) -> tuple[torch.dtype | None, Any]:
+    """The dtype and device that ``dtype``/``torch_dtype`` and ``device``/``device_map`` ask for."""
+    a, b = _dtype_of(dtype, "dtype"), _dtype_of(torch_dtype, "torch_dtype")
+    if a is not None and b is not None and a != b:
+        raise ConfigError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; give one (dtype)")
+    if device_map is not None:
+        mapped = _one_device(device_map)
+        if device is not None and torch.device(device) != mapped:
+            raise ConfigError(f"device={device!r} and device_map={device_map!r} disagree; give one")
+        device = mapped
+    return a or b, "cpu" if device is None else device
+
+
+def _attn_implementation(name: str | None) -> str:
+    """``attn_implementation`` checked: what we compute is SDPA's function whichever is named."""
+    if name is None or name in _ATTN_IMPLEMENTATIONS:
+        return name or "sdpa"
+    if name in _ATTN_LIKE_SDPA:
+        logger.info("attn_implementation=%r: seqweave computes attention with torch's "
+                    "scaled_dot_product_attention, which uses flash kernels itself where the GPU has them; "
+                    "the results are the same function", name)
+        return name
+    raise ConfigError(
+        f"attn_implementation={name!r} is unknown; "
+        f"use one of {', '.join(_ATTN_IMPLEMENTATIONS + _ATTN_LIKE_SDPA)}"
+    )
+
+
+def _top_fields(kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``from_pretrained``'s extra keyword arguments: the composite's token ids, or switches we ignore."""
+    ignored = sorted(k for k in kwargs if k in _IGNORED_LOADING)
+    unknown = sorted(k for k in kwargs if k not in _IGNORED_LOADING and k not in TOKEN_ID_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown argument(s) {', '.join(unknown)}; the composite's fields are "
+            f"{', '.join(TOKEN_ID_FIELDS)}"
+        )
+    if ignored:
+        logger.info("%s: ignored (no effect on a seqweave model): %s", where, ", ".join(ignored))
+    return {k: v for k, v in kwargs.items() if k in TOKEN_ID_FIELDS}
+
+
+def _check_save_kwargs(kwargs: Mapping[str, Any]) -> None:
+    unknown = sorted(k for k in kwargs if k not in _IGNORED_SAVING)
+    if unknown:
+        raise ConfigError(f"save_pretrained: unknown argument(s) {', '.join(unknown)}")
+    changing = sorted(k for k, v in kwargs.items() if k != "token" and v != _IGNORED_SAVING[k])
+    if changing:
+        raise ConfigError(
+            f"save_pretrained: {', '.join(f'{k}={kwargs[k]!r}' for k in changing)} is not supported; "
+            "save to a folder and upload it with huggingface_hub.upload_folder"
+        )
+
+
+def _from_hf_config(
+    cls: type[EncoderDecoder],
+    data: Mapping[str, Any],
+    registry: Registry,
+    *,
+    dtype: torch.dtype | None,
+    device: Any,
+) -> EncoderDecoder:
+    """A randomly initialised model of a transformers ``EncoderDecoderConfig``'s dict."""
+    parts, kwargs, top = hf_layout.composite_config(data, "EncoderDecoderConfig", registry)
+    specs = {
+        role: PartConfig.model_construct(architecture=p.arch.name, pretrained=None, revision=None,
+                                         config=p.config.model_dump())
+        for role, p in parts.items()
+    }
+    model = load.load_composition(cls, specs, registry, dtype=dtype, device=device, **kwargs)
+    model.hf_extra = {"encoder": parts["encoder"].extra, "decoder": parts["decoder"].extra, "top": top}
+    return model

@@ -9,10 +9,11 @@ safetensors, and they are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .checkpoint.formats import weight_file_patterns
 from .checkpoint.jsonio import CONFIG_JSON, GENERATION_CONFIG_JSON
@@ -57,15 +58,21 @@ def _quiet_unless_terminal() -> Iterator[None]:
         enable_progress_bars()
 
 
-def _download(name: str, revision: str | None, patterns: list[str]) -> Path:
+def _download(name: str, revision: str | None, patterns: list[str], **hub: Any) -> Path:
     from huggingface_hub import snapshot_download
 
     with _quiet_unless_terminal():
-        return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+        return Path(snapshot_download(name, revision=revision, allow_patterns=patterns, **hub))
 
 
 def resolve(
-    name_or_path: str | Path, revision: str | None = None, *, kind: Literal["model", "tokenizer"] = "model"
+    name_or_path: str | Path,
+    revision: str | None = None,
+    *,
+    kind: Literal["model", "tokenizer"] = "model",
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
 ) -> Path:
     """A local folder with the checkpoint's files, downloading from the Hub when needed.
 
@@ -79,6 +86,12 @@ def resolve(
         name_or_path: a local folder or a Hub id (``org/name``).
         revision: a branch, tag or commit to pin (Hub ids only).
         kind: which files are needed.
+        cache_dir: the Hugging Face cache folder to use instead of ``HF_HUB_CACHE``.
+        local_files_only: use the cache only, never the network (like ``HF_HUB_OFFLINE``).
+        token: the Hub token (True: the saved one; a string: this one), for private repositories.
+
+        These three are passed to ``huggingface_hub.snapshot_download`` as they are, with
+        the meaning transformers' ``from_pretrained`` gives them.
 
     Raises:
         CheckpointError: not a folder, not a valid Hub id, or not available (offline and
@@ -96,22 +109,33 @@ def resolve(
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RevisionNotFoundError
 
     at = f"{name}@{revision}" if revision else name
+    hub: dict[str, Any] = {"local_files_only": local_files_only}
+    if cache_dir is not None:
+        hub["cache_dir"] = str(cache_dir)
+    if token is not None:
+        hub["token"] = token
     try:
-        folder = _download(name, revision, MODEL_FILES if kind == "model" else TOKENIZER_FILES)
+        folder = _download(name, revision, MODEL_FILES if kind == "model" else TOKENIZER_FILES, **hub)
         if kind == "model" and not any(any(folder.glob(p)) for p in weight_file_patterns(pickle=False)):
-            folder = _download(name, revision, [*MODEL_FILES, *PICKLE_FILES])
+            folder = _download(name, revision, [*MODEL_FILES, *PICKLE_FILES], **hub)
     except HFValidationError:
         raise CheckpointError(f"{name}: no such local folder, and not a valid Hub id (org/name)") from None
     except RevisionNotFoundError:
         raise CheckpointError(f"{name}: the Hub repository has no revision {revision!r}") from None
     except LocalEntryNotFoundError:
+        cache = cache_dir or constants.HF_HUB_CACHE
+        if local_files_only:
+            raise CheckpointError(
+                f"{at}: no such local folder, and not in the Hugging Face cache ({cache}) "
+                "while local_files_only=True"
+            ) from None
         if constants.HF_HUB_OFFLINE:
             raise CheckpointError(
-                f"{at}: no such local folder, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                f"{at}: no such local folder, and not in the Hugging Face cache ({cache}) "
                 "while HF_HUB_OFFLINE is set; download it once online, or unset HF_HUB_OFFLINE"
             ) from None
         raise CheckpointError(
-            f"{at}: no such local folder, not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+            f"{at}: no such local folder, not in the Hugging Face cache ({cache}), "
             "and the Hub could not be reached"
         ) from None
     except Exception as e:  # huggingface_hub's many network, auth and not-found errors

@@ -7,8 +7,14 @@ settings, an optional final LayerNorm and the head. Anything else that satisfies
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cache import Cache
 from .errors import ConfigError
@@ -50,10 +56,110 @@ class _Stack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
         self.hidden_size = _model_width(embeddings, layers)
+        #: recompute each layer in the backward pass instead of keeping its activations (training only)
+        self.gradient_checkpointing = False
+        self._checkpoint: Callable[..., Any] = functools.partial(checkpoint, use_reentrant=False)
+        self._checkpoint_every = 1
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    def set_gradient_checkpointing(
+        self,
+        enable: bool = True,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        *,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute layers in the backward pass (``torch.utils.checkpoint``, non-reentrant by default).
+
+        Applies while training with gradients enabled and no cache: a cache is written as the
+        layers run, and recomputing them would write it twice (transformers turns ``use_cache``
+        off instead).
+
+        Args:
+            enable: on or off.
+            checkpoint_kwargs: passed to ``torch.utils.checkpoint.checkpoint``
+                (``{"use_reentrant": False}`` unless given).
+            every_n_layers: checkpoint layers 0, n, 2n, ...
+            offload: keep the saved inputs in CPU memory (``torch.autograd.graph.save_on_cpu``).
+        """
+        self.gradient_checkpointing = enable
+        self._checkpoint_every = every_n_layers
+        run = functools.partial(checkpoint, **{"use_reentrant": False, **(checkpoint_kwargs or {})})
+        if offload:
+            def run_offloaded(*args: Any, _run: Callable[..., Any] = run) -> Any:
+                with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                    return _run(*args)
+
+            self._checkpoint = run_offloaded
+        else:
+            self._checkpoint = run
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Give the token table (and a decoder's head) ``new_num_tokens`` rows, as transformers' method does.
+
+        Rows that stay keep their values; new rows are drawn as transformers draws them:
+        ``mean_resizing=True`` (its default) from a normal distribution with the old rows'
+        mean and 1e-9 times their covariance (the mean itself when that is not positive
+        definite), else normal(0, ``initializer_range``); a new head bias entry is zero, as
+        in transformers' resized BERT head. A tied head stays tied; ``config.vocab_size``
+        follows, so a saved model loads again. ``pad_to_multiple_of`` rounds the size up.
+        None for both arguments returns the table unchanged. A ``padding_idx`` beyond
+        the new size is dropped, as transformers drops it.
+
+        Returns:
+            The token embedding module.
+
+        Raises:
+            ConfigError: ``new_num_tokens`` or ``pad_to_multiple_of`` is not a positive integer,
+                or a token id of the config would fall outside the smaller vocabulary.
+        """
+        old = self.embeddings.tokens
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        n = old.num_embeddings if new_num_tokens is None else new_num_tokens
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(
+                f"resize_token_embeddings: new_num_tokens must be a positive integer, got {n!r}"
+            )
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+                raise ConfigError(
+                    "resize_token_embeddings: pad_to_multiple_of must be a positive integer, "
+                    f"got {pad_to_multiple_of!r}"
+                )
+            n = math.ceil(n / pad_to_multiple_of) * pad_to_multiple_of
+        config = getattr(self, "config", None)
+        if config is not None and getattr(config, "vocab_size", n) != n:
+            values, source = {**config.model_dump(), "vocab_size": n}, f"resize_token_embeddings({n})"
+            arch = getattr(self, "seqweave_architecture", None)  # parts of a registered architecture have it
+            try:  # before anything changes: a token id of the config may not fit a smaller vocabulary
+                arch.make_config(values, source=source) if arch else type(config).model_validate(values)
+            except ConfigError:
+                raise
+            except ValueError as e:
+                raise ConfigError(f"{source}: the {type(config).__name__} would be invalid: {e}") from None
+        std = getattr(config, "initializer_range", 0.02)
+        old.weight = nn.Parameter(_resized(old.weight, n, std, mean_resizing),
+                                  requires_grad=old.weight.requires_grad)
+        old.num_embeddings = n
+        if old.padding_idx is not None and old.padding_idx >= n:
+            old.padding_idx = None
+        self._resize_head(n, std, mean_resizing)
+        if config is not None and getattr(config, "vocab_size", n) != n:
+            config.vocab_size = n
+        return old
+
+    def _resize_head(self, n: int, std: float, mean_resizing: bool) -> None:
+        """The decoder resizes its head too; an encoder has none."""
 
     def _run(
         self,
@@ -74,19 +180,17 @@ class _Stack(nn.Module):
                 f"the cache has {len(caches)} layers but the decoder has {len(self.layers)}; "
                 "make it with seqweave.Cache(decoder.num_layers, ...) or pass use_cache=True"
             )
-        for layer, layer_cache in zip(self.layers, caches):
+        recompute = (self.gradient_checkpointing and self.training and cache is None
+                     and torch.is_grad_enabled())
+        for i, (layer, layer_cache) in enumerate(zip(self.layers, caches)):
             if output_hidden_states:
                 hidden.append(x)
-            x, w, cw = call(
-                layer,
-                x,
-                mask,
-                source=source,
-                source_mask=source_mask,
-                cache=layer_cache,
-                is_causal=is_causal,
-                need_weights=output_attentions,
-            )
+            args = (layer, x, mask, source, source_mask, layer_cache, is_causal, output_attentions)
+            # positional only: reentrant checkpointing passes gradients only to positional tensors
+            if recompute and i % self._checkpoint_every == 0:
+                x, w, cw = self._checkpoint(_layer_call, *args)
+            else:
+                x, w, cw = _layer_call(*args)
             if output_attentions:
                 attns.append(w)
                 cross.append(cw)
@@ -100,6 +204,36 @@ class _Stack(nn.Module):
             tuple(attns) if output_attentions else None,
             tuple(cross) if output_attentions and source is not None else None,
         )
+
+
+def _layer_call(layer, x, mask, source, source_mask, cache, is_causal, need_weights):
+    """One layer, every argument positional (see ``_Stack._run``)."""
+    return call(layer, x, mask, source=source, source_mask=source_mask, cache=cache, is_causal=is_causal,
+                need_weights=need_weights)
+
+
+def _resized(old: torch.Tensor, n: int, std: float, mean_resizing: bool) -> torch.Tensor:
+    """``old`` [v, d] with ``n`` rows: the first rows copied, new rows drawn as transformers draws them."""
+    with torch.no_grad():
+        new = torch.empty(n, *old.shape[1:], dtype=old.dtype, device=old.device)
+        keep = min(n, old.shape[0])
+        new[:keep] = old[:keep]
+        added = n - keep
+        if added > 0 and old.dim() == 1:  # a head's bias
+            new[keep:] = 0.0  # what transformers' resized BERT head holds, with mean_resizing or without
+        elif added > 0 and not mean_resizing:
+            new[keep:].normal_(0.0, std)
+        elif added > 0:
+            w = old.float()
+            mean = w.mean(0)
+            centred = w - mean
+            covariance = 1e-9 * (centred.T @ centred) / old.shape[0]
+            if torch.distributions.constraints.positive_definite.check(covariance).all():
+                dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance)
+                new[keep:] = dist.sample((added,)).to(old.dtype)
+            else:
+                new[keep:] = mean.to(old.dtype)
+    return new
 
 
 class TransformerEncoder(_Stack):
@@ -179,6 +313,19 @@ class TransformerDecoder(_Stack):
         """Share the head's projection with the token embeddings, if the config asks for it."""
         if self.tie_word_embeddings:
             self.head.proj.weight = self.embeddings.tokens.weight
+
+    def _resize_head(self, n: int, std: float, mean_resizing: bool) -> None:
+        proj = self.head.proj
+        if self.tie_word_embeddings:
+            proj.weight = self.embeddings.tokens.weight
+        else:
+            proj.weight = nn.Parameter(_resized(proj.weight, n, std, mean_resizing),
+                                       requires_grad=proj.weight.requires_grad)
+        if proj.bias is not None:
+            proj.bias = nn.Parameter(_resized(proj.bias, n, std, mean_resizing),
+                                     requires_grad=proj.bias.requires_grad)
+        proj.out_features = n
+        self.vocab_size = n
 
     @property
     def max_length(self) -> int:

@@ -1,20 +1,33 @@
-"""Saving ``config.json``, ``generation_config.json`` and ``model.safetensors`` in transformers' layout."""
+"""Saving ``config.json``, ``generation_config.json`` and the weights in transformers' layout.
+
+The weights are ``model.safetensors`` (``safe_serialization=True``, the default) or a zip
+``pytorch_model.bin``; past ``max_shard_size`` they are split into shards named and indexed
+as transformers names and indexes them (``model-00001-of-00002.safetensors`` and
+``model.safetensors.index.json``), so that either library loads either form.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .formats import SAFETENSORS
+from ..errors import ConfigError
+from .formats import WEIGHT_FORMATS
 from .hf_config import generation_config
 from .jsonio import CONFIG_JSON, GENERATION_CONFIG_JSON, write_json
 
-__all__ = ["save_pretrained", "untie"]
+__all__ = ["DEFAULT_MAX_SHARD_SIZE", "save_pretrained", "untie"]
+
+#: transformers 5.x's default ``max_shard_size``.
+DEFAULT_MAX_SHARD_SIZE = "50GB"
+_SHARD = re.compile(r"(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)")
 
 
 def untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -33,19 +46,69 @@ def untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> None:
-    """Write ``model``'s three files into ``save_directory`` (:meth:`seqweave.EncoderDecoder.save_pretrained`).
+def _weight_files(
+    tensors: dict[str, torch.Tensor], max_shard_size: int | str, safe: bool, num_parameters: int
+) -> list[tuple[str, Callable[[Path], None]]]:
+    """The weight files to write, each as (name, writer): one file, or shards and their index."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    pattern = "model{suffix}.safetensors" if safe else "pytorch_model{suffix}.bin"
+    try:
+        split = split_torch_state_dict_into_shards(tensors, filename_pattern=pattern,
+                                                   max_shard_size=max_shard_size)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"save_pretrained: max_shard_size={max_shard_size!r} is not a size ({e})") from None
+
+    def writer(names: list[str]) -> Callable[[Path], None]:
+        shard = {n: tensors[n].contiguous() for n in names}
+        if safe:
+            from safetensors.torch import save_file
+
+            return lambda p: save_file(shard, str(p), metadata={"format": "pt"})
+        # torch.save's zip format; cloned so that each tensor's file holds only its own bytes
+        return lambda p: torch.save({n: t.clone() for n, t in shard.items()}, str(p))
+
+    files = [(name, writer(names)) for name, names in split.filename_to_tensors.items()]
+    if split.is_sharded:
+        index = {"metadata": {"total_parameters": num_parameters, **split.metadata},
+                 "weight_map": split.tensor_to_filename}
+        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+        index_name = pattern.format(suffix="") + ".index.json"
+        files.append((index_name, lambda p: p.write_text(text, encoding="utf-8")))
+    return files
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    safe_serialization: bool = True,
+) -> None:
+    """Write ``model``'s files into ``save_directory`` (:meth:`seqweave.EncoderDecoder.save_pretrained`).
 
     Every file is written to a temporary name first and renamed into place only when all
-    are complete, so a failed save leaves an earlier checkpoint in the folder intact.
-    """
-    from safetensors.torch import save_file
+    are complete, so a failed save leaves an earlier checkpoint in the folder intact. Weight
+    files of an earlier save that this one does not replace (a single file where shards are
+    now, shards of another count, the other format) are removed afterwards, so the folder
+    holds one set of weights.
 
+    Args:
+        state_dict: the tensors to save, by the model's own names (``model.state_dict()``'s);
+            the model's own when None (``transformers.Trainer`` passes one).
+        max_shard_size: the largest shard, in bytes or as ``"500MB"``-like text.
+        safe_serialization: safetensors (True) or ``torch.save``'s zip ``pytorch_model.bin``.
+    """
     folder = Path(save_directory)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"save_pretrained: {folder} is a file; expected a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = untie(model.weight_map().to_hf(model.state_dict()))
-    writers: tuple[tuple[str, Callable[[Path], None]], ...] = (
-        (SAFETENSORS, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})),
+    sd = dict(model.state_dict() if state_dict is None else state_dict)
+    tensors = untie(model.weight_map().to_hf(sd))
+    count = sum(p.numel() for p in model.parameters())
+    writers = (
+        *_weight_files(tensors, max_shard_size, safe_serialization, count),
         (CONFIG_JSON, lambda p: write_json(p, model.hf_config())),
         (GENERATION_CONFIG_JSON, lambda p: write_json(p, generation_config(model))),
     )
@@ -62,3 +125,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> None
         raise
     for tmp, final in staged:
         os.replace(tmp, final)
+    written = {final.name for _, final in staged}
+    stale = {f.name for f in WEIGHT_FORMATS} | {p.name for p in folder.iterdir() if _SHARD.fullmatch(p.name)}
+    for name in stale - written:
+        (folder / name).unlink(missing_ok=True)
