@@ -198,3 +198,22 @@ def test_bert_generation_passes_the_plugin_contract(tmp_path):
     assert {r.check for r in results if r.status == "PASS"} >= {"parity", "cached_parity", "weight_map_round_trip"}
     skipped = [r for r in results if r.status == "SKIP"]
     assert [(r.role, r.check) for r in skipped] == [("encoder", "causal")], skipped
+
+
+@pytest.mark.parametrize("name", ["xlm-roberta", "camembert", "bert-generation"])
+def test_a_config_file_may_name_an_alias_or_bert_generation(name, tmp_path):
+    """A config file's `architecture: xlm-roberta` builds RoBERTa's modules and saves under xlm-roberta."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / f"tiny-{name}2{name}.yaml"
+    model = sw.EncoderDecoder.from_config(sw.load_config(path, registry=REG), registry=REG)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["encoder"]["model_type"] == saved["decoder"]["model_type"] == name
+    hf = transformers.EncoderDecoderModel.from_pretrained(tmp_path).eval()
+    assert (type(hf.encoder).__name__, type(hf.decoder).__name__) == CLASSES[name]
+    ids, mask = source_batch(87, 1)
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :4]).logits
+        got = model.eval()(ids, attention_mask=mask, decoder_input_ids=ids[:, :4]).logits
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
