@@ -161,9 +161,15 @@ def test_plugins_json(capsys):
                 "roles": ["encoder", "decoder"],
                 "description": sw.default_registry().get("bert").description,
                 "reference": {"encoder": "BertModel", "decoder": "BertLMHeadModel"},
+                "alias_of": None,
             }
         ],
     }
+    roberta = next(r for r in rows if r["name"] == "roberta")
+    assert roberta["architectures"] == ["camembert", "roberta", "xlm-roberta"]
+    details = {d["name"]: d for d in roberta["details"]}
+    assert details["xlm-roberta"]["alias_of"] == "roberta" and details["roberta"]["alias_of"] is None
+    assert details["xlm-roberta"]["reference"] == {"encoder": "XLMRobertaModel", "decoder": "XLMRobertaForCausalLM"}
     assert all(set(r) >= {"name", "distribution", "version", "architectures", "error", "details"} for r in rows)
     assert [r["name"] for r in rows] == sorted(r["name"] for r in rows)
 
@@ -178,6 +184,8 @@ def test_plugins_text(capsys):
     builtin = {r[0]: r for r in rows if r[1] == "seqweave"}
     assert set(builtin) >= {"bert", "gpt2", "roberta"}
     assert builtin["bert"][3:5] == ["bert", "encoder/decoder"]
+    aliases = [line for line in lines if line.split()[3:4] in (["xlm-roberta"], ["camembert"])]
+    assert len(aliases) == 2 and all(line.endswith("[alias of roberta]") for line in aliases)
 
 
 def test_plugins_text_reports_a_plugin_that_failed(capsys, monkeypatch):
@@ -203,7 +211,11 @@ def _builtin_registry() -> sw.Registry:
     """The registry of seqweave's own plugins only: docs/config.md documents those, whatever else is installed."""
     reg = sw.Registry(load_entry_points=False)
     reg.load_entry_points(distributions={"seqweave"})
-    assert reg.names() == ["bert", "gpt2", "roberta"]
+    if "bert-generation" not in reg:  # installed metadata older than the plugin: register it as the entry point would
+        import seqweave_bert_generation
+
+        reg.register(seqweave_bert_generation, "bert-generation", distribution="seqweave", version=sw.__version__)
+    assert reg.names() == ["bert", "bert-generation", "camembert", "gpt2", "roberta", "xlm-roberta"]
     return reg
 
 

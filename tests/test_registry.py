@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
-from pydantic import Field
-
 import seqweave as sw
+from pydantic import Field
 from seqweave.modules import WeightMap, rule
 
 
@@ -171,7 +170,8 @@ def test_entry_points_can_be_limited_to_some_distributions():
     reg = sw.Registry(load_entry_points=False)
     reg.load_entry_points(distributions={"seqweave"})
     assert {p.distribution for p in reg.plugins} == {"seqweave"}
-    assert set(reg.names()) == {"bert", "gpt2", "roberta"}
+    # bert-generation joins once the project is reinstalled with its entry point.
+    assert set(reg.names()) - {"bert-generation"} == {"bert", "gpt2", "roberta", "xlm-roberta", "camembert"}
     empty = sw.Registry(load_entry_points=False)
     empty.load_entry_points(distributions={"no-such-dist"})
     assert empty.names() == [] and empty.plugins == []
@@ -183,3 +183,82 @@ def test_has_plugin():
     assert not reg.has_plugin(plugin)
     reg.register(plugin, "p")
     assert reg.has_plugin(plugin)
+
+
+# Aliases: one architecture under several model types
+
+
+def test_aliases_register_the_same_architecture_under_other_names():
+    reg = sw.Registry(load_entry_points=False)
+    info = reg.register(_Plugin(_arch("toy", aliases=("toy-xl", "toy-fr"), reference={"encoder": "ToyModel"})), "p")
+    assert reg.names() == ["toy", "toy-fr", "toy-xl"] and info.architectures == ["toy", "toy-xl", "toy-fr"]
+    assert reg.aliases() == {"toy-fr": "toy", "toy-xl": "toy"}
+    xl, toy = reg.get("toy-xl"), reg.get("toy")
+    assert xl.alias_of == "toy" and toy.alias_of is None and xl.aliases == {}
+    assert (xl.build, xl.weight_map, xl.config, xl.reference) == (toy.build, toy.weight_map, toy.config, toy.reference)
+    assert "as model_type toy-xl" in xl.description
+    assert reg.owner("toy-xl") is info
+
+
+def test_an_alias_may_set_its_own_config_and_reference():
+    class Other(_arch("x").config):
+        vocab_size: int = 20
+
+    arch = _arch("toy", aliases={"toy-xl": {"config": Other, "reference": {"encoder": "ToyXLModel"}}})
+    reg = sw.Registry(load_entry_points=False)
+    reg.register(_Plugin(arch), "p")
+    assert reg.get("toy-xl").config is Other and reg.get("toy-xl").make_config().vocab_size == 20
+    assert reg.get("toy-xl").reference == {"encoder": "ToyXLModel"} and reg.get("toy").make_config().vocab_size == 10
+
+
+def test_an_alias_setting_another_field_is_refused():
+    reg = sw.Registry(load_entry_points=False)
+    with pytest.raises(sw.PluginError, match=r"plugin 'p'.*aliases\['toy-xl'\] sets build; an alias may set only"):
+        reg.register(_Plugin(_arch("toy", aliases={"toy-xl": {"build": None}})), "p")
+    assert reg.names() == [] and reg.plugins == []
+
+
+def test_an_alias_taken_by_another_plugin_names_both():
+    reg = sw.Registry(load_entry_points=False)
+    reg.register(_Plugin(_arch("toy", aliases=["shared"])), "first", distribution="dist-one", version="1")
+    with pytest.raises(
+        sw.PluginError,
+        match=r"plugin 'second' \(dist-two 2\) registers alias 'shared' of architecture 'other', already "
+        r"registered by plugin 'first' \(dist-one\) as alias 'shared' of architecture 'toy'",
+    ):
+        reg.register(_Plugin(_arch("other", aliases=["shared"])), "second", distribution="dist-two", version="2")
+    # an architecture named like another plugin's alias, and the other way round
+    with pytest.raises(sw.PluginError, match=r"registers architecture 'shared'.*as alias 'shared' of architecture"):
+        reg.register(_Plugin(_arch("shared")), "third")
+    with pytest.raises(sw.PluginError, match=r"registers alias 'toy' of architecture 'fourth'.*as architecture 'toy'"):
+        reg.register(_Plugin(_arch("fourth", aliases=["toy"])), "fourth")
+    assert reg.names() == ["shared", "toy"] and [p.name for p in reg.plugins] == ["first"]
+
+
+def test_a_name_registered_twice_by_one_plugin_is_refused():
+    reg = sw.Registry(load_entry_points=False)
+    with pytest.raises(sw.PluginError, match=r"registers 'b' twice: as alias 'b' of architecture 'a' and as "
+                                             r"architecture 'b'"):
+        reg.register(_Plugin(_arch("a", aliases=["b"]), _arch("b")), "p")
+    with pytest.raises(sw.PluginError, match=r"name 'Bad Alias' must be lowercase"):
+        reg.register(_Plugin(_arch("a", aliases=["Bad Alias"])), "p")
+    assert reg.names() == []
+
+
+def test_roberta_answers_to_xlm_roberta_and_camembert():
+    """RoBERTa's aliases carry transformers' defaults and reference classes for those model types."""
+    import transformers
+
+    reg = sw.default_registry()
+    assert reg.aliases()["xlm-roberta"] == "roberta" and reg.aliases()["camembert"] == "roberta"
+    for name, cls in (("xlm-roberta", transformers.XLMRobertaConfig), ("camembert", transformers.CamembertConfig)):
+        arch = reg.get(name)
+        assert arch.build is reg.get("roberta").build and arch.weight_map is reg.get("roberta").weight_map
+        ours, theirs = arch.make_config(), cls()
+        for field in type(ours).model_fields:
+            if hasattr(theirs, field):
+                assert getattr(ours, field) == getattr(theirs, field), (name, field)
+        assert getattr(transformers, arch.reference["encoder"]).config_class is cls
+        assert getattr(transformers, arch.reference["decoder"]).config_class is cls
+        module = sw.build_encoder(name, **arch.tiny_config)
+        assert module.architecture == name and module.seqweave_architecture is arch

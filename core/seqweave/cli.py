@@ -298,7 +298,8 @@ def plugins(as_json: bool) -> None:
     Rows are sorted by plugin and architecture name. ``--json`` prints a list of objects with
     ``name``, ``distribution``, ``version``, ``architectures`` (names), ``error`` (null or the
     reason it failed to load) and ``details`` (each architecture's ``name``, ``roles``,
-    ``description`` and ``reference`` classes).
+    ``description``, ``reference`` classes and ``alias_of``: the architecture an alias such as
+    ``xlm-roberta`` is another model type of, or null).
     """
     import dataclasses
 
@@ -315,6 +316,7 @@ def plugins(as_json: bool) -> None:
                 "roles": list(registry.get(name).roles),
                 "description": registry.get(name).description,
                 "reference": dict(registry.get(name).reference),
+                "alias_of": registry.get(name).alias_of,
             }
             for name in row["architectures"]
         ]
@@ -327,7 +329,11 @@ def plugins(as_json: bool) -> None:
         dist = f"{p['distribution']} {p['version']}" if p["distribution"] else "(not installed)"
         if p["error"]:
             table.append((p["name"], dist, "FAILED", "", p["error"]))
-        table += [(p["name"], dist, d["name"], "/".join(d["roles"]), d["description"]) for d in p["details"]]
+        table += [
+            (p["name"], dist, d["name"], "/".join(d["roles"]),
+             d["description"] + (f" [alias of {d['alias_of']}]" if d["alias_of"] else ""))
+            for d in p["details"]
+        ]
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])

@@ -99,7 +99,8 @@ def config_reference(registry: Registry) -> str:
             f"### `{name}`",
             "",
             f"{arch.description or name}. Roles: {', '.join(arch.roles)}. "
-            f"From {dist}. Model: `{arch.config.__name__}`.",
+            f"From {dist}. Model: `{arch.config.__name__}`."
+            + (f" An alias of `{arch.alias_of}`: the same modules and checkpoint names." if arch.alias_of else ""),
             "",
             _table(arch.config),
         ]

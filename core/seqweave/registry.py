@@ -7,6 +7,7 @@ the ``seqweave`` entry-point group of their distribution.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import re
@@ -34,6 +35,8 @@ __all__ = [
 ENTRY_POINT_GROUP = "seqweave"
 Role = Literal["encoder", "decoder"]
 ROLES: tuple[Role, ...] = ("encoder", "decoder")
+#: What an alias may set differently from the architecture it is an alias of.
+ALIAS_FIELDS = frozenset({"config", "reference", "description", "tiny_config"})
 REQUIRED_CONFIG_ATTRIBUTES = ("hidden_size", "vocab_size", "initializer_range", "tie_word_embeddings")
 
 hookspec = pluggy.HookspecMarker("seqweave")
@@ -64,6 +67,13 @@ class Architecture:
         tiny_config: field values for a tiny model of this architecture; the contract
             checks (``seqweave check-plugin``) build one with them, and registration
             builds its weight maps to check them.
+        aliases: other model types this architecture answers to (``xlm-roberta`` and
+            ``camembert`` are RoBERTa's): a sequence of names, or a mapping from each name to
+            what differs for it, among ``config`` (a config model with that model type's
+            defaults), ``reference``, ``description`` and ``tiny_config``. The registry
+            registers each alias as an architecture of its own (see :meth:`alias`), so a
+            ``config.json`` or a config file may name it, and saving writes it back.
+        alias_of: for an alias, the name of the architecture it is an alias of; None otherwise.
     """
 
     name: str
@@ -74,6 +84,38 @@ class Architecture:
     reference: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     tiny_config: Mapping[str, Any] = field(default_factory=dict)
+    aliases: Mapping[str, Mapping[str, Any]] | Collection[str] = field(default_factory=dict)
+    alias_of: str | None = None
+
+    def __post_init__(self) -> None:
+        # One shape for the rest of the code: {alias: overrides}. A string is one alias, not letters.
+        aliases = self.aliases
+        if isinstance(aliases, str):
+            aliases = (aliases,)
+        if not isinstance(aliases, Mapping):
+            aliases = {name: {} for name in aliases}
+        object.__setattr__(self, "aliases", {name: dict(over or {}) for name, over in aliases.items()})
+
+    def alias(self, name: str) -> Architecture:
+        """This architecture under the other ``model_type`` ``name``, with that alias's overrides.
+
+        The alias builds the same modules with the same weight maps; modules built from it
+        are tagged with ``name``, so that a checkpoint is saved under the model type it came with.
+
+        Raises:
+            PluginError: ``name`` is not one of :attr:`aliases`, or its overrides name another field.
+        """
+        if name not in self.aliases:
+            raise PluginError(f"architecture {self.name!r} has no alias {name!r}; it has: {', '.join(self.aliases)}")
+        overrides = dict(self.aliases[name])
+        unknown = sorted(set(overrides) - ALIAS_FIELDS)
+        if unknown:
+            raise PluginError(
+                f"{self.name}.aliases[{name!r}] sets {', '.join(unknown)}; an alias may set only "
+                f"{', '.join(sorted(ALIAS_FIELDS))}"
+            )
+        overrides.setdefault("description", f"{self.description or self.name} (as model_type {name})")
+        return dataclasses.replace(self, name=name, aliases={}, alias_of=self.name, **overrides)
 
     def make_config(self, values: Mapping[str, Any] | None = None, *, source: str = "config") -> ArchitectureConfig:
         """Validate ``values`` into this architecture's config; :class:`ConfigError` names the field."""
@@ -178,6 +220,7 @@ class Registry:
                 remove_plugins=[p for p in self._pm.get_plugins() if p is not plugin],
             )
             caller(register=found.append)
+            found = self._with_aliases(found, info)
             for arch in found:
                 self._check(arch, info)
         except BaseException:
@@ -189,8 +232,33 @@ class Registry:
             info.architectures.append(arch.name)
         self.plugins.append(info)
 
+    @staticmethod
+    def _where(info: PluginInfo) -> str:
+        return f"plugin {info.name!r}" + (f" ({info.distribution} {info.version})" if info.distribution else "")
+
+    def _with_aliases(self, found: list[Architecture], info: PluginInfo) -> list[Architecture]:
+        """The architectures a plugin registered followed by their aliases; a name taken twice is an error."""
+        where = self._where(info)
+        out: list[Architecture] = []
+        for arch in found:
+            if not isinstance(arch, Architecture):
+                raise PluginError(f"{where} registered {arch!r}, which is not a seqweave.Architecture")
+            out.append(arch)
+            for name in arch.aliases:
+                try:
+                    out.append(arch.alias(name))
+                except PluginError as e:
+                    raise PluginError(f"{where}: {e}") from None
+        seen: dict[str, Architecture] = {}
+        for arch in out:
+            if arch.name in seen:
+                first, second = (_what(a) for a in (seen[arch.name], arch))
+                raise PluginError(f"{where} registers {arch.name!r} twice: as {first} and as {second}")
+            seen[arch.name] = arch
+        return out
+
     def _check(self, arch: Architecture, info: PluginInfo) -> None:
-        where = f"plugin {info.name!r}" + (f" ({info.distribution} {info.version})" if info.distribution else "")
+        where = self._where(info)
         if not isinstance(arch, Architecture):
             raise PluginError(f"{where} registered {arch!r}, which is not a seqweave.Architecture")
         if not re.fullmatch(r"[a-z][a-z0-9_\-]*", arch.name):
@@ -198,8 +266,9 @@ class Registry:
         if arch.name in self._architectures:
             other = self._owners[arch.name]
             raise PluginError(
-                f"{where} registers architecture {arch.name!r}, already registered by plugin "
-                f"{other.name!r} ({other.distribution or 'not installed'}); uninstall one of the two"
+                f"{where} registers {_what(arch)}, already registered by plugin {other.name!r} "
+                f"({other.distribution or 'not installed'}) as {_what(self._architectures[arch.name])}; "
+                "uninstall one of the two"
             )
         if not (isinstance(arch.config, type) and issubclass(arch.config, ArchitectureConfig)):
             raise PluginError(f"{where}: {arch.name}.config must subclass seqweave.ArchitectureConfig")
@@ -244,8 +313,12 @@ class Registry:
             raise ConfigError(f"unknown architecture {name!r}; registered: {known}{hint}") from None
 
     def names(self) -> list[str]:
-        """Registered architecture names, sorted."""
+        """Registered architecture names, aliases included, sorted."""
         return sorted(self._architectures)
+
+    def aliases(self) -> dict[str, str]:
+        """Each registered alias and the name of the architecture it is an alias of."""
+        return {n: a.alias_of for n, a in sorted(self._architectures.items()) if a.alias_of is not None}
 
     def __contains__(self, name: object) -> bool:
         return name in self._architectures
@@ -253,6 +326,13 @@ class Registry:
     def owner(self, name: str) -> PluginInfo:
         """The plugin that registered architecture ``name``."""
         return self._owners[name]
+
+
+def _what(arch: Architecture) -> str:
+    """``architecture 'bert'`` or ``alias 'xlm-roberta' of architecture 'roberta'``, for messages."""
+    if arch.alias_of is None:
+        return f"architecture {arch.name!r}"
+    return f"alias {arch.name!r} of architecture {arch.alias_of!r}"
 
 
 @functools.cache

@@ -13,10 +13,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from pydantic import Field, model_validator
-from torch import nn
-
 import seqweave as sw
+from pydantic import Field, model_validator
 from seqweave.modules import (
     ACTIVATIONS,
     Embeddings,
@@ -30,6 +28,7 @@ from seqweave.modules import (
     prefixed,
     rule,
 )
+from torch import nn
 
 __all__ = [
     "BERT",
@@ -126,7 +125,7 @@ def embedding_width(cfg: BertConfig) -> int:
 
 def bert_family(
     name: str,
-    config_model: type[BertConfig],
+    config_model: type[sw.ArchitectureConfig],
     *,
     positions: Literal["absolute", "after_padding"],
     prefix: str,
@@ -151,18 +150,20 @@ def bert_family(
     - a config with an ``embedding_size`` field that differs from ``hidden_size`` (ELECTRA,
       ALBERT) gets tables of that width and a projection to ``hidden_size``, stored as
       ``{prefix}{projection_name}``, and a head whose transform maps back to that width;
-    - ``type_vocab_size`` 0 drops the token-type table.
+    - ``type_vocab_size`` 0, or a config without that field, drops the token-type table.
 
     Args:
         name: the architecture name (the Hugging Face ``model_type``).
-        config_model: its config model (a :class:`BertConfig`, with other defaults or more fields).
+        config_model: its config model (a :class:`BertConfig`, with other defaults or more fields;
+            or any config with BERT's field names, ``type_vocab_size`` optional).
         positions: the position-id scheme (see :class:`seqweave.modules.Embeddings`).
         prefix: where the head model keeps the base model (``"bert."``).
         head_prefix: where the head model keeps its LM head (``"cls.predictions."``).
         head_names: Hugging Face names of the head's parts, relative to ``head_prefix``:
-            ``dense`` and ``norm`` (the transform), ``proj`` (the projection to the vocabulary)
-            and ``bias``: the head's own bias parameter, which transformers ties to the
-            projection's bias (BERT's ``cls.predictions.bias``), or None (or absent) when the
+            ``dense`` and ``norm`` (the transform; both None, or absent, for a head without
+            one: BertGeneration's is the projection alone), ``proj`` (the projection to the
+            vocabulary) and ``bias``: the head's own bias parameter, which transformers ties to
+            the projection's bias (BERT's ``cls.predictions.bias``), or None (or absent) when the
             projection keeps its own bias (ELECTRA's ``generator_lm_head``).
         reference: the transformers class for each role.
         description: one line for ``seqweave plugins``.
@@ -178,13 +179,15 @@ def bert_family(
         The architecture, ready for ``register(...)``.
     """
 
+    transform = bool(head_names.get("dense"))
+
     def build(cfg: BertConfig, role: sw.Role) -> nn.Module:
         d, e = cfg.hidden_size, embedding_width(cfg)
         embeddings = Embeddings(
             cfg.vocab_size,
             e,
             cfg.max_position_embeddings,
-            type_vocab_size=cfg.type_vocab_size,
+            type_vocab_size=getattr(cfg, "type_vocab_size", 0),
             norm_eps=cfg.layer_norm_eps,
             dropout=cfg.hidden_dropout_prob,
             padding_idx=cfg.pad_token_id,
@@ -207,13 +210,13 @@ def bert_family(
         ]
         if role == "encoder":
             return TransformerEncoder(embeddings, layers, pooler=nn.Linear(d, d) if pooler else None)
-        act = head_act or cfg.hidden_act
+        act = (head_act or cfg.hidden_act) if transform else None
         head = LMHead(d, cfg.vocab_size, transform_act=act, norm_eps=cfg.layer_norm_eps, transform_dim=e)
         return TransformerDecoder(embeddings, layers, head, tie_word_embeddings=cfg.tie_word_embeddings)
 
     def weight_map(cfg: BertConfig, role: sw.Role) -> WeightMap:
         embeddings = list(EMBEDDING_RULES)
-        if cfg.type_vocab_size:
+        if getattr(cfg, "type_vocab_size", 0):
             embeddings.append(rule("embeddings.token_types.weight", "embeddings.token_type_embeddings.weight"))
         if embedding_width(cfg) != cfg.hidden_size:
             embeddings += pair_rules("embeddings.project", projection_name)
@@ -229,7 +232,7 @@ def bert_family(
         head = [
             *pair_rules("head.dense", f"{hp}{head_names['dense']}", new_ok=True),
             *pair_rules("head.norm", f"{hp}{head_names['norm']}", new_ok=True),
-        ]
+        ] if transform else []
         proj = f"{hp}{head_names['proj']}"
         own_bias = f"{hp}{head_names['bias']}" if head_names.get("bias") else None
         if cfg.tie_word_embeddings and own_bias:

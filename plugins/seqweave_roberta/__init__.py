@@ -4,17 +4,22 @@ RoBERTa is BERT with other defaults, positions counted from ``pad_token_id + 1``
 non-pad tokens, and its own LM head names. It is built with
 :func:`seqweave_bert.bert_family`: no layer, attention or embedding code of its own, only
 the data that tells it apart from BERT.
+
+XLM-RoBERTa (``xlm-roberta``) and CamemBERT (``camembert``) are RoBERTa's architecture
+under other model types, with the same checkpoint names; they are registered as its
+aliases (:attr:`seqweave.Architecture.aliases`), with their own defaults and reference classes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import seqweave as sw
 from pydantic import Field
 from seqweave_bert import BertConfig, bert_family
 
-__all__ = ["ROBERTA", "RobertaConfig", "seqweave_register_architectures"]
+__all__ = ["ROBERTA", "CamembertConfig", "RobertaConfig", "XLMRobertaConfig", "seqweave_register_architectures"]
 
 
 class RobertaConfig(BertConfig):
@@ -33,7 +38,19 @@ class RobertaConfig(BertConfig):
     eos_token_id: int | None = Field(2, ge=0, description="End-of-sequence token id (</s>).")
 
 
-ROBERTA = bert_family(
+class XLMRobertaConfig(RobertaConfig):
+    """XLM-RoBERTa's fields: transformers' ``XLMRobertaConfig``, RoBERTa's but for the vocabulary size."""
+
+    vocab_size: int = Field(30522, ge=1, description="Rows of the token embedding table.")
+
+
+class CamembertConfig(RobertaConfig):
+    """CamemBERT's fields: transformers' ``CamembertConfig``, RoBERTa's but for the vocabulary size."""
+
+    vocab_size: int = Field(30522, ge=1, description="Rows of the token embedding table.")
+
+
+_ROBERTA = bert_family(
     "roberta",
     RobertaConfig,
     # create_position_ids_from_input_ids: cumsum over non-pad tokens (+ the cached length) + pad.
@@ -59,9 +76,24 @@ ROBERTA = bert_family(
         "eos_token_id": 2,
     },
 )
+ROBERTA = dataclasses.replace(
+    _ROBERTA,
+    aliases={
+        "xlm-roberta": {
+            "config": XLMRobertaConfig,
+            "reference": {"encoder": "XLMRobertaModel", "decoder": "XLMRobertaForCausalLM"},
+            "description": "XLM-RoBERTa (RoBERTa's architecture); decoder = XLMRobertaForCausalLM",
+        },
+        "camembert": {
+            "config": CamembertConfig,
+            "reference": {"encoder": "CamembertModel", "decoder": "CamembertForCausalLM"},
+            "description": "CamemBERT (RoBERTa's architecture); decoder = CamembertForCausalLM",
+        },
+    },
+)
 
 
 @sw.hookimpl
 def seqweave_register_architectures(register: Callable[[sw.Architecture], None]) -> None:
-    """Register RoBERTa."""
+    """Register RoBERTa (and, as its aliases, XLM-RoBERTa and CamemBERT)."""
     register(ROBERTA)
