@@ -9,7 +9,7 @@ objects under ``encoder`` and ``decoder`` and the composition's own fields at th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,10 @@ def weight_map_of(model: nn.Module) -> WeightMap:
     wmap = wmap + dec.arch.weight_map(dec.config, "decoder").prefixed("decoder.", "decoder.")
     if model.enc_to_dec_proj is not None:
         wmap = wmap + WeightMap((rule("enc_to_dec_proj.weight"), rule("enc_to_dec_proj.bias")))
-    return wmap
+    # A module the composite does not use may have been left out at loading (BERT's pooler, absent
+    # from the checkpoint): its rules have nothing to save.
+    present = set(model.state_dict())
+    return replace(wmap, rules=tuple(r for r in wmap.rules if r.ours in present))
 
 
 def hf_config(model: nn.Module) -> dict[str, Any]:
