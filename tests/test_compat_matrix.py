@@ -94,10 +94,12 @@ CELLS: dict[str, Cell] = {
     "bert2bert position_ids/token_type_ids buffers": Cell(
         extra=(*_BUFFERS, "decoder.bert.embeddings.position_ids", "decoder.bert.embeddings.token_type_ids")),
     "roberta2roberta position_ids buffers": Cell(
-        "roberta", "roberta", extra=("encoder.embeddings.position_ids", "decoder.roberta.embeddings.position_ids")),
+        "roberta", "roberta",
+        extra=("encoder.embeddings.position_ids", "decoder.roberta.embeddings.position_ids")),
     "bert2gpt2 attn.bias buffers": Cell(
-        decoder="gpt2", extra=("decoder.transformer.h.0.attn.bias", "decoder.transformer.h.1.attn.masked_bias",
-                               "decoder.transformer.h.0.crossattention.bias")),
+        decoder="gpt2",
+        extra=("decoder.transformer.h.0.attn.bias", "decoder.transformer.h.1.attn.masked_bias",
+               "decoder.transformer.h.0.crossattention.bias")),
     "bert2bert other heads": Cell(extra=("encoder.classifier.weight", "decoder.cls.seq_relationship.weight")),
     # activation functions
     **{f"bert2bert hidden_act={a}": Cell(enc={"hidden_act": a}, dec={"hidden_act": a})
@@ -117,12 +119,14 @@ CELLS: dict[str, Cell] = {
         "bert", "roberta", dec={"position_embedding_type": "relative_key_query"},
         refused=(sw.ConfigError, "position_embedding_type")),
     # GPT-2's attention options
-    "bert2gpt2 scale_attn_by_inverse_layer_idx": Cell(decoder="gpt2", dec={"scale_attn_by_inverse_layer_idx": True}),
+    "bert2gpt2 scale_attn_by_inverse_layer_idx": Cell(decoder="gpt2",
+                                                      dec={"scale_attn_by_inverse_layer_idx": True}),
     "bert2gpt2 scale_attn_weights=False": Cell(decoder="gpt2", dec={"scale_attn_weights": False}),
     "bert2gpt2 reorder_and_upcast_attn": Cell(decoder="gpt2", dec={"reorder_and_upcast_attn": True}),
     "bert2gpt2 reorder_and_upcast_attn fp16": Cell(decoder="gpt2", dec={"reorder_and_upcast_attn": True},
                                                   dtype=torch.float16),
-    "gpt2bert scale_attn_by_inverse_layer_idx": Cell("gpt2", "bert", enc={"scale_attn_by_inverse_layer_idx": True}),
+    "gpt2bert scale_attn_by_inverse_layer_idx": Cell("gpt2", "bert",
+                                                     enc={"scale_attn_by_inverse_layer_idx": True}),
 }
 
 
@@ -137,15 +141,16 @@ def _hf_part(arch: str, role: str, overrides: dict, pooler: bool):
     return transformers.AutoModel.from_config(cfg)
 
 
-def _extra_tensor(name: str, model) -> torch.Tensor:
+def _extra_tensor(name: str) -> torch.Tensor:
+    """A tensor as old checkpoints stored it under ``name`` (a buffer), or a random one (another head)."""
     if name.endswith("position_ids"):
         return torch.arange(64)[None]
     if name.endswith("token_type_ids"):
         return torch.zeros(1, 64, dtype=torch.long)
-    if name.endswith("bias") and ".attn." in name or ".crossattention." in name:
-        return torch.tril(torch.ones(64, 64, dtype=torch.bool))[None, None]
     if name.endswith("masked_bias"):
         return torch.tensor(-1e4)
+    if name.endswith(".bias"):  # GPT-2's causal-mask buffer
+        return torch.tril(torch.ones(64, 64, dtype=torch.bool))[None, None]
     return torch.randn(3, 32)
 
 
@@ -182,7 +187,7 @@ def save_cell(cell: Cell, folder: Path) -> None:
     if cell.extra:
         assert cell.fmt == "safetensors" and not cell.shard
         sd = load_file(folder / "model.safetensors")
-        sd.update({n: _extra_tensor(n, model) for n in cell.extra})
+        sd.update({n: _extra_tensor(n) for n in cell.extra})
         save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
 
 
@@ -232,7 +237,8 @@ def run_cell(name: str, cell: Cell, folder: Path) -> str:
         with torch.no_grad():
             rh, oh = ref_half(**inputs, return_dict=True), half(**inputs)
         tol = HALF_TOL[cell.dtype]
-        torch.testing.assert_close(oh.logits.float(), rh.logits.float(), atol=tol, rtol=0, msg=f"{name}: half")
+        torch.testing.assert_close(oh.logits.float(), rh.logits.float(), atol=tol, rtol=0,
+                                   msg=f"{name}: half")
     # round trip: every tensor of the file is saved again or reported as ignored, and the reload matches
     ours.save_pretrained(folder / "ours")
     again = sw.EncoderDecoder.from_pretrained(folder / "ours")
@@ -284,6 +290,28 @@ def test_generation_checks_a_start_id_beyond_the_vocabulary(tmp_path: Path) -> N
     ids, mask = source_batch(99, pad=0)
     with pytest.raises(sw.ConfigError, match="decoder_start_token_id"):
         model.generate(ids, attention_mask=mask, decoder_start_token_id=50256, max_new_tokens=2)
+
+
+def test_warm_start_from_single_model_files_transformers_loads(tmp_path: Path) -> None:
+    """Warm start: a GPT-2 with GPT2Config's default ids, as a legacy pickle; a pooler-less BERT encoder."""
+    import transformers
+
+    torch.manual_seed(0)
+    dec = randomize(transformers.GPT2LMHeadModel(hf_config("gpt2", "encoder", **_GPT2_DEFAULT_IDS)), 1)
+    dec.save_pretrained(tmp_path / "dec")
+    (tmp_path / "dec" / "model.safetensors").unlink()
+    torch.save(dec.state_dict(), tmp_path / "dec" / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    enc = randomize(transformers.BertModel(hf_config("bert", "encoder"), add_pooling_layer=False), 2)
+    enc.save_pretrained(tmp_path / "enc")
+    model = sw.EncoderDecoder.from_pretrained_parts(tmp_path / "enc", tmp_path / "dec",
+                                                    decoder_start_token_id=2, pad_token_id=0)
+    assert model.load_report.sources["decoder"].endswith("pytorch_model.bin")
+    assert model.decoder.config.bos_token_id == 50256  # carried, unused until generation needs it
+    # transformers creates BertModel's pooler when the file lacks it, and so do we (a warm start)
+    assert {"encoder.pooler.weight", "encoder.pooler.bias"} <= set(model.load_report.new)
+    sd = dec.state_dict()
+    wte = model.decoder.embeddings.tokens.weight
+    torch.testing.assert_close(wte, sd["transformer.wte.weight"], atol=0, rtol=0)
 
 
 def main() -> None:

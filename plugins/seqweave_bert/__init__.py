@@ -86,7 +86,9 @@ class BertConfig(sw.ArchitectureConfig):
         # offset). bos/eos are unused by the modules, and transformers loads config.json files whose
         # defaults lie beyond a smaller vocabulary; the ids a composite uses are checked where used.
         if self.pad_token_id is not None and self.pad_token_id >= self.vocab_size:
-            raise sw.FieldError("pad_token_id", f"must be below vocab_size ({self.vocab_size})", self.pad_token_id)
+            raise sw.FieldError(
+                "pad_token_id", f"must be below vocab_size ({self.vocab_size})", self.pad_token_id
+            )
         if self.position_embedding_type != "absolute":
             # transformers 4.x built distance tables for these; 5.x ignores the field and runs such a
             # checkpoint with absolute positions only, which is not the trained model: refuse instead.

@@ -83,8 +83,12 @@ class GPT2Config(sw.ArchitectureConfig):
     bos_token_id: int | None = Field(
         50256, description="Beginning-of-sequence token id: generation's start token when none is set."
     )
-    eos_token_id: int | list[int] | None = Field(50256, description="End-of-sequence token id(s); unused here.")
-    pad_token_id: int | None = Field(None, description="Padding token id (GPT-2 has none by default); unused here.")
+    eos_token_id: int | list[int] | None = Field(
+        50256, description="End-of-sequence token id(s); unused here."
+    )
+    pad_token_id: int | None = Field(
+        None, description="Padding token id (GPT-2 has none by default); unused here."
+    )
     tie_word_embeddings: bool = Field(True, description="The LM head shares wte.")
     use_cache: bool = Field(True, description="Kept for compatibility with transformers' config.json.")
     summary_type: str = Field(

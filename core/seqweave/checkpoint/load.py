@@ -138,8 +138,10 @@ def load_part(
 UNUSED_MODULES = ("pooler",)
 
 
-def _without_unused_modules(module: nn.Module, missing: list[Rule], report: LoadReport, role: str) -> list[Rule]:
-    """``missing`` less the rules of an :data:`UNUSED_MODULES` submodule that is wholly absent, which is dropped.
+def _without_unused_modules(
+    module: nn.Module, missing: list[Rule], report: LoadReport, role: str
+) -> list[Rule]:
+    """``missing`` less the rules of a wholly absent :data:`UNUSED_MODULES` submodule, which is dropped.
 
     A submodule with some of its tensors in the checkpoint stays (its absent ones are then
     missing as any other's would be). A dropped one is not saved either: the round trip
