@@ -158,6 +158,37 @@ def _without_unused_modules(
     return missing
 
 
+def _warn_drifted_copies(
+    model: nn.Module, encoder: PartSpec, sd: Mapping[str, torch.Tensor], source: Path
+) -> None:
+    """Warn when a tied encoder tensor's own copy in the file differs from the decoder's, which wins.
+
+    transformers 5.x ignores ``tie_encoder_decoder`` and fine-tunes the two copies apart; tying
+    here computes with the decoder's, so the logits are not transformers' any more: say so,
+    once. The copies are compared one rule at a time, so no more than one tensor is copied.
+    """
+    tied = set(model.tied_parameters)
+    if not tied:
+        return
+    wmap = encoder.arch.weight_map(encoder.config, "encoder").prefixed("", "encoder.")
+    params = dict(model.encoder.named_parameters(remove_duplicate=False))
+    drifted = []
+    for r in wmap.rules:
+        if r.ours not in tied or not all(h in sd for h in r.hf):
+            continue
+        (theirs,) = WeightMap((r,)).from_hf(sd)[0].values()
+        mine = params[r.ours]
+        if theirs.shape == mine.shape and not torch.equal(theirs.to(mine.device, mine.dtype), mine.detach()):
+            drifted.append(f"encoder.{r.ours}")
+    if drifted:
+        logger.warning(
+            "%s: tie_encoder_decoder is set but the file's encoder copies of %d tied tensor(s) differ from "
+            "the decoder's (e.g. %s); the decoder's are used (transformers 5.x, which does not tie, uses "
+            "each copy)",
+            source, len(drifted), _first(drifted),
+        )
+
+
 def _log_ignored(report: LoadReport) -> None:
     """One log line for what the checkpoint holds that the model does not use (old buffers, other heads)."""
     dropped = [*report.ignored, *(f"{m} (absent from the checkpoint)" for m in report.absent)]
@@ -216,6 +247,7 @@ def load_pretrained(
                   role=role, source=source, report=report, prefix=f"{role}.", dtype=dtype, device=device,
                   filled=frozenset(model.tied_parameters) if role == "encoder" else frozenset())
         model.tie_weights()
+    _warn_drifted_copies(model, parts["encoder"], sd, source)
     if model.enc_to_dec_proj is not None:
         load_part(model.enc_to_dec_proj, WeightMap((rule("weight"), rule("bias"))), sd, role=PROJECTION,
                   what=f"the projection {PROJECTION}", source=source, report=report, prefix=f"{PROJECTION}.",
