@@ -322,6 +322,31 @@ def test_tied_copies_that_drifted_apart_are_warned(tmp_path: Path, caplog: pytes
     assert not [r for r in caplog.records if "differ" in r.getMessage()]
 
 
+@pytest.mark.parametrize("where", ["top", "decoder"])
+def test_generation_fields_of_a_config_json_without_generation_config(tmp_path: Path, where: str) -> None:
+    """Checkpoints saved before transformers 4.27 keep generation defaults in config.json: both use them."""
+    from transformers import EncoderDecoderModel
+
+    save_cell(Cell(), tmp_path)
+    (tmp_path / "generation_config.json").unlink()
+    data = json.loads((tmp_path / "config.json").read_text())
+    fields = {"num_beams": 3, "max_length": 7, "min_length": 4, "no_repeat_ngram_size": 2,
+              "length_penalty": 2.0, "early_stopping": True}
+    (data if where == "top" else data["decoder"]).update(fields)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    ref = EncoderDecoderModel.from_pretrained(tmp_path).eval()
+    ours = sw.EncoderDecoder.from_pretrained(tmp_path)
+    s = ours.generation_settings
+    assert (s.num_beams, s.max_new_tokens, s.min_new_tokens, s.no_repeat_ngram_size) == (3, 6, 3, 2)
+    ids, mask = source_batch(99, pad=0)
+    with torch.no_grad():
+        expected = ref.generate(input_ids=ids, attention_mask=mask)
+        got = ours.generate(ids, attention_mask=mask)
+    got = got.sequences if hasattr(got, "sequences") else got
+    assert expected.shape[1] == 7
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
 def test_warm_start_from_single_model_files_transformers_loads(tmp_path: Path) -> None:
     """Warm start: a GPT-2 with GPT2Config's default ids, as a legacy pickle; a pooler-less BERT encoder."""
     import transformers

@@ -187,8 +187,16 @@ def generation_config(model: nn.Module) -> dict[str, Any]:
     return {**model.generation_settings.model_dump(), **{k: getattr(model, k) for k in TOKEN_FIELDS}}
 
 
-def read_generation_config(model: nn.Module, folder: Path) -> None:
+def read_generation_config(model: nn.Module, folder: Path, legacy: Mapping[str, Any] | None = None) -> None:
     """Take generation defaults, and token ids the model lacks, from ``folder``'s generation_config.json.
+
+    Without that file, the generation fields of ``legacy`` (the composite's ``config.json``) are
+    read instead, as transformers' ``GenerationConfig.from_model_config`` does: checkpoints saved
+    before transformers 4.27 keep ``num_beams``, ``max_length``, ``no_repeat_ngram_size``... at
+    the top level, and the decoder's object fills the fields the top level leaves unset (token
+    ids excepted: those stay the composite's own). transformers' ``max_length`` / ``min_length``
+    count the start token: they become ``max_new_tokens`` / ``min_new_tokens`` one lower, unless
+    the file sets those itself.
 
     Fields transformers writes that we do not know are skipped; an absent file changes nothing.
 
@@ -197,11 +205,20 @@ def read_generation_config(model: nn.Module, folder: Path) -> None:
     """
     path = folder / GENERATION_CONFIG_JSON
     data = read_json(path, missing_ok=True)
+    if not path.is_file() and legacy:
+        path = folder / CONFIG_JSON
+        decoder = legacy.get("decoder") if isinstance(legacy.get("decoder"), dict) else {}
+        data = {k: v for k, v in legacy.items() if v is not None and k not in ("encoder", "decoder")}
+        data.update({k: v for k, v in decoder.items() if k not in data and k not in TOKEN_FIELDS
+                     and v is not None})
     if not data:
         return
     # The token ids stay the model's own (filled below when unset), not generation overrides of them.
     known = GenerationSettings.model_fields.keys() - TOKEN_FIELDS
     values = {k: v for k, v in data.items() if k in known and v is not None}
+    for total, new in (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens")):
+        if total not in known and new in known and new not in values and isinstance(data.get(total), int):
+            values[new] = max(data[total] - 1, 1 if new == "max_new_tokens" else 0)
     try:
         model.generation_settings = GenerationSettings.model_validate(
             {**model.generation_settings.model_dump(), **values}

@@ -223,10 +223,11 @@ def load_pretrained(
     """
     folder = resolve(name_or_path, revision)
     where = str(folder / CONFIG_JSON)
-    parts, kwargs, top = composite_config(read_config_json(folder), where, registry)
+    data = read_config_json(folder)
+    parts, kwargs, top = composite_config(data, where, registry)
     model = _build(factory, parts, **kwargs)
     model.hf_extra["top"] = top
-    read_generation_config(model, folder)
+    read_generation_config(model, folder, legacy=data)
     sd, source = read_state_dict(folder)
     dtype = dtype or dtype_of([sd])
     prefixes = tuple(f"{p}." for p in (*ROLES, *([PROJECTION] if model.enc_to_dec_proj is not None else [])))
