@@ -45,6 +45,7 @@ class Cell:
     shard: str | None = None  # save_pretrained(max_shard_size=...); for the pickles: two shards
     extra: tuple[str, ...] = ()  # tensors added to the file (old buffers, other heads)
     top: dict = field(default_factory=dict)
+    json_fields: dict = field(default_factory=dict)  # written into config.json after saving, by object
     refused: tuple[type, str] | None = None  # (error class, text the message must contain)
 
 
@@ -76,6 +77,23 @@ CELLS: dict[str, Cell] = {
     "roberta2roberta RobertaConfig default ids, vocab 99": Cell(
         "roberta", "roberta", enc={"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
         dec={"bos_token_id": 0, "eos_token_id": 50264}, top={"pad_token_id": 1, "decoder_start_token_id": 0}),
+    # fields of transformers 4.x config.json files that the composite does not use
+    "bert2gpt2 transformers 4.x config fields": Cell(decoder="gpt2", json_fields={
+        "top": {"torch_dtype": "float32", "tie_word_embeddings": False, "max_length": 20,
+                "bad_words_ids": None, "transformers_version": "4.26.0", "_name_or_path": "x"},
+        "encoder": {"architectures": ["BertForMaskedLM"], "gradient_checkpointing": False,
+                    "torchscript": False, "chunk_size_feed_forward": 0, "id2label": {"0": "LABEL_0"},
+                    "output_past": True, "_name_or_path": "bert-base-uncased",
+                    "position_embedding_type": "absolute"},
+        "decoder": {"architectures": ["GPT2LMHeadModel"], "n_ctx": 64, "output_hidden_states": False,
+                    "task_specific_params": {"text-generation": {"do_sample": True}}, "pruned_heads": {}}}),
+    # other sizes
+    "bert2bert type_vocab_size=1": Cell(enc={"type_vocab_size": 1}, dec={"type_vocab_size": 1}),
+    "bert2gpt2 n_inner=48": Cell(decoder="gpt2", dec={"n_inner": 48}),
+    "bert2gpt2 wider decoder (enc_to_dec_proj)": Cell(decoder="gpt2", dec={"n_embd": 48}),
+    "roberta2bert narrower decoder (enc_to_dec_proj)": Cell(
+        "roberta", "bert", dec={"hidden_size": 24, "num_attention_heads": 2},
+        top={"pad_token_id": 1, "decoder_start_token_id": 0}),
     # dtypes saved
     "bert2bert fp16": Cell(dtype=torch.float16),
     "bert2bert bf16": Cell(dtype=torch.bfloat16),
@@ -195,6 +213,11 @@ def save_cell(cell: Cell, folder: Path) -> None:
             (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
         else:
             torch.save(sd, folder / "pytorch_model.bin", _use_new_zipfile_serialization=zipped)
+    if cell.json_fields:
+        data = json.loads((folder / "config.json").read_text())
+        for where, values in cell.json_fields.items():
+            (data if where == "top" else data[where]).update(values)
+        (folder / "config.json").write_text(json.dumps(data))
     if cell.extra:
         assert cell.fmt == "safetensors" and not cell.shard
         sd = load_file(folder / "model.safetensors")
