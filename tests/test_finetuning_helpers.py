@@ -171,12 +171,8 @@ def test_composite_resize_keeps_tie_encoder_decoder(tmp_path):
 
 def test_resize_shrinks_and_refuses_nonsense(pair):
     ours = EncoderDecoderModelSW.from_pretrained(pair[0])
-    ids = [v for k, v in ours.decoder.config.model_dump().items() if k.endswith("token_id") and isinstance(v, int)]
-    if max(ids, default=0) >= 50:  # GPT-2's tiny config: bos/eos above 50
-        with pytest.raises(sw.ConfigError, match="resize_token_embeddings.50"):
-            ours.decoder.resize_token_embeddings(50)
-        assert ours.decoder.vocab_size > 50  # nothing changed
-        return
+    # GPT-2's tiny config has bos/eos 98: ids the decoder never reads are carried, not checked (generation
+    # checks the ids it uses), so a smaller vocabulary is fine; a pad id the embedding uses is checked.
     ours.decoder.resize_token_embeddings(50)
     assert ours.decoder.vocab_size == 50 and ours.get_output_embeddings().bias is None or \
         ours.get_output_embeddings().bias.shape == (50,)

@@ -109,7 +109,8 @@ def test_config_aliases_and_errors() -> None:
         sw.build_decoder("gpt2", n_embd=30, n_head=4)
     with pytest.raises(sw.ConfigError, match="activation_function"):
         sw.build_decoder("gpt2", activation_function="prelu")
-    with pytest.raises(sw.ConfigError, match=r"eos_token_id: must be in \[0, vocab_size\) = \[0, 99\) \(got 50256\)"):
-        sw.build_decoder("gpt2", vocab_size=99, bos_token_id=0)  # eos 50256 is outside a 99-token vocabulary
+    # GPT2Config's default eos 50256 lies outside a 99-token vocabulary: GPT-2's modules never use it, so
+    # it is carried (transformers loads such files); ids the composite uses are checked where used.
+    assert sw.build_decoder("gpt2", vocab_size=99, bos_token_id=0).config.eos_token_id == 50256
     with pytest.raises(sw.ConfigError, match="n_embd"):
         sw.build_decoder("gpt2", hidden_size=64, n_embd=32)

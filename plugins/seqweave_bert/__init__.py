@@ -61,8 +61,13 @@ class BertConfig(sw.ArchitectureConfig):
     initializer_range: float = Field(0.02, gt=0, description="Std of the normal init of new weights.")
     layer_norm_eps: float = Field(1e-12, gt=0, description="LayerNorm epsilon.")
     pad_token_id: int | None = Field(0, ge=0, description="Padding token id (its embedding gets no gradient).")
-    bos_token_id: int | None = Field(None, ge=0, description="Beginning-of-sequence token id.")
-    eos_token_id: int | None = Field(None, ge=0, description="End-of-sequence token id.")
+    bos_token_id: int | None = Field(
+        None, description="Beginning-of-sequence token id: generation's start token when none is set."
+    )
+    eos_token_id: int | list[int] | None = Field(None, description="End-of-sequence token id(s); unused here.")
+    position_embedding_type: str = Field(
+        "absolute", description='Position embeddings: only "absolute" (the only kind transformers 5 has).'
+    )
     tie_word_embeddings: bool = Field(True, description="Decoder head shares the word embedding matrix.")
     use_cache: bool = Field(True, description="Kept for compatibility with transformers' config.json.")
     classifier_dropout: float | None = Field(None, description="Unused here; kept for compatibility.")
@@ -76,10 +81,22 @@ class BertConfig(sw.ArchitectureConfig):
             )
         if self.hidden_act not in ACTIVATIONS:
             raise sw.FieldError("hidden_act", f"must be one of {', '.join(sorted(ACTIVATIONS))}", self.hidden_act)
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and value >= self.vocab_size:
-                raise sw.FieldError(name, f"must be below vocab_size ({self.vocab_size})", value)
+        # Only pad_token_id is checked here: it is the embedding's padding_idx (and RoBERTa's position
+        # offset). bos/eos are unused by the modules, and transformers loads config.json files whose
+        # defaults lie beyond a smaller vocabulary; the ids a composite uses are checked where used.
+        if self.pad_token_id is not None and self.pad_token_id >= self.vocab_size:
+            raise sw.FieldError(
+                "pad_token_id", f"must be below vocab_size ({self.vocab_size})", self.pad_token_id
+            )
+        if self.position_embedding_type != "absolute":
+            # transformers 4.x built distance tables for these; 5.x ignores the field and runs such a
+            # checkpoint with absolute positions only, which is not the trained model: refuse instead.
+            raise sw.FieldError(
+                "position_embedding_type",
+                'must be "absolute": relative position embeddings (relative_key, relative_key_query) '
+                "are not supported",
+                self.position_embedding_type,
+            )
         return self
 
 

@@ -80,9 +80,15 @@ class GPT2Config(sw.ArchitectureConfig):
     reorder_and_upcast_attn: bool = Field(
         False, description="Compute attention in float32 for half-precision inputs (no-op in float32)."
     )
-    bos_token_id: int | None = Field(50256, ge=0, description="Beginning-of-sequence token id.")
-    eos_token_id: int | list[int] | None = Field(50256, description="End-of-sequence token id(s).")
-    pad_token_id: int | None = Field(None, ge=0, description="Padding token id (GPT-2 has none by default).")
+    bos_token_id: int | None = Field(
+        50256, description="Beginning-of-sequence token id: generation's start token when none is set."
+    )
+    eos_token_id: int | list[int] | None = Field(
+        50256, description="End-of-sequence token id(s); unused here."
+    )
+    pad_token_id: int | None = Field(
+        None, description="Padding token id (GPT-2 has none by default); unused here."
+    )
     tie_word_embeddings: bool = Field(True, description="The LM head shares wte.")
     use_cache: bool = Field(True, description="Kept for compatibility with transformers' config.json.")
     summary_type: str = Field(
@@ -117,12 +123,10 @@ class GPT2Config(sw.ArchitectureConfig):
             raise sw.FieldError(
                 "activation_function", f"must be one of {', '.join(sorted(ACTIVATIONS))}", self.activation_function
             )
-        eos = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
-        for name, value in [("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id)] + [
-            ("eos_token_id", e) for e in eos
-        ]:
-            if value is not None and not 0 <= value < self.vocab_size:
-                raise sw.FieldError(name, f"must be in [0, vocab_size) = [0, {self.vocab_size})", value)
+        # bos/eos/pad are not checked against vocab_size here: GPT-2's modules use none of them (no
+        # padding_idx), and GPT2Config's defaults (50256) stay in config.json files with smaller
+        # vocabularies that transformers loads. The ids a composite uses are checked where they are
+        # used (generation's options, the labels shift).
         return self
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +106,9 @@ def _read_safetensors(path: Path) -> CheckpointTensors:
 
 def _read_pickle(path: Path) -> CheckpointTensors:
     try:
-        # weights_only: tensors and plain containers only, no code from the checkpoint runs
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        # weights_only: tensors and plain containers only, no code from the checkpoint runs. A zip
+        # file (torch >= 1.6) is memory-mapped; a legacy pre-zip pickle cannot be, and is read whole.
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from None
     if not isinstance(sd, Mapping):

@@ -9,7 +9,7 @@ objects under ``encoder`` and ``decoder`` and the composition's own fields at th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,10 @@ def weight_map_of(model: nn.Module) -> WeightMap:
     wmap = wmap + dec.arch.weight_map(dec.config, "decoder").prefixed("decoder.", "decoder.")
     if model.enc_to_dec_proj is not None:
         wmap = wmap + WeightMap((rule("enc_to_dec_proj.weight"), rule("enc_to_dec_proj.bias")))
-    return wmap
+    # A module the composite does not use may have been left out at loading (BERT's pooler, absent
+    # from the checkpoint): its rules have nothing to save.
+    present = set(model.state_dict())
+    return replace(wmap, rules=tuple(r for r in wmap.rules if r.ours in present))
 
 
 def hf_config(model: nn.Module) -> dict[str, Any]:
@@ -184,8 +187,15 @@ def generation_config(model: nn.Module) -> dict[str, Any]:
     return {**model.generation_settings.model_dump(), **{k: getattr(model, k) for k in TOKEN_FIELDS}}
 
 
-def read_generation_config(model: nn.Module, folder: Path) -> None:
+def read_generation_config(model: nn.Module, folder: Path, legacy: Mapping[str, Any] | None = None) -> None:
     """Take generation defaults, and token ids the model lacks, from ``folder``'s generation_config.json.
+
+    Without that file, the generation fields of ``legacy`` (the composite's ``config.json``) are
+    read instead, as transformers' ``GenerationConfig.from_model_config`` does: checkpoints saved
+    before transformers 4.27 keep ``num_beams``, ``max_length``, ``no_repeat_ngram_size``... at
+    the top level, and the decoder's object fills the fields the top level leaves unset (token
+    ids excepted: those stay the composite's own). ``max_length`` / ``min_length`` count the start
+    token, as transformers counts them (see :class:`~seqweave.GenerationSettings`).
 
     Fields transformers writes that we do not know are skipped; an absent file changes nothing.
 
@@ -194,6 +204,12 @@ def read_generation_config(model: nn.Module, folder: Path) -> None:
     """
     path = folder / GENERATION_CONFIG_JSON
     data = read_json(path, missing_ok=True)
+    if not path.is_file() and legacy:
+        path = folder / CONFIG_JSON
+        decoder = legacy.get("decoder") if isinstance(legacy.get("decoder"), dict) else {}
+        data = {k: v for k, v in legacy.items() if v is not None and k not in ("encoder", "decoder")}
+        data.update({k: v for k, v in decoder.items() if k not in data and k not in TOKEN_FIELDS
+                     and v is not None})
     if not data:
         return
     # The token ids stay the model's own (filled below when unset), not generation overrides of them.

@@ -24,7 +24,7 @@ from ..config import PartConfig
 from ..errors import CheckpointError, ConfigError
 from ..hub import resolve
 from ..registry import Registry, Role
-from ..weights import WeightMap, load_module_weights, rule
+from ..weights import Rule, WeightMap, load_module_weights, rule
 from .formats import read_state_dict
 from .hf_config import (
     PartSpec,
@@ -106,6 +106,8 @@ def load_part(
         tensors = wmap.normalize_prefix(tensors)
     ours, missing, unexpected = wmap.from_hf(tensors)
     missing = [r for r in missing if r.ours not in filled]
+    if composite:
+        missing = _without_unused_modules(module, missing, report, role)
     required = [h for r in missing if composite or not r.new_ok for h in r.hf if h not in tensors]
     if required:
         raise CheckpointError(
@@ -127,6 +129,71 @@ def load_part(
     report.unused += [f"{role}:{k}" for k in unexpected]
     report.ignored += [f"{role}:{k}" for k in mine if k not in used and k not in skipped]
     return new
+
+
+#: Submodules of a part that the composite never uses (BERT's pooler): absent from a composite
+#: checkpoint as a whole, the part goes without them, so they are neither required nor made up,
+#: and a save writes what was read. (A warm start creates them, as transformers does: a
+#: single-model checkpoint without a pooler is an MLM model, whose pooler is new.)
+UNUSED_MODULES = ("pooler",)
+
+
+def _without_unused_modules(
+    module: nn.Module, missing: list[Rule], report: LoadReport, role: str
+) -> list[Rule]:
+    """``missing`` less the rules of a wholly absent :data:`UNUSED_MODULES` submodule, which is dropped.
+
+    A submodule with some of its tensors in the checkpoint stays (its absent ones are then
+    missing as any other's would be). A dropped one is not saved either: the round trip
+    writes what was read.
+    """
+    for name in UNUSED_MODULES:
+        if getattr(module, name, None) is None:
+            continue
+        own = [r for r in missing if r.ours.startswith(f"{name}.")]
+        if len(own) == sum(1 for _ in getattr(module, name).parameters()):
+            setattr(module, name, None)
+            report.absent.append(f"{role}.{name}")
+            missing = [r for r in missing if r not in own]
+    return missing
+
+
+def _warn_drifted_copies(
+    model: nn.Module, encoder: PartSpec, sd: Mapping[str, torch.Tensor], source: Path
+) -> None:
+    """Warn when a tied encoder tensor's own copy in the file differs from the decoder's, which wins.
+
+    transformers 5.x ignores ``tie_encoder_decoder`` and fine-tunes the two copies apart; tying
+    here computes with the decoder's, so the logits are not transformers' any more: say so,
+    once. The copies are compared one rule at a time, so no more than one tensor is copied.
+    """
+    tied = set(model.tied_parameters)
+    if not tied:
+        return
+    wmap = encoder.arch.weight_map(encoder.config, "encoder").prefixed("", "encoder.")
+    params = dict(model.encoder.named_parameters(remove_duplicate=False))
+    drifted = []
+    for r in wmap.rules:
+        if r.ours not in tied or not all(h in sd for h in r.hf):
+            continue
+        (theirs,) = WeightMap((r,)).from_hf(sd)[0].values()
+        mine = params[r.ours]
+        if theirs.shape == mine.shape and not torch.equal(theirs.to(mine.device, mine.dtype), mine.detach()):
+            drifted.append(f"encoder.{r.ours}")
+    if drifted:
+        logger.warning(
+            "%s: tie_encoder_decoder is set but the file's encoder copies of %d tied tensor(s) differ from "
+            "the decoder's (e.g. %s); the decoder's are used (transformers 5.x, which does not tie, uses "
+            "each copy)",
+            source, len(drifted), _first(drifted),
+        )
+
+
+def _log_ignored(report: LoadReport) -> None:
+    """One log line for what the checkpoint holds that the model does not use (old buffers, other heads)."""
+    dropped = [*report.ignored, *(f"{m} (absent from the checkpoint)" for m in report.absent)]
+    if dropped:
+        logger.info("ignored (not used by the model): %s", ", ".join(summarize_names(dropped)))
 
 
 def _build(factory: Callable[..., nn.Module], parts: Mapping[str, PartSpec], **kwargs: Any) -> nn.Module:
@@ -156,10 +223,11 @@ def load_pretrained(
     """
     folder = resolve(name_or_path, revision)
     where = str(folder / CONFIG_JSON)
-    parts, kwargs, top = composite_config(read_config_json(folder), where, registry)
+    data = read_config_json(folder)
+    parts, kwargs, top = composite_config(data, where, registry)
     model = _build(factory, parts, **kwargs)
     model.hf_extra["top"] = top
-    read_generation_config(model, folder)
+    read_generation_config(model, folder, legacy=data)
     sd, source = read_state_dict(folder)
     dtype = dtype or dtype_of([sd])
     prefixes = tuple(f"{p}." for p in (*ROLES, *([PROJECTION] if model.enc_to_dec_proj is not None else [])))
@@ -180,10 +248,12 @@ def load_pretrained(
                   role=role, source=source, report=report, prefix=f"{role}.", dtype=dtype, device=device,
                   filled=frozenset(model.tied_parameters) if role == "encoder" else frozenset())
         model.tie_weights()
+    _warn_drifted_copies(model, parts["encoder"], sd, source)
     if model.enc_to_dec_proj is not None:
         load_part(model.enc_to_dec_proj, WeightMap((rule("weight"), rule("bias"))), sd, role=PROJECTION,
                   what=f"the projection {PROJECTION}", source=source, report=report, prefix=f"{PROJECTION}.",
                   dtype=dtype, device=device)
+    _log_ignored(report)
     return model.eval()
 
 
@@ -275,4 +345,5 @@ def load_composition(
         logger.warning("newly initialised tensors (train before use): %s", ", ".join(summarize_names(shown)))
     if report.unused:
         logger.info("unused checkpoint tensors: %s", ", ".join(report.unused))
+    _log_ignored(report)
     return model.eval() if checkpoints else model

@@ -23,6 +23,8 @@ class LoadReport:
         tied: our encoder parameter names that are the decoder's tensors (``tie_encoder_decoder``);
             the decoder's values fill them.
         sources: the weight file read, by part (``model`` for a composite checkpoint).
+        absent: submodules the composite does not use that the checkpoint lacks, left out of
+            the model (``encoder.pooler``: BERT saved with ``add_pooling_layer=False``).
     """
 
     new: list[str] = field(default_factory=list)
@@ -30,6 +32,7 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)
 
 
 def summarize_names(names: list[str]) -> list[str]:
