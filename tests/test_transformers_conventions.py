@@ -103,17 +103,28 @@ def test_used_keywords_we_lack_are_refused(pair):
         ours(ids, mask, labels=label_batch(99), decoder_position_ids=torch.zeros_like(ids))
 
 
-def test_types_without_a_type_table_are_refused(tmp_path):
-    hf_composite(tmp_path, "gpt2", "gpt2", pad_token_id=0)
-    model = sw.EncoderDecoder.from_pretrained(tmp_path).eval()
+def test_gpt2_embeds_token_types_with_its_token_table(tmp_path):
+    theirs = hf_composite(tmp_path, "gpt2", "gpt2", pad_token_id=0)
+    ours = sw.EncoderDecoder.from_pretrained(tmp_path).eval()
     ids, mask = source_batch(99, 0)
     labels = label_batch(99)
-    with torch.no_grad():
-        zeros = model(ids, mask, labels=labels, token_type_ids=torch.zeros_like(ids))
-        plain = model(ids, mask, labels=labels)
-    assert torch.equal(zeros.logits, plain.logits)
+    dec_types = torch.ones_like(labels)
+    for types in (torch.zeros_like(ids), torch.randint(0, 99, ids.shape, generator=torch.Generator().manual_seed(3))):
+        with torch.no_grad():
+            ref = theirs(ids, mask, labels=labels, token_type_ids=types, decoder_token_type_ids=dec_types)
+            out = ours(ids, mask, labels=labels, token_type_ids=types, decoder_token_type_ids=dec_types)
+        torch.testing.assert_close(out.logits, ref.logits, atol=TOL, rtol=0)
+        torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=0)
+
+
+def test_types_without_a_type_table_are_refused(pair):
+    from seqweave.layers import Embeddings
+
+    emb = Embeddings(10, 4, 8)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(emb(ids, token_type_ids=torch.zeros_like(ids)), emb(ids))
     with pytest.raises(sw.ConfigError, match="token_type_ids.*no token types"):
-        model(ids, mask, labels=labels, token_type_ids=torch.ones_like(ids))
+        emb(ids, token_type_ids=torch.ones_like(ids))
 
 
 def test_type_beyond_the_table_is_refused(pair):
@@ -435,3 +446,16 @@ def test_an_encoder_without_token_types_still_composes(pair, tokenizer):
         model(**batch, labels=labels)
     with pytest.raises(sw.ConfigError, match="inputs_embeds"):
         model(inputs_embeds=torch.zeros(1, 3, 32), labels=labels[:1])
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="Trainer saves a model that is not a transformers PreTrainedModel with safetensors' "
+                          "save_file(model.state_dict()), which refuses tied tensors (decoder head = embeddings)")
+def test_trainer_save_model(pair, tmp_path):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (the dev extra)")
+    from transformers import Trainer, TrainingArguments
+
+    model = sw.EncoderDecoder.from_pretrained(pair[2])
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[],
+                                                          use_cpu=True))
+    trainer.save_model(str(tmp_path / "saved"))

@@ -411,6 +411,8 @@ class Embeddings(nn.Module):
         max_positions: rows of the position table.
         type_vocab_size: rows of the token-type table; 0 for none. ``forward`` takes token types
             (``token_type_ids``; type 0 everywhere when None); with no table it refuses non-zero ones.
+        types_from_tokens: embed given token types with the token table (GPT-2's ``wte(token_type_ids)``),
+            instead of a token-type table; None types add nothing.
         norm_eps: add a LayerNorm with this epsilon; None for no LayerNorm.
         dropout: dropout after the sum (and norm).
         padding_idx: the pad token id, passed to ``nn.Embedding`` (its row gets no gradient).
@@ -437,8 +439,11 @@ class Embeddings(nn.Module):
         padding_idx: int | None = None,
         positions: Literal["absolute", "after_padding"] = "absolute",
         project_to: int | None = None,
+        types_from_tokens: bool = False,
     ) -> None:
         super().__init__()
+        if types_from_tokens and type_vocab_size:
+            raise ConfigError("types_from_tokens=True embeds token types with the token table: give no type_vocab_size")
         if positions == "after_padding" and padding_idx is None:
             raise ConfigError("positions='after_padding' needs a padding_idx (the pad token id)")
         self.tokens = nn.Embedding(vocab_size, dim, padding_idx=padding_idx)
@@ -454,6 +459,7 @@ class Embeddings(nn.Module):
         self.output_dim = project_to if project_to is not None else dim
         self.padding_idx = padding_idx
         self.position_scheme = positions
+        self.types_from_tokens = types_from_tokens
 
     def position_ids(self, input_ids: torch.Tensor, past_length: int | torch.Tensor = 0) -> torch.Tensor:
         """Position ids [b, t] (or [1, t]) for ``input_ids`` [b, t] that follow ``past_length`` cached tokens.
@@ -471,6 +477,8 @@ class Embeddings(nn.Module):
 
     def _token_types(self, token_type_ids: torch.Tensor) -> torch.Tensor:
         """The token-type rows for ``token_type_ids``, checked against the table (one host sync)."""
+        if self.types_from_tokens:
+            return call(self.tokens, token_type_ids)
         rows = 0 if self.token_types is None else self.token_types.num_embeddings
         top = int(token_type_ids.max()) if token_type_ids.numel() else 0
         low = int(token_type_ids.min()) if token_type_ids.numel() else 0
