@@ -306,6 +306,14 @@ def test_config_writes_take_effect_in_forward_generate_and_save(pair, tmp_path):
     assert ours.generate(ids, mask, max_new_tokens=3)[:, 0].eq(5).all()
     ours.config.max_new_tokens = 2  # a generation option: the model's generation settings
     assert ours.generation_settings.max_new_tokens == 2 and ours.generate(ids, mask).shape[1] <= 3
+    assert ours.config.use_cache is False and "cache" not in ours(ids, mask, labels=labels)
+    ours.config.use_cache = True
+    ours.config.output_hidden_states = True
+    with torch.no_grad():
+        flagged = ours(ids, mask, labels=labels)
+    assert flagged.cache is not None and len(flagged.decoder_hidden_states) == 3  # embeddings + 2 layers
+    assert ours(ids, mask, labels=labels, use_cache=False, output_hidden_states=False).cache is None
+    ours.config.use_cache = ours.config.output_hidden_states = False
     ours.config.encoder.my_note = "kept"
     ours.config.my_top_note = 3
     ours.save_pretrained(tmp_path)

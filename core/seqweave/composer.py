@@ -154,8 +154,10 @@ class EncoderDecoder(nn.Module):
             inputs_embeds: [b, s, d] source token embeddings instead of ``input_ids``.
             decoder_inputs_embeds: [b, t, d] target token embeddings instead of ``decoder_input_ids``.
             labels: [b, t] target tokens, -100 where no loss is wanted.
-            use_cache: return a cache (a new one when ``cache`` is None); default: only when ``cache`` is given.
-            output_attentions, output_hidden_states: return every layer's attentions / hidden states.
+            use_cache: return a cache (a new one when ``cache`` is None); default: when ``cache`` is given,
+                else ``model.config.use_cache`` (False unless set).
+            output_attentions, output_hidden_states: return every layer's attentions / hidden states;
+                default ``model.config``'s (False unless set).
             return_dict: False returns :meth:`Seq2SeqOutput.to_tuple` (fields that are not None, loss first).
             past_key_values: transformers' older name of ``cache``.
             num_items_in_batch: normalise the loss as transformers' Trainer asks: the sum of the token
@@ -174,7 +176,13 @@ class EncoderDecoder(nn.Module):
         """
         cache = _one_cache(cache, past_key_values)
         enc_kwargs, dec_kwargs = _route(kwargs)
-        output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
+        if None in (use_cache, output_attentions, output_hidden_states):  # model.config's, as in transformers
+            top = self.hf_extra["top"]
+            use_cache = top.get("use_cache") if use_cache is None and cache is None else use_cache
+            output_attentions = bool(top.get("output_attentions") if output_attentions is None else output_attentions)
+            output_hidden_states = bool(
+                top.get("output_hidden_states") if output_hidden_states is None else output_hidden_states
+            )
         source = self.encode(
             input_ids,
             attention_mask,

@@ -18,7 +18,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ModelConfigView", "PartConfigView"]
+__all__ = ["FORWARD_FLAGS", "ModelConfigView", "PartConfigView"]
 
 #: what transformers' PretrainedConfig answers for these, and we too (read-only)
 _FIXED = {
@@ -26,9 +26,9 @@ _FIXED = {
     "is_encoder_decoder": True,
     "return_dict": True,
     "use_return_dict": True,
-    "output_attentions": False,
-    "output_hidden_states": False,
 }
+#: forward's defaults for its arguments of these names (False unless written; carried in config.json)
+FORWARD_FLAGS = ("use_cache", "output_attentions", "output_hidden_states")
 
 
 def _token_ids(name: str, value: Any) -> Any:
@@ -111,6 +111,7 @@ class ModelConfigView:
     ``decoder_start_token_id``, ``pad_token_id`` and ``eos_token_id`` are the model's own
     attributes; ``tie_encoder_decoder`` too (setting it True ties the parts now);
     ``vocab_size`` is the decoder's (writable with that value only, as transformers' docs do);
+    ``use_cache``, ``output_attentions`` and ``output_hidden_states`` are forward's defaults (False);
     ``encoder`` / ``decoder`` are :class:`PartConfigView` s; generation options
     (``max_length``, ``num_beams``, ...) are the model's generation settings; any other name is
     carried into the saved config.json. ``to_dict()`` / ``to_json_string()`` give what
@@ -132,6 +133,8 @@ class ModelConfigView:
             return model.decoder.vocab_size
         if name in _FIXED:
             return _FIXED[name]
+        if name in FORWARD_FLAGS:
+            return bool(model.hf_extra["top"].get(name, False))
         if name in GenerationSettings.model_fields:
             return getattr(model.generation_settings, name)
         if name in model.hf_extra["top"]:
@@ -154,6 +157,8 @@ class ModelConfigView:
             if getattr(self, name) != value:
                 hint = "; resize with model.resize_token_embeddings" if name == "vocab_size" else ""
                 raise ConfigError(f"config.{name} is {getattr(self, name)!r} and cannot be set to {value!r}{hint}")
+        elif name in FORWARD_FLAGS:
+            model.hf_extra["top"][name] = bool(value)
         elif name in GenerationSettings.model_fields:
             settings = model.generation_settings
             if value is None:  # merged() reads None as "not given"; here it resets the option
