@@ -197,6 +197,20 @@ def test_model_output_semantics():
     assert list(again.keys()) == ["loss", "logits"] and torch.equal(again.logits, logits)
     assert list(copy.deepcopy(again).keys()) == ["loss", "logits"]
 
+    from dataclasses import dataclass
+
+    from seqweave.outputs import ModelOutput
+
+    @dataclass(eq=False)
+    class Mine(ModelOutput):  # a plugin's own output, with a plain @dataclass
+        a: torch.Tensor | None = None
+        b: torch.Tensor | None = None
+
+    mine = Mine(b=logits)
+    assert list(mine.keys()) == ["b"] and mine[0] is logits
+    mine.a = logits
+    assert list(mine.keys()) == ["a", "b"]
+
 
 def test_num_items_in_batch_normalises_the_summed_loss(pair):
     theirs, ours, _ = pair
