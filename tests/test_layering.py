@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["composition"], 9),
     **dict.fromkeys(["generation", "generation.options", "generation.processors", "generation.step",
                      "generation.search", "generation.outputs"], 10),
-    **dict.fromkeys(["composer"], 11),
+    **dict.fromkeys(["composer", "modelconfig"], 11),
     **dict.fromkeys(["summary", "tokenizer", "pipeline", "cli", "demo", "configdoc", "modules", "testing",
                      "testing.checks", "testing.helpers", "__main__", ""], 12),
 }

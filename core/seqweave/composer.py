@@ -6,6 +6,7 @@ lives in :mod:`seqweave.checkpoint`, composition files in :mod:`seqweave.composi
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +27,7 @@ from .config import TOKEN_ID_FIELDS, GenerationSettings, PartConfig
 from .errors import ConfigError
 from .generation import Generated
 from .hub import resolve
+from .modelconfig import ModelConfigView
 from .outputs import Encoded, EncoderOutput, Seq2SeqOutput
 from .registry import Registry, default_registry
 from .weights import WeightMap
@@ -93,6 +95,15 @@ class EncoderDecoder(nn.Module):
         #: config.json fields we carry but do not use, by part and at the top ("top"), written back on save
         self.hf_extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
 
+    @property
+    def config(self) -> ModelConfigView:
+        """transformers' ``model.config``: a live view of this model (see :class:`~seqweave.modelconfig.ModelConfigView`).
+
+        ``model.config.decoder_start_token_id = 101`` sets :attr:`decoder_start_token_id`, which
+        forward, generate and save use; ``model.config.decoder.vocab_size`` reads the decoder's config.
+        """
+        return ModelConfigView(self)
+
     def tie_weights(self) -> None:
         """Share encoder modules' parameters with the same-named decoder modules, if ``tie_encoder_decoder``.
 
@@ -105,49 +116,92 @@ class EncoderDecoder(nn.Module):
     # ------------------------------------------------------------------------------------
     # Forward
 
+    #: transformers' Trainer passes ``num_items_in_batch`` to a model that says it takes it.
+    accepts_loss_kwargs = True
+    main_input_name = "input_ids"
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
         encoder_outputs: EncoderOutput | tuple | torch.Tensor | None = None,
         cache: Cache | None = None,
-        use_cache: bool = False,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-    ) -> Seq2SeqOutput:
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        *,
+        past_key_values: Cache | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Seq2SeqOutput | tuple:
         """Run the encoder (unless ``encoder_outputs`` is given) and the decoder.
+
+        The arguments, their order and their routing are transformers' ``EncoderDecoderModel.forward``'s,
+        so ``model(**tokenizer(texts, return_tensors="pt"), labels=labels)`` works.
 
         Args:
             input_ids: source tokens [b, s].
             attention_mask: [b, s], 1 for tokens, 0 for padding.
             decoder_input_ids: target inputs [b, t]; made from ``labels`` when absent.
             decoder_attention_mask: [b, past + t]; made from the pad token when labels are shifted.
-            labels: [b, t] target tokens, -100 where no loss is wanted.
             encoder_outputs: reuse an earlier encoder result (or its last hidden state).
-            cache: continue incremental decoding from this cache.
-            use_cache: return a cache (a new one when ``cache`` is None).
+            cache: continue incremental decoding from this :class:`~seqweave.Cache`.
+            inputs_embeds: [b, s, d] source token embeddings instead of ``input_ids``.
+            decoder_inputs_embeds: [b, t, d] target token embeddings instead of ``decoder_input_ids``.
+            labels: [b, t] target tokens, -100 where no loss is wanted.
+            use_cache: return a cache (a new one when ``cache`` is None); default: when ``cache`` is given,
+                else ``model.config.use_cache`` (False unless set).
+            output_attentions, output_hidden_states: return every layer's attentions / hidden states;
+                default ``model.config``'s (False unless set).
+            return_dict: False returns :meth:`Seq2SeqOutput.to_tuple` (fields that are not None, loss first).
+            past_key_values: transformers' older name of ``cache``.
+            num_items_in_batch: normalise the loss as transformers' Trainer asks: the sum of the token
+                losses divided by this (the labels counted over a whole gradient-accumulation step).
+            kwargs: as in transformers, ``decoder_<name>`` goes to the decoder as ``<name>``, every
+                other name to the encoder. Both take ``token_type_ids``; a name neither uses is
+                ignored, and a log line says so once.
 
         Returns:
             A :class:`Seq2SeqOutput` with ``loss`` (when labels are given) and ``logits`` [b, t, vocab].
+
+        Raises:
+            ConfigError: neither ``decoder_input_ids``, ``decoder_inputs_embeds`` nor ``labels``; both
+                ``cache`` and ``past_key_values``; a cache that is not a :class:`~seqweave.Cache`;
+                an argument the model would use but does not support (``position_ids``, ``head_mask``).
         """
+        cache = _one_cache(cache, past_key_values)
+        enc_kwargs, dec_kwargs = _route(kwargs)
+        if None in (use_cache, output_attentions, output_hidden_states):  # model.config's, as in transformers
+            top = self.hf_extra["top"]
+            use_cache = top.get("use_cache") if use_cache is None and cache is None else use_cache
+            output_attentions = bool(top.get("output_attentions") if output_attentions is None else output_attentions)
+            output_hidden_states = bool(
+                top.get("output_hidden_states") if output_hidden_states is None else output_hidden_states
+            )
         source = self.encode(
             input_ids,
             attention_mask,
             encoder_outputs=encoder_outputs,
+            inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            **enc_kwargs,
         )
-        if labels is not None and decoder_input_ids is None:
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = shift_tokens_right(labels, self.pad_token_id, self.decoder_start_token_id)
             if decoder_attention_mask is None:
                 decoder_attention_mask = decoder_input_ids.ne(self.pad_token_id).long()
-        if decoder_input_ids is None:
-            raise ConfigError("pass decoder_input_ids or labels")
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ConfigError("pass decoder_input_ids, decoder_inputs_embeds or labels")
         if use_cache and cache is None:
             cache = Cache(self.decoder.num_layers)
+        dec_kwargs = _for_part(self.decoder, "decoder", {**dec_kwargs, "inputs_embeds": decoder_inputs_embeds})
         out = self.decoder(
             decoder_input_ids,
             decoder_attention_mask,
@@ -156,14 +210,19 @@ class EncoderDecoder(nn.Module):
             cache=cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            **dec_kwargs,
         )
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1))
-        return Seq2SeqOutput(
+            flat_logits, flat_labels = out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1)
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(flat_logits, flat_labels)
+            else:
+                loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / num_items_in_batch
+        result = Seq2SeqOutput(
             loss=loss,
             logits=out.logits,
-            cache=cache if use_cache or cache is not None else None,
+            cache=cache if use_cache or (use_cache is None and cache is not None) else None,
             decoder_hidden_states=out.hidden_states,
             decoder_attentions=out.attentions,
             cross_attentions=out.cross_attentions,
@@ -171,37 +230,41 @@ class EncoderDecoder(nn.Module):
             encoder_hidden_states=source.encoder.hidden_states,
             encoder_attentions=source.encoder.attentions,
         )
+        return result if return_dict is None or return_dict else result.to_tuple()
 
     def encode(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         encoder_outputs: EncoderOutput | tuple | torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        token_type_ids: torch.Tensor | None = None,
     ) -> Encoded:
         """Run the encoder and bring its states to the width the decoder's cross-attention takes.
 
         Used by :meth:`forward` and by generation (once per source, however many beams).
 
         Args:
-            input_ids: source tokens [b, s] (unless ``encoder_outputs`` is given).
+            input_ids: source tokens [b, s] (unless ``inputs_embeds`` or ``encoder_outputs`` is given).
             attention_mask: [b, s], 1 for tokens, 0 for padding; passed on as the source mask.
+            token_type_ids: [b, s] token types (BERT's segments), for encoders that have them.
+            inputs_embeds: [b, s, d] token embeddings instead of ``input_ids``.
             encoder_outputs: reuse an earlier encoder result (an :class:`EncoderOutput`, a
                 tuple in its field order, or its last hidden state [b, s, d_enc]).
             output_attentions, output_hidden_states: ask the encoder for them.
-            token_type_ids: [b, s] segment ids, passed to the encoder when given.
 
         Returns:
             An :class:`~seqweave.outputs.Encoded`: ``states`` [b, s, d_cross] (projected by
             ``enc_to_dec_proj`` when the widths differ), ``mask`` and the encoder's own output.
         """
         if encoder_outputs is None:
-            if input_ids is None:
-                raise ConfigError("pass input_ids or encoder_outputs")
-            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            if input_ids is None and inputs_embeds is None:
+                raise ConfigError("pass input_ids, inputs_embeds or encoder_outputs")
+            extra = _for_part(self.encoder, "encoder", {"token_type_ids": token_type_ids,
+                                                        "inputs_embeds": inputs_embeds})
             encoder_outputs = self.encoder(
                 input_ids,
                 attention_mask,
@@ -848,3 +911,72 @@ def _from_hf_config(
     model = load.load_composition(cls, specs, registry, dtype=dtype, device=device, **kwargs)
     model.hf_extra = {"encoder": parts["encoder"].extra, "decoder": parts["decoder"].extra, "top": top}
     return model
+
+
+#: keyword arguments transformers' parts would use but ours do not support: refused, not ignored
+_UNSUPPORTED = ("position_ids", "head_mask", "cross_attn_head_mask")
+#: keyword arguments of the parts that we take (after routing)
+_PART_KWARGS = ("token_type_ids",)
+_ignored_logged: set[str] = set()
+
+
+def _route(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split forward's extra keywords as transformers does: ``decoder_x`` to the decoder as ``x``, the rest to the encoder.
+
+    Keeps the ones our parts take (when not None); refuses those the parts would use but ours
+    cannot; logs once the names that are ignored, as transformers' parts ignore them.
+    """
+    routed: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    ignored = []
+    for key, value in kwargs.items():
+        side, name = (1, key.removeprefix("decoder_")) if key.startswith("decoder_") else (0, key)
+        if name in _PART_KWARGS:
+            if value is not None:
+                routed[side][name] = value
+        elif name in _UNSUPPORTED:
+            if value is not None:
+                raise ConfigError(f"{key}: not supported by seqweave's {('encoder', 'decoder')[side]}; leave it None")
+        else:
+            ignored.append(key)
+    new = sorted(set(ignored) - _ignored_logged)
+    if new:
+        _ignored_logged.update(new)
+        logger.warning("EncoderDecoder.forward: ignored the argument(s) %s (no part uses them)", ", ".join(new))
+    return routed
+
+
+def _for_part(module: nn.Module, role: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The optional keywords given (not None) that ``module`` takes.
+
+    A part written to the protocol before these keywords existed still composes: all-zero token
+    types (what every BERT tokenizer returns) are dropped for it; anything else it cannot take
+    is a ConfigError naming it.
+    """
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    if not given:
+        return given
+    params = inspect.signature(module.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return given
+    out = {}
+    for key, value in given.items():
+        if key in params:
+            out[key] = value
+        elif not (key == "token_type_ids" and not value.any()):
+            prefix = "decoder_" if role == "decoder" else ""
+            raise ConfigError(f"{prefix}{key}: the {role} ({type(module).__name__}) does not take {key}")
+    return out
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """``cache``, or transformers' older name for it, checked to be ours."""
+    if past_key_values is not None:
+        if cache is not None:
+            raise ConfigError("pass cache or past_key_values (its older name), not both")
+        cache = past_key_values
+    if cache is not None and not isinstance(cache, Cache):
+        raise ConfigError(
+            f"cache/past_key_values: expected a seqweave.Cache (as a previous output's .cache), got "
+            f"{type(cache).__name__}"
+        )
+    return cache

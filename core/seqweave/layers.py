@@ -409,7 +409,10 @@ class Embeddings(nn.Module):
         vocab_size: rows of the token table.
         dim: width of the tables (the model width, unless ``project_to`` is given).
         max_positions: rows of the position table.
-        type_vocab_size: rows of the token-type table; 0 for none. Token types are always 0 here.
+        type_vocab_size: rows of the token-type table; 0 for none. ``forward`` takes token types
+            (``token_type_ids``; type 0 everywhere when None); with no table it refuses non-zero ones.
+        types_from_tokens: embed given token types with the token table (GPT-2's ``wte(token_type_ids)``),
+            instead of a token-type table; None types add nothing.
         norm_eps: add a LayerNorm with this epsilon; None for no LayerNorm.
         dropout: dropout after the sum (and norm).
         padding_idx: the pad token id, passed to ``nn.Embedding`` (its row gets no gradient).
@@ -436,8 +439,11 @@ class Embeddings(nn.Module):
         padding_idx: int | None = None,
         positions: Literal["absolute", "after_padding"] = "absolute",
         project_to: int | None = None,
+        types_from_tokens: bool = False,
     ) -> None:
         super().__init__()
+        if types_from_tokens and type_vocab_size:
+            raise ConfigError("types_from_tokens=True embeds token types with the token table: give no type_vocab_size")
         if positions == "after_padding" and padding_idx is None:
             raise ConfigError("positions='after_padding' needs a padding_idx (the pad token id)")
         self.tokens = nn.Embedding(vocab_size, dim, padding_idx=padding_idx)
@@ -453,6 +459,7 @@ class Embeddings(nn.Module):
         self.output_dim = project_to if project_to is not None else dim
         self.padding_idx = padding_idx
         self.position_scheme = positions
+        self.types_from_tokens = types_from_tokens
 
     def position_ids(self, input_ids: torch.Tensor, past_length: int | torch.Tensor = 0) -> torch.Tensor:
         """Position ids [b, t] (or [1, t]) for ``input_ids`` [b, t] that follow ``past_length`` cached tokens.
@@ -468,16 +475,64 @@ class Embeddings(nn.Module):
             return (past_length + torch.arange(t, device=input_ids.device)).unsqueeze(0)
         return torch.arange(past_length, past_length + t, device=input_ids.device).unsqueeze(0)
 
+    def _token_types(self, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """The token-type rows for ``token_type_ids``, checked against the table (one host sync)."""
+        if self.types_from_tokens:
+            return call(self.tokens, token_type_ids)
+        rows = 0 if self.token_types is None else self.token_types.num_embeddings
+        top = int(token_type_ids.max()) if token_type_ids.numel() else 0
+        low = int(token_type_ids.min()) if token_type_ids.numel() else 0
+        if self.token_types is None:
+            if top != 0 or low != 0:
+                raise ConfigError(
+                    "token_type_ids: this architecture has no token types (type_vocab_size 0), but non-zero "
+                    "types were passed; pass token_type_ids=None (or all zeros)"
+                )
+            return torch.zeros((), dtype=self.tokens.weight.dtype, device=self.tokens.weight.device)
+        if low < 0 or top >= rows:
+            raise ConfigError(f"token_type_ids: type {top if top >= rows else low} is outside [0, {rows}) "
+                              f"(type_vocab_size {rows})")
+        return self.token_types(token_type_ids)
+
     @property
     def max_length(self) -> int:
         """The longest sequence the position table can embed."""
         offset = self.padding_idx + 1 if self.position_scheme == "after_padding" else 0
         return self.positions.num_embeddings - offset
 
-    def forward(self, input_ids: torch.Tensor, past_length: int | torch.Tensor = 0) -> torch.Tensor:
-        """Embed ``input_ids`` [b, t] into [b, t, d] (d = ``output_dim``)."""
-        x = call(self.tokens, input_ids)
-        if self.token_types is not None:  # token type 0 everywhere; summed in transformers' order
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        past_length: int | torch.Tensor = 0,
+        *,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embed ``input_ids`` [b, t] into [b, t, d] (d = ``output_dim``).
+
+        Args:
+            input_ids: token ids [b, t]; None when ``inputs_embeds`` is given.
+            past_length: tokens already cached before these (their positions follow).
+            token_type_ids: [b, t] token types (BERT's segments); None means type 0 everywhere.
+            inputs_embeds: [b, t, dim] rows to use instead of looking ``input_ids`` up in the token
+                table (transformers' ``inputs_embeds``); positions and types are added as usual.
+
+        Raises:
+            ConfigError: non-zero token types without a token-type table, or types beyond the table.
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ConfigError("pass input_ids or inputs_embeds")
+            x = call(self.tokens, input_ids)
+        else:
+            x = inputs_embeds
+            if input_ids is None:
+                input_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+                if self.position_scheme == "after_padding":  # transformers: sequential, past the pad position
+                    input_ids = input_ids + self.padding_idx + 1
+        if token_type_ids is not None:
+            x = x + self._token_types(token_type_ids)
+        elif self.token_types is not None:  # token type 0 everywhere; summed in transformers' order
             x = x + self.token_types.weight[0]
         end = past_length + input_ids.shape[1]
         if self.position_scheme == "absolute" and isinstance(end, int):

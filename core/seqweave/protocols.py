@@ -20,19 +20,27 @@ __all__ = ["Decoder", "Encoder"]
 
 @runtime_checkable
 class Encoder(Protocol):
-    """Maps source tokens to hidden states."""
+    """Maps source tokens to hidden states.
+
+    ``token_type_ids`` and ``inputs_embeds`` are optional: the composer passes them only when the
+    caller gives them, so an encoder without them composes: all-zero token types are then dropped,
+    anything else is a :class:`~seqweave.ConfigError` naming the argument.
+    """
 
     hidden_size: int
 
     def __call__(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         *,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> EncoderOutput:
-        """``input_ids`` [b, s] and ``attention_mask`` [b, s] (1 = token, 0 = padding) to [b, s, d]."""
+        """``input_ids`` [b, s] (or ``inputs_embeds`` [b, s, d_emb]) and ``attention_mask`` [b, s]
+        (1 = token, 0 = padding) to [b, s, d]; ``token_type_ids`` [b, s] for encoders with token types."""
         ...
 
 
@@ -48,6 +56,9 @@ class Decoder(Protocol):
     ``append`` (and ``store_cross`` for a new source), ``set_source`` and ``advance(t)``.
     Setting ``supports_static_cache = True`` tells generation it also handles a
     :class:`~seqweave.cache.StaticCache` (position on the device, whole buffer under a mask).
+
+    ``token_type_ids`` and ``inputs_embeds`` (forward's ``decoder_token_type_ids`` and
+    ``decoder_inputs_embeds``) are optional in the same way as the encoder's.
     """
 
     hidden_size: int
@@ -57,12 +68,14 @@ class Decoder(Protocol):
 
     def __call__(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         *,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> DecoderOutput:

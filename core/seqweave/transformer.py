@@ -261,17 +261,24 @@ class TransformerEncoder(_Stack):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         *,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> EncoderOutput:
-        """Encode ``input_ids`` [b, s] (``attention_mask`` [b, s]: 1 token, 0 padding) into [b, s, d]."""
-        x = self.embeddings(input_ids)
-        is_causal = self.causal and attention_mask is None and input_ids.shape[1] > 1
+        """Encode ``input_ids`` [b, s] (``attention_mask`` [b, s]: 1 token, 0 padding) into [b, s, d].
+
+        ``token_type_ids`` [b, s] and ``inputs_embeds`` [b, s, d_emb] (instead of ``input_ids``)
+        are passed to :class:`~seqweave.layers.Embeddings`.
+        """
+        x = self.embeddings(input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+        s = x.shape[1]
+        is_causal = self.causal and attention_mask is None and s > 1
         if self.causal and attention_mask is not None:
-            mask = causal_mask(input_ids.shape[1], 0, attention_mask, x.device)
+            mask = causal_mask(s, 0, attention_mask, x.device)
         else:
             mask = padding_mask(attention_mask)
         x, hidden, attns, _ = self._run(
@@ -340,6 +347,8 @@ class TransformerDecoder(_Stack):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> DecoderOutput:
@@ -354,10 +363,15 @@ class TransformerDecoder(_Stack):
             encoder_attention_mask: [b_src, s] source padding mask, or None. With a cache it
                 is read once, when the cross-attention keys/values are made, and kept there.
             cache: continue from (and write to) this cache.
+            token_type_ids: [b, t] token types for embeddings that have them (BERT as decoder).
+            inputs_embeds: [b, t, d_emb] token embeddings to use instead of ``input_ids`` (None then).
         """
-        t = input_ids.shape[1]
+        t = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
         past = 0 if cache is None else cache.begin(t)  # an int, or a static cache's 0-d device tensor
-        x = call(self.embeddings, input_ids, past)
+        if token_type_ids is None and inputs_embeds is None:
+            x = call(self.embeddings, input_ids, past)
+        else:
+            x = call(self.embeddings, input_ids, past, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
         is_causal = False
         if cache is not None and cache.static:
             mask = cache.self_attention_mask(attention_mask)

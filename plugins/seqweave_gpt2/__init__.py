@@ -161,8 +161,8 @@ def attention_scale(cfg: GPT2Config, layer_idx: int) -> float:
 def build(cfg: GPT2Config, role: sw.Role) -> nn.Module:
     """``GPT2Model`` (encoder, causal as in transformers) or ``GPT2LMHeadModel`` with cross-attention."""
     d = cfg.n_embd
-    # No padding_idx and no token types: GPT-2's wte has neither.
-    embeddings = Embeddings(cfg.vocab_size, d, cfg.n_positions, dropout=cfg.embd_pdrop)
+    # No padding_idx and no token-type table: given token types are embedded by wte, as in transformers.
+    embeddings = Embeddings(cfg.vocab_size, d, cfg.n_positions, dropout=cfg.embd_pdrop, types_from_tokens=True)
     layers = [
         TransformerLayer(
             d,
