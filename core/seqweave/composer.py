@@ -27,7 +27,7 @@ from .config import TOKEN_ID_FIELDS, GenerationSettings, PartConfig
 from .errors import ConfigError
 from .generation import Generated
 from .hub import resolve
-from .modelconfig import ModelConfigView
+from .modelconfig import GenerationConfigView, ModelConfigView
 from .outputs import Encoded, EncoderOutput, Seq2SeqOutput
 from .registry import Registry, default_registry
 from .weights import WeightMap
@@ -94,6 +94,7 @@ class EncoderDecoder(nn.Module):
                                       tied=[f"encoder.{n}" for n in self.tied_parameters])
         #: config.json fields we carry but do not use, by part and at the top ("top"), written back on save
         self.hf_extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
+        self._register_state_dict_hook(_distinct_tensors)
 
     @property
     def config(self) -> ModelConfigView:
@@ -103,6 +104,22 @@ class EncoderDecoder(nn.Module):
         forward, generate and save use; ``model.config.decoder.vocab_size`` reads the decoder's config.
         """
         return ModelConfigView(self)
+
+    @property
+    def generation_config(self) -> GenerationConfigView:
+        """transformers' ``model.generation_config``: a live view of the generation defaults.
+
+        Reading gives the options ``generate`` uses when a call leaves them out; setting a field
+        (``model.generation_config.num_beams = 4``) or assigning a whole transformers
+        ``GenerationConfig``, a dict or a :class:`~seqweave.GenerationSettings` changes
+        :attr:`generation_settings`. See :class:`~seqweave.modelconfig.GenerationConfigView`.
+        """
+        return GenerationConfigView(self)
+
+    @generation_config.setter
+    def generation_config(self, value: Any) -> None:
+        options, _ = generation.config_options(value, "generation_config")
+        self.generation_settings = GenerationSettings.model_validate(options)
 
     def tie_weights(self) -> None:
         """Share encoder modules' parameters with the same-named decoder modules, if ``tie_encoder_decoder``.
@@ -306,6 +323,8 @@ class EncoderDecoder(nn.Module):
         decoder_input_ids: torch.Tensor | None = None,
         encoder_outputs: Any = None,
         token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        synced_gpus: bool | None = None,
         **options: Any,
     ) -> Any:
         """Generate target token ids for the sources ``input_ids`` [b, s].
@@ -348,6 +367,11 @@ class EncoderDecoder(nn.Module):
             static_cache: decode with a static cache (fixed shapes, device-side position);
                 the default is True exactly when ``cuda_graph`` is. On the CPU it is slower
                 and useful to test the code path the graph captures.
+            labels: ignored, as transformers' ``generate`` ignores them
+                (``Seq2SeqTrainer(predict_with_generate=True)`` passes the whole batch).
+            synced_gpus: transformers' flag to keep every rank stepping until all are done
+                (DeepSpeed ZeRO-3, FSDP); each process here generates on its own, so it is
+                accepted when False or when no process group is running, and refused otherwise.
 
         Returns:
             [b * num_return_sequences, P + n] token ids: the decoder prompt (the start token),
@@ -362,6 +386,8 @@ class EncoderDecoder(nn.Module):
         Raises:
             ConfigError: an option is unknown, out of range or unsupported in this combination.
         """
+        if synced_gpus and torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise ConfigError("generate(): synced_gpus=True is not supported: each process generates on its own")
         return generation.generate(self, input_ids, attention_mask, generator=generator, streamer=streamer,
                                    cuda_graph=cuda_graph, static_cache=static_cache,
                                    generation_config=generation_config, decoder_input_ids=decoder_input_ids,
@@ -980,3 +1006,17 @@ def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | No
             f"{type(cache).__name__}"
         )
     return cache
+
+
+def _distinct_tensors(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """``state_dict()`` hook: a tied tensor's second name gets a copy, so no two entries share memory.
+
+    Tied weights (the decoder's head and its embeddings, encoder and decoder under
+    ``tie_encoder_decoder``) are one parameter under several names. ``safetensors`` refuses to
+    write shared memory, and ``transformers.Trainer`` saves a model that is not a
+    ``PreTrainedModel`` with ``safetensors.torch.save_file(model.state_dict())``; with this its
+    checkpoints save, and ``load_state_dict`` of such a file fills the tied parameter twice with
+    the same values. ``state_dict(keep_vars=True)`` (parameters, not tensors) is left as it is.
+    """
+    names = [k for k, v in state_dict.items() if k.startswith(prefix) and not isinstance(v, nn.Parameter)]
+    state_dict.update(save.untie({k: state_dict[k] for k in names}))

@@ -149,6 +149,10 @@ class ArchitectureConfig(BaseModel):
 TOKEN_ID_FIELDS = ("decoder_start_token_id", "pad_token_id", "eos_token_id")
 
 
+#: New tokens generated when neither ``max_new_tokens`` nor ``max_length`` is set (transformers' default).
+DEFAULT_NEW_TOKENS = 20
+
+
 class GenerationSettings(BaseModel):
     """Every generation option, with its default and its checks: the one list of them.
 

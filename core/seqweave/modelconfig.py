@@ -12,13 +12,13 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import hf_config as hf_layout
-from .config import TOKEN_ID_FIELDS, GenerationSettings
+from .config import DEFAULT_NEW_TOKENS, TOKEN_ID_FIELDS, GenerationSettings
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["FORWARD_FLAGS", "ModelConfigView", "PartConfigView"]
+__all__ = ["FORWARD_FLAGS", "GenerationConfigView", "ModelConfigView", "PartConfigView"]
 
 #: what transformers' PretrainedConfig answers for these, and we too (read-only)
 _FIXED = {
@@ -185,3 +185,67 @@ class ModelConfigView:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
+
+
+def _set_option(model: nn.Module, name: str, value: Any, source: str) -> None:
+    """Set one generation option on ``model`` (None resets it to "not set")."""
+    settings = model.generation_settings
+    if value is None:  # merged() reads None as "not given"; here it resets the option
+        settings = type(settings).model_validate({**settings.model_dump(), name: None})
+    model.generation_settings = settings.merged({name: value}, source)
+
+
+class GenerationConfigView:
+    """``model.generation_config``: transformers' ``GenerationConfig`` surface over the model's generation defaults.
+
+    Reads come from :meth:`~seqweave.EncoderDecoder.generation_defaults` (the settings, the
+    model's token ids where they leave them unset); writes go to
+    :attr:`~seqweave.EncoderDecoder.generation_settings`, so they take effect in ``generate``
+    and ``save_pretrained``. ``max_length`` reads 20 when unset, as transformers'
+    ``GenerationConfig`` does (``Seq2SeqTrainer`` pads its predictions to it). The private members transformers'
+    trainers touch (``_from_model_config``, ``_get_default_generation_params``) are here so
+    that ``Seq2SeqTrainer(predict_with_generate=True)`` runs unchanged.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        object.__setattr__(self, "_model", model)
+
+    #: transformers marks a GenerationConfig made from a model config; ours never is one
+    _from_model_config = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in GenerationSettings.model_fields:
+            raise AttributeError(f"generation_config has no field {name!r}")
+        settings = self._model.generation_defaults()
+        if name == "max_length" and settings.max_length is None:
+            return DEFAULT_NEW_TOKENS  # what transformers' GenerationConfig reads when unset
+        return getattr(settings, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_from_model_config":
+            return  # transformers clears it after the first generate; nothing to remember here
+        if name not in GenerationSettings.model_fields:
+            raise ConfigError(f"generation_config.{name}: not a generation option of seqweave")
+        _set_option(self._model, name, value, "generation_config")
+
+    def update(self, defaults_only: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """Set the options among ``kwargs`` (with ``defaults_only``, only those not set); return the others."""
+        current = self._model.generation_settings
+        unused = {}
+        for name, value in kwargs.items():
+            if name not in GenerationSettings.model_fields:
+                unused[name] = value
+            elif not defaults_only or getattr(current, name) is None:
+                _set_option(self._model, name, value, "generation_config")
+        return unused
+
+    def _get_default_generation_params(self) -> dict[str, Any]:
+        # transformers fills these into a config whose fields are None; ours have their defaults already
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options, as ``generation_config.json`` holds them."""
+        return self._model.generation_defaults().model_dump()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {json.dumps(self.to_dict(), indent=2)}"

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import GenerationSettings, check_token_ids
+from ..config import DEFAULT_NEW_TOKENS, GenerationSettings, check_token_ids
 from ..errors import ConfigError
 from ..outputs import Encoded
 from ..protocols import Decoder
@@ -130,7 +130,7 @@ def resolve(
                 f"of {prompt_length} token(s); allowed: max_length > {prompt_length}"
             )
     elif new is None:
-        new = 20  # transformers' default: 20 new tokens
+        new = DEFAULT_NEW_TOKENS  # transformers' default: 20 new tokens
     s = s.merged(
         {
             "decoder_start_token_id": start,
