@@ -258,18 +258,6 @@ def hub(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-NEEDS_WARM_START_ALIAS = "needs EncoderDecoder.from_encoder_decoder_pretrained (issue 9, branch i9-build)"
-NEEDS_CONFIG_WRITES = (
-    "needs model.config, a live view taking writes to decoder_start_token_id/pad_token_id "
-    "(issue 9, branch i9-fwd)"
-)
-NEEDS_CONFIG_CONSTRUCTOR = (
-    "needs EncoderDecoder(config=<transformers EncoderDecoderConfig>), transformers' constructor "
-    "(issue 9 item 3; i9-build brings it as from_config(EncoderDecoderConfig), no branch as the "
-    "constructor keyword)"
-)
-
-
 # --------------------------------------------------------------------------------------------
 # Example 1 (top of the page): summarization pipeline
 
@@ -281,13 +269,6 @@ def summarization_pipeline_example(model_class, pipeline, *, hub, adopt_from=Non
     return {"result": summarizer(ARTICLE)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs seqweave.pipeline('summarization', model=..., device=...) returning "
-    "[{'summary_text': ...}] as transformers 4.x's pipeline did (issue 9 item 4; no branch has it: "
-    "ours takes the model first and returns a str), and the checkpoint's max_length/min_length "
-    "read from generation_config.json (issue 9, branch i9-gen9)",
-)
 def test_pipeline_summarization(hub):
     ours, theirs = _run_both(summarization_pipeline_example, hub=hub)
     assert theirs["result"][0]["summary_text"]
@@ -308,7 +289,6 @@ def warm_start_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None) -
     return {"model": model, "tokenizer": tokenizer}
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_WARM_START_ALIAS)
 def test_notes_from_encoder_decoder_pretrained(hub):
     ours, theirs = _run_both(warm_start_example, hub=hub)
     _assert_same_tensor_names(_hf_state(ours["model"]), _hf_state(theirs["model"]))
@@ -342,7 +322,6 @@ def training_loss_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None
     return {"model": model, "loss": loss}
 
 
-@pytest.mark.xfail(strict=True, reason=f"{NEEDS_WARM_START_ALIAS}; {NEEDS_CONFIG_WRITES}")
 def test_notes_training_loss(hub):
     ours, theirs = _run_both(training_loss_example, hub=hub)
     assert ours["model"].decoder_start_token_id == 101 and ours["model"].pad_token_id == 0
@@ -366,7 +345,6 @@ def config_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None) -> di
     return {"model": model}
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CONFIG_CONSTRUCTOR)
 def test_notes_model_from_configs(hub):
     ours, theirs = _run_both(config_example, hub=hub)
     _assert_same_tensor_names(_hf_state(ours["model"]), _hf_state(theirs["model"]))
@@ -387,12 +365,6 @@ def config_roundtrip_example(EncoderDecoderModel, pipeline, *, hub, folder: Path
     return {"model": model, "encoder": config_encoder, "config": encoder_decoder_config}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{NEEDS_CONFIG_CONSTRUCTOR}; model.config.encoder/.decoder taking "
-    "is_decoder/add_cross_attention writes (issue 9, branch i9-fwd); from_pretrained(folder, "
-    "config=<EncoderDecoderConfig>) (issue 9 item 3; i9-build adds the other from_pretrained kwargs)",
-)
 def test_config_class_example_save_and_reload(hub, tmp_path):
     ours, theirs = _run_both(config_roundtrip_example, hub=hub, folder=tmp_path)
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
@@ -429,7 +401,6 @@ def translation_example(EncoderDecoderModel, pipeline, *, hub, adopt_from=None) 
     return {"outputs": outputs, "text": translated_text}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the bert-generation model type (issue 9, branch i9-fam)")
 def test_notes_translation(hub):
     ours, theirs = _run_both(translation_example, hub=hub)
     assert ours["outputs"].tolist() == theirs["outputs"].tolist()
@@ -462,11 +433,6 @@ def forward_example(
     return {"model": model, "loss": loss, "logits": logits, "generated": generated}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{NEEDS_WARM_START_ALIAS}; {NEEDS_CONFIG_WRITES}, with the vocab_size "
-    "write and config.decoder.vocab_size read",
-)
 def test_forward_docstring_example(hub, tmp_path):
     # transformers 5.24 fails the page's example (written for 4.x) at generate(): its generate reads
     # generation_config, which the model.config writes never reach, so it finds no start token. Ours
@@ -498,7 +464,6 @@ def save_reload_example(EncoderDecoderModel, pipeline, *, hub, folder: Path, ado
     return {"model": model, "before": before}
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_WARM_START_ALIAS)
 def test_from_encoder_decoder_pretrained_docstring_example(hub, tmp_path):
     ours, theirs = _run_both(save_reload_example, hub=hub, folder=tmp_path)
     after = _hf_state(ours["model"])

@@ -57,13 +57,18 @@ class EncoderDecoder(nn.Module):
         generation: defaults for :meth:`generate`.
         tokenizer: a folder or Hub id with tokenizer files, for the text-to-text tools.
         decoder_tokenizer: the target side's tokenizer when it differs from ``tokenizer``.
+        config: instead of ``encoder`` and ``decoder``, a transformers ``EncoderDecoderConfig``
+            (or its dict): both parts are built from its part configs and initialised at random,
+            as ``EncoderDecoderModel(config=...)`` does; its token ids are the defaults of the
+            keywords above.
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
         *,
+        config: Any = None,
         decoder_start_token_id: int | None = None,
         pad_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
@@ -73,6 +78,18 @@ class EncoderDecoder(nn.Module):
         decoder_tokenizer: str | None = None,
     ) -> None:
         super().__init__()
+        carried = None
+        if config is not None:  # transformers' EncoderDecoderModel(config=...): random parts of that config
+            if encoder is not None or decoder is not None:
+                raise ConfigError("pass either config or encoder and decoder, not both")
+            encoder, decoder, fields, carried = _parts_of_hf_config(config)
+            decoder_start_token_id = decoder_start_token_id if decoder_start_token_id is not None \
+                else fields.get("decoder_start_token_id")
+            pad_token_id = pad_token_id if pad_token_id is not None else fields.get("pad_token_id")
+            eos_token_id = eos_token_id if eos_token_id is not None else fields.get("eos_token_id")
+            tie_encoder_decoder = tie_encoder_decoder or bool(fields.get("tie_encoder_decoder"))
+        if encoder is None or decoder is None:
+            raise ConfigError("EncoderDecoder needs an encoder and a decoder (or config=, an EncoderDecoderConfig)")
         check_parts(encoder, decoder)
         self.encoder = encoder
         self.decoder = decoder
@@ -93,7 +110,7 @@ class EncoderDecoder(nn.Module):
         self.load_report = LoadReport(new=[n for n, _ in self.named_parameters()],
                                       tied=[f"encoder.{n}" for n in self.tied_parameters])
         #: config.json fields we carry but do not use, by part and at the top ("top"), written back on save
-        self.hf_extra: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "top": {}}
+        self.hf_extra: dict[str, dict[str, Any]] = carried or {"encoder": {}, "decoder": {}, "top": {}}
         self._register_state_dict_hook(_distinct_tensors)
 
     @property
@@ -472,6 +489,7 @@ class EncoderDecoder(nn.Module):
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
+        config: Any = None,
         registry: Registry | None = None,
         **kwargs: Any,
     ) -> EncoderDecoder:
@@ -495,6 +513,8 @@ class EncoderDecoder(nn.Module):
                 that have them, computes the same function.
             cache_dir, local_files_only, token: passed to ``huggingface_hub``
                 (see :func:`seqweave.hub.resolve`).
+            config: a transformers ``EncoderDecoderConfig`` (or its dict, or ``model.config``)
+                to use instead of the folder's ``config.json``, as transformers' ``config=``.
             registry: the architecture registry (the installed plugins by default).
             kwargs: ``decoder_start_token_id``, ``pad_token_id``, ``eos_token_id`` set those fields
                 after loading, as transformers sets config fields from keyword arguments; a few of
@@ -511,8 +531,13 @@ class EncoderDecoder(nn.Module):
         fields = _top_fields(kwargs, "from_pretrained")
         folder = resolve(name_or_path, revision, cache_dir=cache_dir, local_files_only=local_files_only,
                          token=token)
+        if config is not None:
+            config = config.to_dict() if callable(getattr(config, "to_dict", None)) else config
+            if not isinstance(config, Mapping):
+                raise ConfigError(f"from_pretrained: config must be an EncoderDecoderConfig or a dict, not "
+                                  f"{type(config).__name__}")
         model = load.load_pretrained(cls, folder, None, dtype=dtype, device=device,
-                                     registry=registry or default_registry())
+                                     registry=registry or default_registry(), config=config)
         for key, value in fields.items():
             setattr(model, key, value)
         model.attn_implementation = attn
@@ -1020,3 +1045,22 @@ def _distinct_tensors(module: nn.Module, state_dict: dict[str, Any], prefix: str
     """
     names = [k for k, v in state_dict.items() if k.startswith(prefix) and not isinstance(v, nn.Parameter)]
     state_dict.update(save.untie({k: state_dict[k] for k in names}))
+
+
+def _parts_of_hf_config(config: Any) -> tuple[nn.Module, nn.Module, dict[str, Any], dict[str, dict[str, Any]]]:
+    """Random encoder and decoder of a transformers ``EncoderDecoderConfig`` (or its dict).
+
+    Returns the parts, the composite's fields (token ids, ``tie_encoder_decoder``) and the
+    config.json fields carried aside (``hf_extra``).
+    """
+    data = config.to_dict() if callable(getattr(config, "to_dict", None)) else config
+    if not isinstance(data, Mapping) or data.get("model_type") != hf_layout.COMPOSITE_MODEL_TYPE:
+        raise ConfigError(
+            "config: expected a transformers EncoderDecoderConfig or its dict (model_type "
+            f"{hf_layout.COMPOSITE_MODEL_TYPE!r}), got {type(config).__name__}"
+        )
+    parts, fields, top = hf_layout.composite_config(data, "config", default_registry())
+    built = {role: build_encoder(p.arch.name, **p.config.model_dump()) if role == "encoder"
+             else build_decoder(p.arch.name, **p.config.model_dump()) for role, p in parts.items()}
+    return built["encoder"], built["decoder"], fields, {
+        "encoder": parts["encoder"].extra, "decoder": parts["decoder"].extra, "top": top}

@@ -410,7 +410,8 @@ class Embeddings(nn.Module):
         dim: width of the tables (the model width, unless ``project_to`` is given).
         max_positions: rows of the position table.
         type_vocab_size: rows of the token-type table; 0 for none. ``forward`` takes token types
-            (``token_type_ids``; type 0 everywhere when None); with no table it refuses non-zero ones.
+            (``token_type_ids``; type 0 everywhere when None); with no table it ignores them, as
+            transformers' models without a type table (BertGeneration) do.
         types_from_tokens: embed given token types with the token table (GPT-2's ``wte(token_type_ids)``),
             instead of a token-type table; None types add nothing.
         norm_eps: add a LayerNorm with this epsilon; None for no LayerNorm.
@@ -479,16 +480,9 @@ class Embeddings(nn.Module):
         """The token-type rows for ``token_type_ids``, checked against the table (one host sync)."""
         if self.types_from_tokens:
             return call(self.tokens, token_type_ids)
-        rows = 0 if self.token_types is None else self.token_types.num_embeddings
+        rows = self.token_types.num_embeddings
         top = int(token_type_ids.max()) if token_type_ids.numel() else 0
         low = int(token_type_ids.min()) if token_type_ids.numel() else 0
-        if self.token_types is None:
-            if top != 0 or low != 0:
-                raise ConfigError(
-                    "token_type_ids: this architecture has no token types (type_vocab_size 0), but non-zero "
-                    "types were passed; pass token_type_ids=None (or all zeros)"
-                )
-            return torch.zeros((), dtype=self.tokens.weight.dtype, device=self.tokens.weight.device)
         if low < 0 or top >= rows:
             raise ConfigError(f"token_type_ids: type {top if top >= rows else low} is outside [0, {rows}) "
                               f"(type_vocab_size {rows})")
@@ -530,7 +524,7 @@ class Embeddings(nn.Module):
                 input_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
                 if self.position_scheme == "after_padding":  # transformers: sequential, past the pad position
                     input_ids = input_ids + self.padding_idx + 1
-        if token_type_ids is not None:
+        if token_type_ids is not None and (self.token_types is not None or self.types_from_tokens):
             x = x + self._token_types(token_type_ids)
         elif self.token_types is not None:  # token type 0 everywhere; summed in transformers' order
             x = x + self.token_types.weight[0]

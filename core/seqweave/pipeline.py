@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .composer import EncoderDecoder
     from .tokenizer import TextTokenizer
 
-__all__ = ["GENERATION_OPTIONS", "TextToText", "load_model", "pipeline", "resolve_tokenizers"]
+__all__ = ["GENERATION_OPTIONS", "TASKS", "TaskPipeline", "TextToText", "load_model", "pipeline", "resolve_tokenizers"]
 
 #: The subfolder of a model folder that holds the target side's tokenizer when it differs.
 DECODER_TOKENIZER_DIR = "decoder_tokenizer"
@@ -275,35 +275,95 @@ class TextToText:
                 yield decoded[i] if n == 1 else decoded[i * n : (i + 1) * n]
 
 
+#: transformers' text-to-text pipeline tasks and the key each result dict uses
+TASKS = {"summarization": "summary_text", "translation": "translation_text", "text2text-generation": "generated_text"}
+
+
+@dataclass
+class TaskPipeline(TextToText):
+    """:class:`TextToText` that answers as transformers' pipeline of ``task`` does: ``[{key: text}, ...]``.
+
+    ``pipeline("summarization", model=...)`` makes one; ``key`` is ``summary_text``,
+    ``translation_text`` or ``generated_text``. A string gives a list with one dict; a list
+    of strings gives one dict per input (a list of dicts per input with ``num_return_sequences``).
+    """
+
+    key: str = "generated_text"
+
+    def __call__(self, texts: str | Sequence[str], *, batch_size: int | None = None, **options: Any) -> list:
+        items = [texts] if isinstance(texts, str) else list(texts)
+        out = []
+        for result in self.iter_generate(items, batch_size=batch_size, **options):
+            rows = [{self.key: r} for r in ([result] if isinstance(result, str) else result)]
+            out.append(rows[0] if isinstance(result, str) else rows)
+        return out
+
+
+def _task_key(task: str) -> str:
+    key = TASKS.get(task) or ("translation_text" if task.startswith("translation_") else None)
+    if key is None:
+        raise ConfigError(
+            f"pipeline: task {task!r} is not a text-to-text task; seqweave's pipelines are "
+            f"{', '.join(TASKS)} (and translation_xx_to_yy)"
+        )
+    return key
+
+
+def _device(device: torch.device | str | int | None) -> torch.device | str:
+    """transformers' ``device=`` spellings: an index (-1 is the CPU), a name or a torch.device."""
+    if device is None:
+        return "cpu"
+    if isinstance(device, int) and not isinstance(device, bool):
+        return "cpu" if device < 0 else f"cuda:{device}"
+    return device
+
+
 def pipeline(
-    model: EncoderDecoder | str | os.PathLike,
+    task_or_model: EncoderDecoder | str | os.PathLike | None = None,
     tokenizer: str | os.PathLike | TextTokenizer | tokenizers.Tokenizer | None = None,
     *,
+    model: EncoderDecoder | str | os.PathLike | None = None,
     decoder_tokenizer: str | os.PathLike | TextTokenizer | tokenizers.Tokenizer | None = None,
     revision: str | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | int | None = "cpu",
     dtype: torch.dtype | None = None,
     batch_size: int = 8,
 ) -> TextToText:
-    """A text-to-text callable, as transformers' ``pipeline("summarization", model=...)`` offers.
+    """A text-to-text callable: ``pipeline(model)``, or transformers' ``pipeline(task, model=...)``.
 
     Args:
-        model: an :class:`EncoderDecoder`, or a checkpoint folder, Hub id or config file.
+        task_or_model: the model (an :class:`EncoderDecoder`, or a checkpoint folder, Hub id or
+            config file); or, with ``model=`` given, transformers' task name (``"summarization"``,
+            ``"translation"``, ``"translation_xx_to_yy"``, ``"text2text-generation"``).
         tokenizer: source tokenizer (folder, Hub id or object); found from the model when None
             (see :func:`resolve_tokenizers`).
+        model: the model, when the first argument names a task.
         decoder_tokenizer: target tokenizer when the decoder has its own vocabulary.
         revision: Hub revision of ``model``.
-        device: where the model runs.
+        device: where the model runs (a name, a ``torch.device``, or transformers' index: -1 the CPU).
         dtype: cast the weights to this when loading.
         batch_size: inputs per generate call.
 
     Returns:
-        ``TextToText``: call it with a string (returns a string) or a list of strings.
+        ``TextToText``: call it with a string (returns a string) or a list of strings; with a
+        task, a :class:`TaskPipeline` that returns transformers' ``[{"summary_text": ...}]``.
     """
+    key = None
+    if model is not None:
+        if not isinstance(task_or_model, str):
+            raise ConfigError("pipeline: with model=..., the first argument is the task, e.g. 'summarization'")
+        key = _task_key(task_or_model)
+    else:
+        model = task_or_model
+    if model is None:
+        raise ConfigError("pipeline: pass the model (a folder, Hub id, config file or EncoderDecoder)")
+    device = _device(device)
     folder = None
     if isinstance(model, (str, os.PathLike)):
         model, folder = load_model(model, revision=revision, device=device, dtype=dtype)
     else:
         model = model.to(device)
     enc, dec = resolve_tokenizers(model, folder, tokenizer, decoder_tokenizer)
+    if key is not None:
+        return TaskPipeline(model, enc, dec, batch_size=batch_size, device=device, key=key)
     return TextToText(model, enc, dec, batch_size=batch_size, device=device)

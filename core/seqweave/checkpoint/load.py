@@ -216,14 +216,16 @@ def load_pretrained(
     dtype: torch.dtype | None,
     device: torch.device | str,
     registry: Registry,
+    config: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """A composite checkpoint folder (or Hub id) loaded into ``factory(encoder, decoder, **fields)``.
 
+    ``config`` (a composite config.json's content) replaces the folder's ``config.json``.
     See :meth:`seqweave.EncoderDecoder.from_pretrained`.
     """
     folder = resolve(name_or_path, revision)
-    where = str(folder / CONFIG_JSON)
-    data = read_config_json(folder)
+    where = str(folder / CONFIG_JSON) if config is None else f"config= given to from_pretrained({folder})"
+    data = read_config_json(folder) if config is None else dict(config)
     parts, kwargs, top = composite_config(data, where, registry)
     model = _build(factory, parts, **kwargs)
     model.hf_extra["top"] = top

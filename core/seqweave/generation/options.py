@@ -40,6 +40,10 @@ RUNTIME_ARGUMENTS = (
     "decoder_input_ids",
     "encoder_outputs",
     "token_type_ids",
+    # transformers' callers pass these too (Seq2SeqTrainer: the whole batch, and synced_gpus);
+    # EncoderDecoder.generate takes them and generation never sees them
+    "labels",
+    "synced_gpus",
 )
 
 
