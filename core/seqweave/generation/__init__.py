@@ -45,7 +45,7 @@ from ..cache import Cache
 from ..config import GenerationSettings
 from ..errors import ConfigError
 from .options import RUNTIME_ARGUMENTS, Seq2SeqModel, config_options, resolve
-from .outputs import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput, OutputDict
+from .outputs import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput
 from .processors import (
     Processor,
     bad_words,
@@ -69,7 +69,6 @@ __all__ = [
     "GenerateBeamEncoderDecoderOutput",
     "GenerateEncoderDecoderOutput",
     "Generated",
-    "OutputDict",
     "Processor",
     "Seq2SeqModel",
     "argmax",

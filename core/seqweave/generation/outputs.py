@@ -2,7 +2,7 @@
 
 :class:`GenerateEncoderDecoderOutput` (greedy search and sampling) and
 :class:`GenerateBeamEncoderDecoderOutput` (beam search) have transformers' names, fields and
-field order, and behave like its ``ModelOutput`` (:class:`OutputDict`): attribute, key and
+field order, and behave like its ``ModelOutput`` (:class:`seqweave.outputs.ModelOutput`): attribute, key and
 index access, ``to_tuple()``, and fields left at None absent from the keys, the tuple and
 the indices. ``cache`` is the decoding's :class:`~seqweave.Cache`; the attentions and hidden
 states are never filled (None).
@@ -10,62 +10,17 @@ states are never filled (None).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
-__all__ = ["GenerateBeamEncoderDecoderOutput", "GenerateEncoderDecoderOutput", "OutputDict"]
+from ..outputs import ModelOutput, _output
+
+__all__ = ["GenerateBeamEncoderDecoderOutput", "GenerateEncoderDecoderOutput"]
 
 
-class OutputDict:
-    """transformers' ``ModelOutput`` semantics over a dataclass: only the fields that are not None count.
-
-    ``out.sequences``, ``out["sequences"]`` and ``out[0]`` are the same; ``out[1]`` is the
-    next field that is set; ``keys()``, ``values()``, ``items()``, ``len()``, ``in`` and
-    iteration (over the keys, as a dict's) see only the fields that are set.
-    """
-
-    def keys(self) -> list[str]:
-        """The names of the fields that are set, in field order."""
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]  # type: ignore[arg-type]
-
-    def values(self) -> list[Any]:
-        """The values of the fields that are set."""
-        return [getattr(self, k) for k in self.keys()]
-
-    def items(self) -> list[tuple[str, Any]]:
-        """``(name, value)`` of the fields that are set."""
-        return [(k, getattr(self, k)) for k in self.keys()]
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        """The values of the fields that are set, in field order."""
-        return tuple(self.values())
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The field's value when it is set, else ``default``."""
-        return getattr(self, key) if key in self.keys() else default
-
-    def __getitem__(self, key: str | int | slice) -> Any:
-        if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-
-@dataclass
-class GenerateEncoderDecoderOutput(OutputDict):
+@_output
+class GenerateEncoderDecoderOutput(ModelOutput):
     """Greedy search and sampling, as transformers' ``GenerateEncoderDecoderOutput``.
 
     Attributes:
@@ -88,8 +43,8 @@ class GenerateEncoderDecoderOutput(OutputDict):
     cache: Any = None
 
 
-@dataclass
-class GenerateBeamEncoderDecoderOutput(OutputDict):
+@_output
+class GenerateBeamEncoderDecoderOutput(ModelOutput):
     """Beam search, as transformers' ``GenerateBeamEncoderDecoderOutput``.
 
     Attributes:
