@@ -184,6 +184,7 @@ def test_resize_shrinks_and_refuses_nonsense(pair):
         ours.decoder.resize_token_embeddings(60, pad_to_multiple_of=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_placement_and_checkpointing(pair):
     folder = pair[0]
