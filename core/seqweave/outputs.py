@@ -8,9 +8,9 @@ transformers: a dataclass that is also an ordered dict of its fields that are no
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,13 +22,19 @@ __all__ = ["DecoderOutput", "Encoded", "EncoderOutput", "ModelOutput", "Seq2SeqO
 
 
 class ModelOutput(OrderedDict):
-    """transformers' ``ModelOutput`` semantics for a ``@dataclass`` subclass (``_output`` here: faster).
+    """transformers' ``ModelOutput`` semantics for a dataclass subclass (made with :func:`_output`).
 
-    The dict holds the fields that are not None, in field order; attributes hold all of them.
+    The mapping holds the fields that are not None, in field order; attributes hold all of them.
     Indexing by int or slice indexes :meth:`to_tuple` (None fields skipped, so ``loss`` is
-    ``[0]`` exactly when present); by str, the dict. Setting an attribute or a key updates both.
-    As in transformers, ``Output(iterable_of_key_value_pairs)`` builds from pairs (what
-    ``torch.nn.parallel.gather`` does with a dict-like output).
+    ``[0]`` exactly when present); by str, the mapping. Setting an attribute or a key sets the
+    field. As in transformers, ``Output(iterable_of_key_value_pairs)`` (or a dict) builds from
+    pairs: what ``torch.nn.parallel.gather`` and accelerate do with a dict-like output.
+
+    It is an ``OrderedDict`` for ``isinstance(out, dict)`` checks (``gather``, accelerate), but
+    keeps nothing in the dict itself: every mapping method reads the fields. So building one is
+    building a plain dataclass, which ``torch.compile`` traces on every torch it supports
+    (filling a dict subclass from ``__init__`` is not traceable on torch 2.11), and nothing
+    can fall out of step.
     """
 
     #: field names, per class (set by :func:`_output`)
@@ -38,15 +44,10 @@ class ModelOutput(OrderedDict):
         cls = type(self)
         if "_names" not in cls.__dict__:  # a subclass made with a plain @dataclass
             cls._names = tuple(f.name for f in fields(cls))
-        names, values = cls._names, self.__dict__
-        first = values[names[0]]
-        if first is not None and not isinstance(first, torch.Tensor) and all(values[n] is None for n in names[1:]):
+        names = cls._names
+        first = getattr(self, names[0])
+        if first is not None and not isinstance(first, torch.Tensor) and all(getattr(self, n) is None for n in names[1:]):
             self._from_pairs(names, first)
-        for name in names:  # the dict in field order, whatever order the values were set in
-            value = values[name]
-            if value is not None:
-                OrderedDict.__setitem__(self, name, value)
-        object.__setattr__(self, "_ready", True)
 
     def _from_pairs(self, names: tuple[str, ...], first: Any) -> None:
         """``Output(pairs)``: set the fields from (name, value) pairs, when ``first`` is such an iterable."""
@@ -64,30 +65,40 @@ class ModelOutput(OrderedDict):
                 raise KeyError(f"{type(self).__name__} has no field {key!r}")
             object.__setattr__(self, key, value)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # While the dataclass __init__ runs, only the attribute: __post_init__ fills the dict once.
-        if self.__dict__.get("_ready") and name in self.__dataclass_fields__:
-            if value is None:
-                if OrderedDict.__contains__(self, name):
-                    OrderedDict.__delitem__(self, name)
-            else:
-                new = not OrderedDict.__contains__(self, name)
-                OrderedDict.__setitem__(self, name, value)
-                if new:  # keep field order (loss first), where transformers would append
-                    names = type(self)._names
-                    for later in names[names.index(name) + 1 :]:
-                        if OrderedDict.__contains__(self, later):
-                            self.move_to_end(later)
-        object.__setattr__(self, name, value)
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """The names of the fields that are set (not None), in field order."""
+        return [n for n in type(self)._names if getattr(self, n) is not None]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        """The values of the fields that are set, in field order."""
+        return [v for v in (getattr(self, n) for n in type(self)._names) if v is not None]
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        """``(name, value)`` of the fields that are set, in field order."""
+        return [(n, v) for n, v in ((n, getattr(self, n)) for n in type(self)._names) if v is not None]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in type(self)._names and getattr(self, key) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return getattr(self, key) if key in self else default
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if key not in self.__dataclass_fields__:
+        if key not in type(self)._names:
             raise KeyError(f"{type(self).__name__} has no field {key!r}")
         setattr(self, key, value)
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
-            return OrderedDict.__getitem__(self, key)
+            if key not in self:
+                raise KeyError(key)
+            return getattr(self, key)
         return self.to_tuple()[key]
 
     def __delitem__(self, key: str) -> None:
@@ -96,7 +107,7 @@ class ModelOutput(OrderedDict):
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(f"a {type(self).__name__}'s keys are its fields; set them as attributes")
 
-    setdefault = pop = popitem = update = _refuse
+    setdefault = pop = popitem = update = clear = move_to_end = _refuse
 
     def to_tuple(self) -> tuple[Any, ...]:
         """The fields that are not None, in field order (transformers' ``to_tuple``)."""
@@ -111,38 +122,10 @@ class ModelOutput(OrderedDict):
     __hash__ = object.__hash__
 
 
-def _init(self: ModelOutput, args: tuple, kwargs: dict[str, Any]) -> None:
-    """A :func:`_output` class's ``__init__``: the attributes straight into ``__dict__``, then ``__post_init__``."""
-    cls = type(self)
-    values = self.__dict__
-    values.update(cls._empty)
-    if kwargs or len(args) > len(cls._names) or (cls._required and not args):
-        # by name (or wrong): checked as a dataclass would, with its TypeError
-        bound = cls._signature.bind(self, *args, **kwargs).arguments
-        values.update((k, v) for k, v in bound.items() if k in cls._empty)
-    else:  # positionally: the decoders' outputs, every decode step
-        values.update(zip(cls._names, args))
-    self.__post_init__()
-
-
 def _output(cls: type) -> type:
-    """``@dataclass`` for a :class:`ModelOutput`, with an ``__init__`` that writes the attributes directly.
-
-    The dataclass ``__init__`` would call ``ModelOutput.__setattr__`` once a field: some 3 µs more
-    a decoder output, in every decode step (measured); this one adds about 1 µs to a plain dataclass.
-    """
+    """``@dataclass`` for a :class:`ModelOutput` (no generated ``__eq__``: outputs compare by identity)."""
     cls = dataclass(eq=False)(cls)
     cls._names = tuple(f.name for f in fields(cls))
-    cls._empty = dict.fromkeys(cls._names)
-    cls._required = fields(cls)[0].default is MISSING
-    cls._signature = inspect.signature(cls.__init__)
-
-    def __init__(self: ModelOutput, *args: Any, **kwargs: Any) -> None:
-        _init(self, args, kwargs)
-
-    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
-    __init__.__signature__ = cls._signature  # type: ignore[attr-defined]
-    cls.__init__ = __init__
     return cls
 
 
