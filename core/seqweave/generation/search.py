@@ -94,7 +94,8 @@ def greedy_search(
     stop = _StopCheck(device)
     lagged = stop.lagged
     for cur in range(prompt_length, length):
-        logits = step(out[:, cur - 1 : cur] if cur > prompt_length else out[:, :cur]).float()
+        stepped = step(out[:, cur - 1 : cur] if cur > prompt_length else out[:, :cur]).float()
+        logits = stepped
         raw = logits.clone() if step_logits is not None else None
         for process in processors:
             logits = process(out[:, :cur], logits)
@@ -113,7 +114,9 @@ def greedy_search(
         if lagged and stop.finished_before():
             return  # lagged check: the previous step finished every row, so this one is discarded
         if step_scores is not None:
-            step_scores.append(logits)
+            # without a processor these are the step's own output: a CUDA graph's static buffer,
+            # which the next replay overwrites
+            step_scores.append(logits.clone() if logits is stepped else logits)
         if step_logits is not None and raw is not None:
             step_logits.append(raw)
         yield tokens
