@@ -15,7 +15,7 @@ print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
 PY
 
 echo "== GPU tests"
-timeout 150 python -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_generation_gpu.py
+timeout 300 python -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_generation_gpu.py tests/test_finetuning_helpers.py
 
 echo "== generation benchmark on CUDA (quick)"
 timeout 140 python benchmarks/generate.py --device cuda --quick --max-new-tokens 32
