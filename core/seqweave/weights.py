@@ -331,7 +331,8 @@ def load_module_weights(
         device: where the tensors end up.
 
     Raises:
-        CheckpointError: a tensor's shape differs from what the config implies.
+        CheckpointError: a tensor's shape differs from what the config implies, or a non-float
+            tensor is given for a floating-point parameter.
     """
     expected = dict(module.named_parameters(remove_duplicate=False))  # tied parameters under every name
     for name, t in ours.items():
@@ -341,6 +342,12 @@ def load_module_weights(
             raise CheckpointError(
                 f"{source}: tensor {hf} has shape {list(t.shape)}, but the config implies "
                 f"{list(want)} (for {name}); does config.json match the weights?"
+            )
+        if expected[name].is_floating_point() and not t.is_floating_point():
+            hf = ", ".join(weight_map.hf_names(name))
+            raise CheckpointError(
+                f"{source}: tensor {hf} is {str(t.dtype).removeprefix('torch.')}, but {name} holds "
+                "floating-point weights"
             )
     if dtype is None:
         dtype = next((t.dtype for t in ours.values() if t.is_floating_point()), torch.get_default_dtype())

@@ -7,12 +7,13 @@ derives the file patterns it fetches from it (:func:`weight_file_patterns`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
@@ -75,18 +76,106 @@ class CheckpointTensors(dict):
                                  {k[n:]: v for k, v in self.locations.items() if k.startswith(prefix)})
 
 
+#: Bytes per element of the safetensors dtypes (those torch has; others are only range-checked).
+_SAFETENSORS_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "U64": 8, "U32": 4, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+}
+#: The largest header read (safetensors itself refuses more than 100 MB).
+_MAX_HEADER = 100_000_000
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, dict], int]:
+    """A safetensors file's header, every entry checked, and where its data begins.
+
+    Nothing but the header is read, so a hostile file costs no more than its header's size.
+
+    Raises:
+        CheckpointError: the header is cut short, larger than the file, not JSON, or an entry
+            has a wrong type, an unknown dtype, a byte count that its shape does not give, or
+            offsets outside the data or overlapping another's. The message names the file.
+    """
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a readable safetensors file ({why})")
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            file_size = f.tell()
+            f.seek(0)
+            head = f.read(8)
+            if len(head) < 8:
+                raise bad("shorter than its 8-byte header size")
+            size = int.from_bytes(head, "little")
+            if size < 2 or size > min(_MAX_HEADER, file_size - 8):
+                raise bad(f"header size {size} does not fit the file's {file_size} bytes")
+            raw = f.read(size)
+    except OSError as e:
+        raise bad(str(e)) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"header is not JSON: {type(e).__name__}") from None
+    if not isinstance(header, dict):
+        raise bad(f"header is a JSON {type(header).__name__}, not an object")
+    data_size = file_size - 8 - size
+    meta = header.get("__metadata__")
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
+        raise bad("__metadata__ is not an object of strings")
+    spans = []
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise bad(f"tensor {name!r}: entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise bad(f"tensor {name!r}: dtype is not a string")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r}: shape is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise bad(f"tensor {name!r}: data_offsets is not a pair of integers")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise bad(f"tensor {name!r}: data_offsets {offsets} outside the {data_size} data bytes")
+        itemsize = _SAFETENSORS_ITEMSIZE.get(dtype)
+        if itemsize is not None:
+            count = 1
+            for d in shape:
+                count *= d
+            if count * itemsize != end - begin:
+                raise bad(f"tensor {name!r}: shape {shape} of {dtype} needs {count * itemsize} bytes, "
+                          f"data_offsets give {end - begin}")
+        spans.append((begin, end, name))
+        entries[name] = info
+    spans.sort()
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
+        if begin < end:
+            raise bad(f"tensors {first!r} and {second!r} overlap")
+    return entries, 8 + size
+
+
 def _safetensors_locations(path: Path) -> dict[str, tuple]:
-    """Where each tensor's bytes lie in a safetensors file (its JSON header says; nothing is executed)."""
+    """Where each tensor's bytes lie in a safetensors file (its checked JSON header says; nothing is executed).
+
+    Raises:
+        CheckpointError: the header is malformed (see :func:`_safetensors_header`).
+    """
+    header, start = _safetensors_header(path)
     if sys.byteorder != "little":  # the file is little-endian; let safetensors convert
         return {}
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    start = 8 + size
     out = {}
     for name, info in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
-        if name == "__metadata__" or dtype is None:
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
             continue
         begin, end = info["data_offsets"]
         out[name] = (path, start + begin, end - begin, dtype, tuple(info["shape"]))
@@ -96,12 +185,12 @@ def _safetensors_locations(path: Path) -> dict[str, tuple]:
 def _read_safetensors(path: Path) -> CheckpointTensors:
     from safetensors.torch import load_file
 
+    locations = _safetensors_locations(path)  # checks the header first: a bad one is a CheckpointError
     try:
         tensors = load_file(str(path))  # memory-mapped: tensors are read as they are used
     except Exception as e:  # safetensors raises its own types for corrupt headers and truncation
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    # safetensors has validated the header above, so reading it again cannot fail on its form.
-    return CheckpointTensors(tensors, _safetensors_locations(path))
+    return CheckpointTensors(tensors, locations)
 
 
 def _read_pickle(path: Path) -> CheckpointTensors:
@@ -113,20 +202,66 @@ def _read_pickle(path: Path) -> CheckpointTensors:
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from None
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {type(sd).__name__}")
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found entry {bad[0]!r}")
     return CheckpointTensors(sd)
+
+
+def _shard_path(index: Path, shard: str) -> Path:
+    """The file a shard index names, confined to the index's folder.
+
+    A Hub cache snapshot's files are symlinks into the cache's ``blobs`` folder, which is
+    allowed beside the folder itself.
+
+    Raises:
+        CheckpointError: an absolute path, a ``..`` part, or a path (symlinks resolved) that
+            leaves the folder.
+    """
+    folder = index.parent
+    pure = PurePosixPath(shard)
+    if (not shard or pure.is_absolute() or PureWindowsPath(shard).is_absolute() or "\\" in shard
+            or ".." in pure.parts or "\0" in shard):
+        raise CheckpointError(f"{index}: shard {shard!r} is not a file name inside {folder}")
+    roots = [folder.resolve()]
+    if folder.resolve().parent.name == "snapshots" or folder.parent.name == "snapshots":
+        roots.append((folder.parent.parent / "blobs").resolve())
+    try:
+        target = (folder / shard).resolve()
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"{index}: shard {shard!r} cannot be resolved ({e})") from None
+    if not any(target.is_relative_to(r) for r in roots):
+        raise CheckpointError(f"{index}: shard {shard!r} leads outside {folder} (to {target})")
+    return folder / shard
 
 
 def _read_index(path: Path, read: Callable[[Path], CheckpointTensors]) -> CheckpointTensors:
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a valid shard index ({e})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not a valid shard index ({type(e).__name__}: {e})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: not a valid shard index (\"weight_map\" must be an object)")
+    wrong = [k for k, v in weight_map.items() if not isinstance(v, str)]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: not a valid shard index (weight_map[{wrong[0]!r}] is a "
+            f"{type(weight_map[wrong[0]]).__name__}, not a shard file name)"
+        )
     sd = CheckpointTensors()
+    origin: dict[str, str] = {}
     for shard in sorted(set(weight_map.values())):
-        shard_path = path.parent / shard
+        shard_path = _shard_path(path, shard)
         if not shard_path.is_file():
             raise CheckpointError(f"{path}: names shard {shard!r}, which is missing")
         part = read(shard_path)
+        twice = [k for k in part if k in origin]
+        if twice:
+            raise CheckpointError(
+                f"{path}: tensor {twice[0]!r} is in two shards, {origin[twice[0]]} and {shard}"
+            )
+        origin.update(dict.fromkeys(part, shard))
         sd.update(part)
         sd.locations.update(part.locations)
     return sd

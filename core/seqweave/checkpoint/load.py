@@ -104,6 +104,7 @@ def load_part(
     wmap = weight_map.prefixed("", prefix) if composite else weight_map
     if not composite:
         tensors = wmap.normalize_prefix(tensors)
+    check_declared(module, wmap, tensors, source)
     ours, missing, unexpected = wmap.from_hf(tensors)
     missing = [r for r in missing if r.ours not in filled]
     if composite:
@@ -129,6 +130,56 @@ def load_part(
     report.unused += [f"{role}:{k}" for k in unexpected]
     report.ignored += [f"{role}:{k}" for k in mine if k not in used and k not in skipped]
     return new
+
+
+def _declared(tensors: Mapping[str, torch.Tensor], name: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """A checkpoint tensor's shape and dtype as its file declares them (the header; no data is read)."""
+    where = getattr(tensors, "locations", {}).get(name)
+    if where is not None:
+        return tuple(where[4]), where[3]
+    t = tensors[name]  # memory-mapped or in memory: shape and dtype are metadata
+    return tuple(t.shape), t.dtype
+
+
+def check_declared(
+    module: nn.Module, wmap: WeightMap, tensors: Mapping[str, torch.Tensor], source: Path | str
+) -> None:
+    """Check every tensor a rule reads against the shape and dtype ``module`` needs, before any is read.
+
+    A fused rule's parts must each be the matching slice of the fused parameter (a transposed
+    one, its transpose), so a hostile or mismatched checkpoint costs neither the time nor the
+    memory of reading and concatenating tensors that would be refused anyway.
+
+    Raises:
+        CheckpointError: a tensor with another shape, or a non-float tensor where a float
+            parameter belongs; the message names the file and the tensor.
+    """
+    expected = dict(module.named_parameters(remove_duplicate=False))  # tied parameters under every name
+    for r in wmap.rules:
+        want = expected.get(r.ours)
+        if want is None or not all(h in tensors for h in r.hf):
+            continue
+        shape = list(want.shape)
+        n = len(r.hf)
+        if n > 1:
+            if not shape or shape[0] % n:
+                continue  # not a fused layout this check understands: from_hf and the final check decide
+            shape[0] //= n
+        if r.transpose:
+            shape = shape[::-1]
+        for h in r.hf:
+            got, dtype = _declared(tensors, h)
+            if want.is_floating_point() and not (dtype.is_floating_point or dtype.is_complex):
+                raise CheckpointError(
+                    f"{source}: tensor {h} is {str(dtype).removeprefix('torch.')}, but {r.ours} holds "
+                    "floating-point weights"
+                )
+            if list(got) != shape:
+                part = f" (part {r.hf.index(h) + 1} of {n} fused into {r.ours})" if n > 1 else ""
+                raise CheckpointError(
+                    f"{source}: tensor {h} has shape {list(got)}, but the config implies {shape}{part}; "
+                    "does config.json match the weights?"
+                )
 
 
 #: Submodules of a part that the composite never uses (BERT's pooler): absent from a composite
