@@ -359,3 +359,16 @@ def test_fuzz_headers_with_wrong_types_raise_only_checkpoint_errors(tmp_path, da
         field = data.draw(st.sampled_from(["dtype", "shape", "data_offsets", "format"]))
         header[name][field] = data.draw(_json)
     _check(tmp_path, _with_header(header, blob[8 + n :]))
+
+
+def test_a_conv1d_weight_is_checked_as_its_transpose(tmp_path):
+    path = tmp_path / "b2g"
+    hf_composite(path, "bert", "gpt2")
+    sd = load_file(str(path / "model.safetensors"))
+    name = "decoder.transformer.h.0.attn.c_attn.weight"
+    n_in, n_out = sd[name].shape  # Conv1D: [in, out]
+    sd[name] = sd[name].T.contiguous()  # [out, in]: the right numbers, the wrong layout
+    save_file(sd, str(path / "model.safetensors"))
+    with pytest.raises(sw.CheckpointError, match=rf"tensor {name} has shape \[{n_out}, {n_in}\], but the "
+                                                 rf"config implies \[{n_in}, {n_out}\]"):
+        sw.EncoderDecoder.from_pretrained(path)
