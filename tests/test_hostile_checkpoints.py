@@ -372,3 +372,15 @@ def test_a_conv1d_weight_is_checked_as_its_transpose(tmp_path):
     with pytest.raises(sw.CheckpointError, match=rf"tensor {name} has shape \[{n_out}, {n_in}\], but the "
                                                  rf"config implies \[{n_in}, {n_out}\]"):
         sw.EncoderDecoder.from_pretrained(path)
+
+
+def test_the_cli_says_one_error_line_and_exits_2(copy, capsys):
+    from seqweave.cli import main
+
+    sd = load_file(str(copy / "model.safetensors"))
+    del sd[QUERY]
+    _raw_safetensors(copy / "model.safetensors", sd, {QUERY: ("F32", [16384, 32768])})
+    assert main(["generate", str(copy), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"tensor {QUERY} has shape [16384, 32768]" in err
+    assert "Traceback" not in err
