@@ -240,3 +240,17 @@ def test_plugins_help_documents_the_environment_variable():
     run = subprocess.run([sys.executable, "-m", "seqweave", "plugins", "--help"], capture_output=True, text=True,
                          timeout=300, check=False)
     assert run.returncode == 0 and "SEQWEAVE_PLUGINS" in run.stdout and "builtin" in run.stdout
+
+
+def test_other_commands_work_with_the_hostile_plugins_installed(hostile_site):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hostile_site), *sys.path])}
+    env.pop("SEQWEAVE_PLUGINS", None)
+    run = subprocess.run([sys.executable, "-m", "seqweave", "schema"], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "xlm-roberta" in run.stdout and "fresh-name" not in run.stdout
+
+
+def test_naming_a_failed_plugins_architecture_says_which_plugins_failed(on_path):
+    with pytest.raises(sw.ConfigError, match=r"unknown architecture 'fresh-name'.*failed to load: .*fake-bert"):
+        sw.Registry().get("fresh-name")
