@@ -39,6 +39,10 @@ PLUGINS = {
         def seqweave_register_architectures(register):
             raise RuntimeError("boom in the hook")
     """),
+    "chatty": ("evil-chatty", """
+        print("hello from a plugin")
+        raise ValueError("chatty and broken")
+    """),
     "fake-bert": ("evil-bert", """
         import dataclasses
         import seqweave as sw
@@ -254,3 +258,11 @@ def test_other_commands_work_with_the_hostile_plugins_installed(hostile_site):
 def test_naming_a_failed_plugins_architecture_says_which_plugins_failed(on_path):
     with pytest.raises(sw.ConfigError, match=r"unknown architecture 'fresh-name'.*failed to load: .*fake-bert"):
         sw.Registry().get("fresh-name")
+
+
+def test_what_a_plugin_prints_goes_to_stderr_so_json_stays_json(hostile_site):
+    run = _cli(hostile_site, None, "--json")
+    assert run.returncode == 0, run.stderr
+    rows = {r["name"]: r for r in json.loads(run.stdout)}
+    assert rows["chatty"]["error"] == "ValueError: chatty and broken"
+    assert "hello from a plugin" in run.stderr

@@ -7,11 +7,13 @@ the ``seqweave`` entry-point group of their distribution.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.metadata
 import os
 import re
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -182,7 +184,7 @@ class Registry:
         architecture names and aliases are taken before any third-party plugin runs: a third-party
         plugin that registers one of them fails, whatever the order of the path. Anything a plugin
         raises on import or in its hook, ``SystemExit`` included, is that plugin's failure;
-        ``KeyboardInterrupt`` still interrupts.
+        ``KeyboardInterrupt`` still interrupts. What a plugin prints while it loads goes to stderr.
 
         The environment variable ``SEQWEAVE_PLUGINS`` restricts the third-party plugins that load:
         unset or empty, all of them; ``builtin``, none; otherwise the entry-point names to load,
@@ -209,7 +211,9 @@ class Registry:
             seen.add(ep.name)
             info = PluginInfo(ep.name, dist.name if dist else None, dist.version if dist else None)
             try:
-                self._register(ep.load(), info)
+                # What a plugin prints goes to stderr: stdout is the command's output (--json, generated text).
+                with contextlib.redirect_stdout(sys.stderr):
+                    self._register(ep.load(), info)
             except KeyboardInterrupt:
                 raise
             except BaseException as e:  # noqa: BLE001 - plugin code's failures, sys.exit() included, are reported
