@@ -266,3 +266,17 @@ def test_what_a_plugin_prints_goes_to_stderr_so_json_stays_json(hostile_site):
     rows = {r["name"]: r for r in json.loads(run.stdout)}
     assert rows["chatty"]["error"] == "ValueError: chatty and broken"
     assert "hello from a plugin" in run.stderr
+
+
+def test_a_second_seqweave_distribution_on_the_path_is_reported(tmp_path, monkeypatch):
+    """Entry points come from the first distribution of a name: an impostor 'seqweave' must not go unnoticed."""
+    info = tmp_path / "seqweave-9.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: seqweave\nVersion: 9.9\n")
+    (info / "entry_points.txt").write_text("[seqweave]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("SEQWEAVE_PLUGINS", raising=False)
+    importlib.invalidate_caches()
+    reg = sw.Registry()
+    report = next(p for p in reg.plugins if p.name == "seqweave")
+    assert report.error.startswith("2 seqweave distributions on the path, in " + str(tmp_path))

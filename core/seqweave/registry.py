@@ -219,6 +219,16 @@ class Registry:
             except BaseException as e:  # noqa: BLE001 - plugin code's failures, sys.exit() included, are reported
                 info.error = _reason(e)
                 self.plugins.append(info)
+        if distributions is None or BUILTIN_DISTRIBUTION in distributions:
+            # Entry points come from the first distribution of a name on the path: a second "seqweave"
+            # earlier on it would pass its plugins off as the built-in ones. Say so.
+            places = [str(d.locate_file("")) for d in importlib.metadata.distributions(name=BUILTIN_DISTRIBUTION)]
+            if len(places) > 1:
+                self.plugins.append(PluginInfo(
+                    BUILTIN_DISTRIBUTION, None, None,
+                    error=f"{len(places)} {BUILTIN_DISTRIBUTION} distributions on the path, in "
+                    f"{', '.join(places)}; the built-in plugins are those of the first; remove the others",
+                ))
         for name in sorted((wanted or set()) - seen - {"builtin"}):
             self.plugins.append(PluginInfo(
                 name, None, None,
