@@ -300,6 +300,12 @@ def plugins(as_json: bool) -> None:
     reason it failed to load) and ``details`` (each architecture's ``name``, ``roles``,
     ``description``, ``reference`` classes and ``alias_of``: the architecture an alias such as
     ``xlm-roberta`` is another model type of, or null).
+
+    The built-in plugins load first; a third-party plugin that registers one of their names,
+    or that raises anything (even ``sys.exit()``) on import, is listed as FAILED with the reason.
+    The environment variable ``SEQWEAVE_PLUGINS`` restricts the third-party plugins that load:
+    entry-point names separated by commas (``SEQWEAVE_PLUGINS=distilbert,electra``), or
+    ``builtin`` for none; a name there that no plugin has is listed as FAILED.
     """
     import dataclasses
 
@@ -337,6 +343,8 @@ def plugins(as_json: bool) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    if registry.skipped:
+        click.echo(f"not loaded (SEQWEAVE_PLUGINS): {', '.join(sorted(set(registry.skipped)))}")
 
 
 @cli.command("check-plugin", short_help="Run the plugin contract checks against a plugin.")

@@ -7,10 +7,13 @@ the ``seqweave`` entry-point group of their distribution.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.metadata
+import os
 import re
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,6 +36,10 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "seqweave"
+#: The distribution whose entry points are the built-in plugins; they load first and their names are reserved.
+BUILTIN_DISTRIBUTION = "seqweave"
+#: Restricts which third-party plugins load: entry-point names separated by commas, or ``builtin`` for none.
+PLUGINS_ENV = "SEQWEAVE_PLUGINS"
 Role = Literal["encoder", "decoder"]
 ROLES: tuple[Role, ...] = ("encoder", "decoder")
 #: What an alias may set differently from the architecture it is an alias of.
@@ -163,29 +170,70 @@ class Registry:
         self._architectures: dict[str, Architecture] = {}
         self._owners: dict[str, PluginInfo] = {}
         self.plugins: list[PluginInfo] = []
+        #: entry-point names that ``SEQWEAVE_PLUGINS`` left out.
+        self.skipped: list[str] = []
         if load_entry_points:
             self.load_entry_points()
 
     def load_entry_points(
         self, group: str = ENTRY_POINT_GROUP, *, distributions: Collection[str] | None = None
     ) -> None:
-        """Load every plugin of ``group``; a plugin that fails is recorded with its error, not raised.
+        """Load the plugins of ``group``; a plugin that fails is recorded with its error, not raised.
+
+        The built-in plugins (those of the ``seqweave`` distribution) load first, so their
+        architecture names and aliases are taken before any third-party plugin runs: a third-party
+        plugin that registers one of them fails, whatever the order of the path. Anything a plugin
+        raises on import or in its hook, ``SystemExit`` included, is that plugin's failure;
+        ``KeyboardInterrupt`` still interrupts. What a plugin prints while it loads goes to stderr.
+
+        The environment variable ``SEQWEAVE_PLUGINS`` restricts the third-party plugins that load:
+        unset or empty, all of them; ``builtin``, none; otherwise the entry-point names to load,
+        separated by commas. A name there that no plugin has is recorded as a failure of its own.
 
         Args:
             group: the entry-point group.
             distributions: load only the plugins of these distributions (``{"seqweave"}``: the
                 built-in ones, e.g. for a test that must not see third-party plugins); all if None.
+                ``SEQWEAVE_PLUGINS`` applies only when this is None.
         """
-        for ep in importlib.metadata.entry_points(group=group):
+        eps = list(importlib.metadata.entry_points(group=group))
+        eps.sort(key=lambda ep: not _is_builtin(ep))  # stable: built-ins first, the rest in path order
+        wanted = _wanted_plugins() if distributions is None else None
+        seen: set[str] = set()
+        for ep in eps:
             dist = ep.dist
+            builtin = _is_builtin(ep)
             if distributions is not None and (dist is None or dist.name not in distributions):
                 continue
+            if wanted is not None and not builtin and ep.name not in wanted:
+                self.skipped.append(ep.name)
+                continue
+            seen.add(ep.name)
             info = PluginInfo(ep.name, dist.name if dist else None, dist.version if dist else None)
             try:
-                self._register(ep.load(), info)
-            except Exception as e:  # any failure of third-party code is reported, not fatal
-                info.error = f"{type(e).__name__}: {e}"
+                # What a plugin prints goes to stderr: stdout is the command's output (--json, generated text).
+                with contextlib.redirect_stdout(sys.stderr):
+                    self._register(ep.load(), info)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # noqa: BLE001 - plugin code's failures, sys.exit() included, are reported
+                info.error = _reason(e)
                 self.plugins.append(info)
+        if distributions is None or BUILTIN_DISTRIBUTION in distributions:
+            # Entry points come from the first distribution of a name on the path: a second "seqweave"
+            # earlier on it would pass its plugins off as the built-in ones. Say so.
+            places = [str(d.locate_file("")) for d in importlib.metadata.distributions(name=BUILTIN_DISTRIBUTION)]
+            if len(places) > 1:
+                self.plugins.append(PluginInfo(
+                    BUILTIN_DISTRIBUTION, None, None,
+                    error=f"{len(places)} {BUILTIN_DISTRIBUTION} distributions on the path, in "
+                    f"{', '.join(places)}; the built-in plugins are those of the first; remove the others",
+                ))
+        for name in sorted((wanted or set()) - seen - {"builtin"}):
+            self.plugins.append(PluginInfo(
+                name, None, None,
+                error=f"{PLUGINS_ENV} names {name!r}, but no installed plugin has that entry-point name",
+            ))
 
     def register(
         self, plugin: object, name: str | None = None, *, distribution: str | None = None, version: str | None = None
@@ -265,10 +313,15 @@ class Registry:
             raise PluginError(f"{where}: architecture name {arch.name!r} must be lowercase letters, digits, - or _")
         if arch.name in self._architectures:
             other = self._owners[arch.name]
+            by = other.distribution or "not installed"
+            fix = (
+                "a built-in name cannot be replaced; register the architecture under another name"
+                if other.distribution == BUILTIN_DISTRIBUTION
+                else "uninstall one of the two"
+            )
             raise PluginError(
                 f"{where} registers {_what(arch)}, already registered by plugin {other.name!r} "
-                f"({other.distribution or 'not installed'}) as {_what(self._architectures[arch.name])}; "
-                "uninstall one of the two"
+                f"({by}) as {_what(self._architectures[arch.name])}; {fix}"
             )
         if not (isinstance(arch.config, type) and issubclass(arch.config, ArchitectureConfig)):
             raise PluginError(f"{where}: {arch.name}.config must subclass seqweave.ArchitectureConfig")
@@ -326,6 +379,25 @@ class Registry:
     def owner(self, name: str) -> PluginInfo:
         """The plugin that registered architecture ``name``."""
         return self._owners[name]
+
+
+def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
+    return ep.dist is not None and ep.dist.name == BUILTIN_DISTRIBUTION
+
+
+def _wanted_plugins() -> set[str] | None:
+    """The entry-point names ``SEQWEAVE_PLUGINS`` allows (``{"builtin"}``: none), or None for all."""
+    value = os.environ.get(PLUGINS_ENV, "").strip()
+    if not value:
+        return None
+    return {n.strip() for n in value.split(",") if n.strip()}
+
+
+def _reason(e: BaseException) -> str:
+    """Why a plugin failed, for ``seqweave plugins``: the exception type and message."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({e.code!r}) while loading"
+    return f"{type(e).__name__}: {e}"
 
 
 def _what(arch: Architecture) -> str:
