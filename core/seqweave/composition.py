@@ -192,6 +192,9 @@ def _accepts_only_text(annotation: Any) -> bool:
     )
 
 
+_OVERRIDE_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _parse_override(override: str, data: dict[str, Any], source: str, registry: Registry | None) -> None:
     import yaml
 
@@ -206,6 +209,10 @@ def _parse_override(override: str, data: dict[str, Any], source: str, registry: 
         # None is not allowed), so hub ids and revisions that look like numbers survive.
         allows_none = not field.is_required() and field.default is None
         value: Any = None if allows_none and raw.strip() in ("null", "~", "") else raw
+    elif field is not None and field.annotation in (bool, "bool") and raw.strip().lower() in _OVERRIDE_BOOLS:
+        # A boolean field on the command line takes the usual words (yes/no/on/off too); in a
+        # file, and in any other field, those words are text (see :func:`_yaml_loader`).
+        value = _OVERRIDE_BOOLS[raw.strip().lower()]
     else:
         # Everything else is parsed as a YAML flow value (safe loader): numbers, booleans,
         # null and lists get their types; validation then checks them against the schema.
