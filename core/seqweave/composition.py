@@ -297,11 +297,12 @@ def _yaml_loader() -> Any:
 
 
 def _bounds_error(where: str, what: str) -> ConfigError:
-    limit = f"more than {MAX_NODES:,} values" if what == "size" else f"nested deeper than {MAX_DEPTH} levels"
-    return ConfigError(
-        f"{where}: refusing to read a config with {limit} "
-        f"{'(after expanding YAML aliases)' if what == 'size' else ''}".rstrip()
-    )
+    if what == "size":
+        return ConfigError(
+            f"{where}: refusing to read a config with more than {MAX_NODES:,} values "
+            "(after expanding YAML aliases)"
+        )
+    return ConfigError(f"{where}: refusing to read a config nested deeper than {MAX_DEPTH} levels")
 
 
 def _check_yaml_node(node: Any, where: str) -> None:
@@ -342,7 +343,28 @@ def _check_data(data: Any, where: str) -> None:
 
 
 def _yaml_load(text: str, where: str) -> Any:
-    """One YAML document read with :func:`_yaml_loader`, within the bounds; ``yaml.YAMLError`` otherwise."""
+    """One YAML document read with :func:`_yaml_loader`, within the bounds.
+
+    Raises:
+        ConfigError: too deep or too large once aliases are expanded.
+        yaml.YAMLError: not valid YAML (the caller adds the file's name).
+    """
+    import yaml
+
+    # The composer recurses once per level: count the levels on the (iterative) parser's events
+    # first, so that thousands of brackets are refused in milliseconds, not by a RecursionError.
+    depth, events = 0, _yaml_loader()(text)
+    try:
+        while events.check_event():
+            event = events.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _bounds_error(f"{where}:{event.start_mark.line + 1}", "depth")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        events.dispose()
     loader = _yaml_loader()(text)
     try:
         node = loader.get_single_node()
