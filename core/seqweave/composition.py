@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -191,6 +192,9 @@ def _accepts_only_text(annotation: Any) -> bool:
     )
 
 
+_OVERRIDE_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _parse_override(override: str, data: dict[str, Any], source: str, registry: Registry | None) -> None:
     import yaml
 
@@ -205,12 +209,16 @@ def _parse_override(override: str, data: dict[str, Any], source: str, registry: 
         # None is not allowed), so hub ids and revisions that look like numbers survive.
         allows_none = not field.is_required() and field.default is None
         value: Any = None if allows_none and raw.strip() in ("null", "~", "") else raw
+    elif field is not None and field.annotation in (bool, "bool") and raw.strip().lower() in _OVERRIDE_BOOLS:
+        # A boolean field on the command line takes the usual words (yes/no/on/off too); in a
+        # file, and in any other field, those words are text (see :func:`_yaml_loader`).
+        value = _OVERRIDE_BOOLS[raw.strip().lower()]
     else:
         # Everything else is parsed as a YAML flow value (safe loader): numbers, booleans,
         # null and lists get their types; validation then checks them against the schema.
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
+            value = _yaml_load(raw, source) if raw.strip() else ""
+        except (yaml.YAMLError, RecursionError) as e:
             raise ConfigError(
                 f"{source}: override {override!r}: value is not valid: {_one_line(e)}"
             ) from None
@@ -240,6 +248,158 @@ def _yaml_error(path: Path, e: Exception) -> ConfigError:
     return ConfigError(f"{where}: not valid YAML: {problem}")
 
 
+# A config file is a few KB of settings: these bounds are far above any real one and keep a
+# hostile file (a YAML "billion laughs" of aliases, thousands of nested brackets) to milliseconds.
+MAX_NODES = 100_000
+MAX_DEPTH = 100
+
+_YAML_BOOL = "tag:yaml.org,2002:bool"
+_yaml_loader_class: Any = None
+
+
+def _yaml_loader() -> Any:
+    """A ``yaml.SafeLoader`` that reads like YAML 1.2 where 1.1 surprises: only ``true``/``false``
+    are booleans (``yes``, ``no``, ``on``, ``off`` stay text, so an int field rejects them), and a key
+    written twice in one mapping is an error instead of "last one wins"."""
+    global _yaml_loader_class
+    if _yaml_loader_class is not None:
+        return _yaml_loader_class
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+            return super().construct_mapping(node, deep=deep)
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != _YAML_BOOL]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        _YAML_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    _yaml_loader_class = Loader
+    return Loader
+
+
+def _bounds_error(where: str, what: str) -> ConfigError:
+    if what == "size":
+        return ConfigError(
+            f"{where}: refusing to read a config with more than {MAX_NODES:,} values "
+            "(after expanding YAML aliases)"
+        )
+    return ConfigError(f"{where}: refusing to read a config nested deeper than {MAX_DEPTH} levels")
+
+
+def _check_yaml_node(node: Any, where: str) -> None:
+    """Counts the nodes of a composed YAML document as construction would copy them (each alias
+    as many times as it is used), stopping at the bounds: linear in the bound, not in the expansion."""
+    import yaml
+
+    count, stack = 0, [(node, 1)]
+    while stack:
+        n, depth = stack.pop()
+        count += 1
+        mark = f"{where}:{n.start_mark.line + 1}"
+        if count > MAX_NODES:
+            raise _bounds_error(mark, "size")
+        if depth > MAX_DEPTH:
+            raise _bounds_error(mark, "depth")
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend((c, depth + 1) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack.extend(((k, depth + 1), (v, depth + 1)))
+
+
+def _check_data(data: Any, where: str) -> None:
+    """The same bounds on data already read (JSON, TOML, a mapping given in Python)."""
+    count, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise _bounds_error(where, "size")
+        if depth > MAX_DEPTH:
+            raise _bounds_error(where, "depth")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    """One YAML document read with :func:`_yaml_loader`, within the bounds.
+
+    Raises:
+        ConfigError: too deep or too large once aliases are expanded.
+        yaml.YAMLError: not valid YAML (the caller adds the file's name).
+    """
+    import yaml
+
+    # The composer recurses once per level: count the levels on the (iterative) parser's events
+    # first, so that thousands of brackets are refused in milliseconds, not by a RecursionError.
+    depth, events = 0, _yaml_loader()(text)
+    try:
+        while events.check_event():
+            event = events.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _bounds_error(f"{where}:{event.start_mark.line + 1}", "depth")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        events.dispose()
+    loader = _yaml_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_node(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _json_duplicate_line(text: str, key: str) -> str:
+    """Where a JSON key is written the second time (the first match that repeats an earlier one)."""
+    pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
+    matches = list(pattern.finditer(text))
+    if len(matches) < 2:
+        return ""
+    return f":{text.count(chr(10), 0, matches[1].start()) + 1}"
+
+
 def _read_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     if suffix not in CONFIG_SUFFIXES:
@@ -250,26 +410,40 @@ def _read_file(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from None
+    too_deep = ConfigError(f"{path}: refusing to read a config nested deeper than {MAX_DEPTH} levels")
     if suffix in (".yaml", ".yml"):
         import yaml
 
         try:
-            return yaml.safe_load(text)  # safe: python/object tags are errors, no code runs
+            return _yaml_load(text, str(path))  # safe loader: python/object tags are errors, no code runs
         except yaml.YAMLError as e:
             raise _yaml_error(path, e) from None
+        except RecursionError:
+            raise too_deep from None
     if suffix == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {_one_line(e)}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON: {_one_line(e)}") from None
+        except RecursionError:
+            raise too_deep from None
+    else:
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON: {_one_line(e)}") from None
+        except _DuplicateKey as e:
+            raise ConfigError(
+                f"{path}{_json_duplicate_line(text, e.key)}: not valid JSON: duplicate key {e.key!r}"
+            ) from None
+        except RecursionError:
+            raise too_deep from None
+    _check_data(data, str(path))
+    return data
 
 
 def _relative_to(base: Path, value: str | None) -> str | None:
@@ -315,6 +489,7 @@ def load_config(
     elif isinstance(source, Mapping):
         data = dict(source)  # copied below, so that overrides never edit the caller's mapping
         name = "config"
+        _check_data(data, name)
     else:
         path = Path(source)
         data = _read_file(path)

@@ -388,7 +388,7 @@ class CompositionConfig(BaseModel):
     pad_token_id: int | None = Field(None, ge=0, description="Padding token; -100 labels become this.")
     eos_token_id: int | list[int] | None = Field(None, description="End-of-sequence token id(s).")
     tie_encoder_decoder: bool = Field(
-        False, description="Share encoder and decoder weights where shapes match."
+        False, strict=True, description="Share encoder and decoder weights where shapes match."
     )
     tokenizer: str | None = Field(
         None,

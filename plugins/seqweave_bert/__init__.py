@@ -68,8 +68,12 @@ class BertConfig(sw.ArchitectureConfig):
     position_embedding_type: str = Field(
         "absolute", description='Position embeddings: only "absolute" (the only kind transformers 5 has).'
     )
-    tie_word_embeddings: bool = Field(True, description="Decoder head shares the word embedding matrix.")
-    use_cache: bool = Field(True, description="Kept for compatibility with transformers' config.json.")
+    tie_word_embeddings: bool = Field(
+        True, strict=True, description="Decoder head shares the word embedding matrix."
+    )
+    use_cache: bool = Field(
+        True, strict=True, description="Kept for compatibility with transformers' config.json."
+    )
     classifier_dropout: float | None = Field(None, description="Unused here; kept for compatibility.")
 
     @model_validator(mode="after")

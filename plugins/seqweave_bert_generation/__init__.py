@@ -47,8 +47,12 @@ class BertGenerationConfig(sw.ArchitectureConfig):
     pad_token_id: int | None = Field(0, ge=0, description="Padding token id (its embedding gets no gradient).")
     bos_token_id: int | None = Field(2, ge=0, description="Beginning-of-sequence token id.")
     eos_token_id: int | None = Field(1, ge=0, description="End-of-sequence token id.")
-    tie_word_embeddings: bool = Field(True, description="Decoder head shares the word embedding matrix.")
-    use_cache: bool = Field(True, description="Kept for compatibility with transformers' config.json.")
+    tie_word_embeddings: bool = Field(
+        True, strict=True, description="Decoder head shares the word embedding matrix."
+    )
+    use_cache: bool = Field(
+        True, strict=True, description="Kept for compatibility with transformers' config.json."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BertGenerationConfig:

@@ -72,13 +72,14 @@ class GPT2Config(sw.ArchitectureConfig):
     layer_norm_epsilon: float = Field(1e-5, gt=0, description="LayerNorm epsilon.")
     initializer_range: float = Field(0.02, gt=0, description="Std of the normal init of new weights.")
     scale_attn_weights: bool = Field(
-        True, description="Scale attention scores by 1/sqrt(head width); else by 1."
+        True, strict=True, description="Scale attention scores by 1/sqrt(head width); else by 1."
     )
     scale_attn_by_inverse_layer_idx: bool = Field(
-        False, description="Also divide layer i's attention scores by i + 1."
+        False, strict=True, description="Also divide layer i's attention scores by i + 1."
     )
     reorder_and_upcast_attn: bool = Field(
-        False, description="Compute attention in float32 for half-precision inputs (no-op in float32)."
+        False, strict=True,
+        description="Compute attention in float32 for half-precision inputs (no-op in float32).",
     )
     bos_token_id: int | None = Field(
         50256, description="Beginning-of-sequence token id: generation's start token when none is set."
@@ -89,14 +90,18 @@ class GPT2Config(sw.ArchitectureConfig):
     pad_token_id: int | None = Field(
         None, description="Padding token id (GPT-2 has none by default); unused here."
     )
-    tie_word_embeddings: bool = Field(True, description="The LM head shares wte.")
-    use_cache: bool = Field(True, description="Kept for compatibility with transformers' config.json.")
+    tie_word_embeddings: bool = Field(True, strict=True, description="The LM head shares wte.")
+    use_cache: bool = Field(
+        True, strict=True, description="Kept for compatibility with transformers' config.json."
+    )
     summary_type: str = Field(
         "cls_index", description="Unused here (GPT2DoubleHeadsModel); kept for compatibility."
     )
-    summary_use_proj: bool = Field(True, description="Unused here; kept for compatibility.")
+    summary_use_proj: bool = Field(True, strict=True, description="Unused here; kept for compatibility.")
     summary_activation: str | None = Field(None, description="Unused here; kept for compatibility.")
-    summary_proj_to_labels: bool = Field(True, description="Unused here; kept for compatibility.")
+    summary_proj_to_labels: bool = Field(
+        True, strict=True, description="Unused here; kept for compatibility."
+    )
     summary_first_dropout: float = Field(0.1, description="Unused here; kept for compatibility.")
 
     @model_validator(mode="before")

@@ -106,7 +106,8 @@ def composite_config(
 
     Raises:
         CheckpointError: not a composite (the message points to ``from_pretrained_parts``), a
-            part object missing, or an unregistered architecture.
+            part object missing, an unregistered architecture, or a ``tie_encoder_decoder`` that
+            is not a JSON boolean.
     """
     if data.get("model_type") != COMPOSITE_MODEL_TYPE:
         raise CheckpointError(
@@ -121,7 +122,10 @@ def composite_config(
         source = f"{where}: {role}"
         parts[role] = split_hf_config(architecture_of(sub, source, registry), sub, source)
     kwargs = {k: data.get(k) for k in TOKEN_FIELDS}
-    kwargs["tie_encoder_decoder"] = bool(data.get("tie_encoder_decoder", False))
+    tie = data.get("tie_encoder_decoder", False)
+    if tie is not None and not isinstance(tie, bool):  # bool("false") is True: a string must not tie weights
+        raise CheckpointError(f"{where}: tie_encoder_decoder must be true or false, found {tie!r}")
+    kwargs["tie_encoder_decoder"] = bool(tie)
     return parts, kwargs, {k: v for k, v in data.items() if k not in TOP_FIELDS}
 
 
