@@ -202,3 +202,11 @@ def test_checkpoint_with_null_tie_loads_untied(saved: Path, tmp_path: Path) -> N
     (folder / "config.json").write_text(json.dumps(config))
     model = sw.EncoderDecoder.from_pretrained(folder)
     assert model.tie_encoder_decoder is False
+
+
+@pytest.mark.parametrize(("field", "value"), [("do_sample", "yes"), ("do_sample", 1), ("early_stopping", "false"),
+                                              ("return_dict_in_generate", "true"), ("output_scores", 0)])
+def test_generation_booleans_are_booleans(field: str, value: object) -> None:
+    with pytest.raises(sw.ConfigError, match=field):
+        sw.GenerationSettings().merged({field: value}, "generation")
+    assert getattr(sw.GenerationSettings().merged({field: True}, "generation"), field) is True

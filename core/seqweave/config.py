@@ -189,7 +189,7 @@ class GenerationSettings(BaseModel):
         0, ge=0, description="Suppress EOS while the decoder sequence, the prompt included, is shorter than this."
     )
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy or sampling.")
-    do_sample: bool = Field(False, description="Sample instead of taking the most likely token.")
+    do_sample: bool = Field(False, strict=True, description="Sample instead of taking the most likely token.")
     temperature: float = Field(1.0, gt=0, description="Divide logits by this before sampling.")
     top_k: int | None = Field(
         None,
@@ -228,14 +228,16 @@ class GenerationSettings(BaseModel):
     )
     output_scores: bool = Field(
         False,
+        strict=True,
         description="With return_dict_in_generate: return each step's processed scores "
         "(beam search: its processed log-probabilities) and, for beam search, sequences_scores.",
     )
     output_logits: bool = Field(
-        False, description="With return_dict_in_generate: return each step's raw logits."
+        False, strict=True, description="With return_dict_in_generate: return each step's raw logits."
     )
     return_dict_in_generate: bool = Field(
         False,
+        strict=True,
         description="Return an output object (sequences, scores, logits, sequences_scores, beam_indices) "
         "instead of the sequences tensor.",
     )
@@ -249,6 +251,14 @@ class GenerationSettings(BaseModel):
                 more = "" if value is v else " or a list of them"
                 raise ValueError(f"must be a token id (an int >= 0){more}")
         return list(value) if isinstance(value, tuple) else value
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping(cls, value: Any) -> Any:
+        # strict: True, False or "never" (not "yes", 1, "false" ...), as the other booleans here
+        if not isinstance(value, bool) and value != "never":
+            raise ValueError(f"must be true, false or 'never' (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> GenerationSettings:
