@@ -40,7 +40,19 @@ def _status(message: str) -> None:
         click.echo(message, err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ReaderGone(Exception):
+    """Stdout's reader went away (``| head -1``); not an OSError, so that click does not exit 1 on it."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _ReaderGone() from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and info logs.")
 @click.version_option(package_name="seqweave", prog_name="seqweave")
 def cli(debug: bool) -> None:
@@ -75,17 +87,23 @@ def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | N
 
     _status(f"composing {config} ...")
     model = sw.EncoderDecoder.from_config(config, overrides=list(overrides), dtype=_dtype(dtype))
-    model.save_pretrained(output)
     saved = ["config.json", "generation_config.json", "model.safetensors"]
     try:
         enc, dec = resolve_tokenizers(model)
     except sw.ConfigError:
         enc = dec = None  # a model without a tokenizer is still a model; generate will ask for one
-    if enc is not None:
-        saved.append(enc.save(output).name)
-        if dec is not enc:
-            dec.save(output / DECODER_TOKENIZER_DIR)
-            saved.append(f"{DECODER_TOKENIZER_DIR}/tokenizer.json")
+    try:
+        model.save_pretrained(output)
+        if enc is not None:
+            saved.append(enc.save(output).name)
+            if dec is not enc:
+                dec.save(output / DECODER_TOKENIZER_DIR)
+                saved.append(f"{DECODER_TOKENIZER_DIR}/tokenizer.json")
+    except Exception as e:
+        error = _write_error(output, e)
+        if error is e:
+            raise
+        raise error from e
     from .summary import describe
 
     d = describe(model)
@@ -96,26 +114,61 @@ def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | N
     )
 
 
+def _write_error(output: Path, e: Exception) -> Exception:
+    """A failed write of the checkpoint (disk full, no permission, not a folder) as a user error naming it."""
+    if isinstance(e, OSError):
+        where = f" ({e.filename}: {e.strerror})" if e.filename and e.strerror else f" ({e.strerror or e})"
+        return click.ClickException(f"{output}: cannot write the checkpoint{where}")
+    if type(e).__name__ == "SafetensorError":  # safetensors' own I/O errors are not OSErrors
+        return click.ClickException(f"{output}: cannot write the checkpoint ({e})")
+    return e
+
+
 # ----------------------------------------------------------------------------------------
 # generate
+
+
+def _read_stdin() -> str:
+    """All of stdin as UTF-8 text; a closed, unreadable or non-UTF-8 stdin is a user error naming it."""
+    stream = sys.stdin
+    if stream is None or getattr(stream, "closed", False):
+        raise click.UsageError("stdin: it is closed; give TEXT or --input FILE instead of -")
+    try:
+        raw = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    except (OSError, ValueError) as e:
+        raise click.UsageError(f"stdin: cannot read it ({e})") from None
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise click.UsageError(f"stdin: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def _read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
     """TEXT arguments, ``-`` (stdin) and --input FILE, one input per non-empty line of a file."""
     items: list[str] = []
-    for t in texts:
+    for n, t in enumerate(texts, 1):
         if t == "-":
-            items += [line for line in sys.stdin.read().splitlines() if line.strip()]
+            items += [line for line in _read_stdin().splitlines() if line.strip()]
         else:
+            try:
+                t.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+            except UnicodeEncodeError:
+                raise click.BadParameter(f"argument {n} is not UTF-8 text", param_hint="TEXT") from None
             items.append(t)
     if input_file is not None:
         if input_file == "-":
-            items += [line for line in sys.stdin.read().splitlines() if line.strip()]
+            items += [line for line in _read_stdin().splitlines() if line.strip()]
         else:
             try:
                 text = Path(input_file).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise click.BadParameter(f"{input_file}: {e}", param_hint="--input") from None
+            except UnicodeDecodeError as e:
+                raise click.BadParameter(
+                    f"{input_file}: not UTF-8 text (byte {e.start}: {e.reason})", param_hint="--input"
+                ) from None
+            except OSError as e:
+                raise click.BadParameter(f"{input_file}: {e.strerror or e}", param_hint="--input") from None
             items += [line for line in text.splitlines() if line.strip()]
     if not items:
         if texts or input_file is not None:
@@ -229,7 +282,11 @@ def _generation_options(options: dict[str, Any]) -> dict[str, Any]:
     "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs per batch."
 )
 @_generation_flags
-@click.option("--seed", type=int, help="Seed for sampling (a generator for this run, not a setting).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**64 - 1),
+    help="Seed for sampling, 0 to 2**64-1 (a generator for this run, not a setting).",
+)
 @click.option("--device", default="cpu", show_default=True, help="Where the model runs (cpu, cuda, cuda:1).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Cast the weights when loading.")
 @click.option("--jsonl", is_flag=True, help="Print one JSON object per input: {input, output}.")
@@ -254,6 +311,7 @@ def generate(
     """
     from .pipeline import TextToText, load_model, resolve_tokenizers
 
+    device = _check_device(device)
     items = _read_inputs(texts, input_file)
     _status(f"loading {model} ...")
     loaded, folder = load_model(model, revision=revision, device=device, dtype=_dtype(dtype))
@@ -265,6 +323,37 @@ def generate(
         else:
             for line in [out] if isinstance(out, str) else out:
                 click.echo(line.replace("\n", " "))
+
+
+def _check_device(name: str) -> str:
+    """``--device``: a device torch knows and this machine has; else a usage error."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(
+            f"unknown device {name!r}; use cpu, cuda, cuda:N or mps", param_hint="--device"
+        ) from None
+    if device.type == "cpu":
+        return name
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{name}: CUDA is not available on this machine", param_hint="--device")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise click.BadParameter(
+                f"{name}: no such GPU; this machine has {count} (cuda:0 to cuda:{count - 1})",
+                param_hint="--device",
+            )
+        return name
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise click.BadParameter(f"{name}: MPS is not available on this machine", param_hint="--device")
+        return name
+    raise click.BadParameter(
+        f"unsupported device {name!r}; use cpu, cuda, cuda:N or mps", param_hint="--device"
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -493,6 +582,27 @@ def _log_to_stderr(level: int) -> None:
         logger.propagate = False  # the command line owns the process: no second copy via the root logger
 
 
+def _from_stdout(e: BaseException) -> bool:
+    """Whether an OSError came from writing to stdout: no file name, raised in ``click.echo`` or our flush."""
+    if not isinstance(e, OSError) or e.filename is not None:
+        return False
+    frames = traceback.extract_tb(e.__traceback__)
+    return any(f.name == "echo" and "click" in f.filename for f in frames) or frames[-1].name == "main"
+
+
+def _silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null so that the flush at exit cannot fail a second time."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (tests): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 for a bug, 2 for a user error)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -501,15 +611,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = ["--debug", *[a for a in args if a != "--debug"]]
     _log_to_stderr(logging.INFO if debug else logging.WARNING)
     try:
+        if sys.stdout is None:  # started with stdout closed (>&-): what we print would vanish
+            raise click.UsageError("stdout: it is closed; nothing could be printed")
         result = cli.main(args, prog_name="seqweave", standalone_mode=False)
+        sys.stdout.flush()  # a full disk or a bad descriptor fails here at the latest, not at exit
         return result if isinstance(result, int) else 0
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except BrokenPipeError:
+    except (BrokenPipeError, _ReaderGone):
+        _silence_stdout()
         return 0  # the reader (head, less) has gone; nothing left to say
     except Exception as e:
         msg = _user_error(e)
+        if msg is not None and _from_stdout(e):
+            _silence_stdout()
+            msg = f"stdout: cannot write the output: {e.strerror or e}"
         if msg is None:
             raise  # a bug: the traceback is the report
         if debug:
