@@ -203,6 +203,8 @@ class EncoderDecoder(nn.Module):
 
         Returns:
             A :class:`Seq2SeqOutput` with ``loss`` (when labels are given) and ``logits`` [b, t, vocab].
+            The loss is the mean cross-entropy over the labels that are not -100; when every label is
+            -100 it is 0 with zero gradients (transformers gives NaN).
 
         Raises:
             ConfigError: neither ``decoder_input_ids``, ``decoder_inputs_embeds`` nor ``labels``; both
@@ -250,7 +252,9 @@ class EncoderDecoder(nn.Module):
         if labels is not None:
             flat_logits, flat_labels = out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1)
             if num_items_in_batch is None:
-                loss = F.cross_entropy(flat_logits, flat_labels)
+                # the mean over the labels that count; 0 (with zero gradients), not NaN, when none counts
+                counted = flat_labels.ne(-100).sum().clamp(min=1)  # no host sync: stays on the device
+                loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / counted
             else:
                 loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / num_items_in_batch
         result = Seq2SeqOutput(
