@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import seqweave as sw
 import torch
 from conftest import build_part, source_batch
-
-import seqweave as sw
 from seqweave import generation
 
 
@@ -53,3 +52,87 @@ def _batch():
     ids, mask = source_batch(model.decoder.vocab_size, 0)
     return model, ids, mask
 
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("ids_high", r"input_ids holds ids outside \[0, "),
+        ("ids_negative", r"input_ids holds ids outside \[0, "),
+        ("decoder_ids_high", r"decoder_input_ids holds ids outside \[0, "),
+        ("labels_high", r"labels holds ids outside \[0, \d+\) or -100"),
+        ("labels_negative", r"labels holds ids outside"),
+        ("empty_batch", "input_ids is empty"),
+        ("zero_length", "input_ids is empty"),
+        ("mask_shape", r"attention_mask has shape \[3, 6\]"),
+        ("additive_mask", "attention_mask must hold 1 for tokens and 0 for padding"),
+        ("decoder_additive_mask", "decoder_attention_mask must hold 1"),
+    ],
+)
+def test_forward_rejects_hostile_inputs_naming_the_argument(case, match):
+    model, ids, mask = _batch()
+    v_enc, v_dec = generation_vocab(model)
+    args = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": ids[:, :3]}
+    if case == "ids_high":
+        args["input_ids"] = ids.clone().index_fill_(1, torch.tensor([2]), v_enc)
+    elif case == "ids_negative":
+        args["input_ids"] = ids.clone().index_fill_(1, torch.tensor([2]), -1)
+    elif case == "decoder_ids_high":
+        args["decoder_input_ids"] = torch.full((3, 2), v_dec + 5)
+    elif case in ("labels_high", "labels_negative"):
+        del args["decoder_input_ids"]
+        args["labels"] = torch.tensor([[4, v_dec if case == "labels_high" else -5, -100]] * 3)
+    elif case == "empty_batch":
+        args = {"input_ids": ids[:0], "attention_mask": mask[:0], "decoder_input_ids": ids[:0, :3]}
+    elif case == "zero_length":
+        args["input_ids"], args["attention_mask"] = ids[:, :0], mask[:, :0]
+    elif case == "mask_shape":
+        args["attention_mask"] = mask[:, :6]
+    elif case == "additive_mask":
+        args["attention_mask"] = (1.0 - mask.float()) * float("-inf")
+    elif case == "decoder_additive_mask":
+        args["decoder_attention_mask"] = torch.zeros(3, 3).masked_fill_(torch.eye(3, dtype=torch.bool), -1e9)
+    with pytest.raises(sw.ConfigError, match=match):
+        model(**args)
+
+
+def generation_vocab(model):
+    return generation.vocab_of(model.encoder), generation.vocab_of(model.decoder)
+
+
+def test_float_zero_one_masks_still_work():
+    model, ids, mask = _batch()
+    with torch.no_grad():
+        a = model(ids, mask.float(), decoder_input_ids=ids[:, :3]).logits
+        b = model(ids, mask, decoder_input_ids=ids[:, :3]).logits
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("ids_high", r"input_ids holds ids outside \[0, "),
+        ("empty_batch", "input_ids is empty"),
+        ("zero_length", "input_ids is empty"),
+        ("mask_shape", "attention_mask has shape"),
+        ("additive_mask", "attention_mask must hold 1"),
+        ("prompt_high", r"decoder_input_ids holds ids outside \[0, "),
+    ],
+)
+def test_generate_rejects_hostile_inputs_naming_the_argument(case, match):
+    model, ids, mask = _batch()
+    v_enc, v_dec = generation_vocab(model)
+    args = {"input_ids": ids, "attention_mask": mask}
+    if case == "ids_high":
+        args["input_ids"] = ids.clone().index_fill_(1, torch.tensor([0]), v_enc + 1)
+    elif case == "empty_batch":
+        args = {"input_ids": ids[:0], "attention_mask": mask[:0]}
+    elif case == "zero_length":
+        args = {"input_ids": ids[:, :0], "attention_mask": mask[:, :0]}
+    elif case == "mask_shape":
+        args["attention_mask"] = mask[:, :6]
+    elif case == "additive_mask":
+        args["attention_mask"] = (1.0 - mask.float()) * -1e9
+    elif case == "prompt_high":
+        args["decoder_input_ids"] = torch.full((3, 2), v_dec)
+    with pytest.raises(sw.ConfigError, match=match):
+        model.generate(**args, max_new_tokens=3)
