@@ -203,14 +203,23 @@ class EncoderDecoder(nn.Module):
 
         Returns:
             A :class:`Seq2SeqOutput` with ``loss`` (when labels are given) and ``logits`` [b, t, vocab].
+            The loss is the mean cross-entropy over the labels that are not -100; when every label is
+            -100 it is 0 with zero gradients (transformers gives NaN).
 
         Raises:
-            ConfigError: neither ``decoder_input_ids``, ``decoder_inputs_embeds`` nor ``labels``; both
+            ConfigError: an empty batch or sequence; ids outside ``[0, vocab_size)`` of their part (labels
+                may also be -100); an ``attention_mask`` of another shape than ``input_ids``, or a float mask
+                that is not 0/1 (an additive 0/-inf mask); neither ``decoder_input_ids``,
+                ``decoder_inputs_embeds`` nor ``labels``; both
                 ``cache`` and ``past_key_values``; a cache that is not a :class:`~seqweave.Cache`;
                 an argument the model would use but does not support (``position_ids``, ``head_mask``).
         """
         cache = _one_cache(cache, past_key_values)
         enc_kwargs, dec_kwargs = _route(kwargs)
+        vocab = generation.vocab_of(self.decoder)
+        generation.check_tokens("decoder_input_ids", decoder_input_ids, vocab)
+        generation.check_tokens("labels", labels, vocab, ignore=-100)
+        generation.check_mask("decoder_attention_mask", decoder_attention_mask)
         if None in (use_cache, output_attentions, output_hidden_states):  # model.config's, as in transformers
             top = self.hf_extra["top"]
             use_cache = top.get("use_cache") if use_cache is None and cache is None else use_cache
@@ -250,7 +259,9 @@ class EncoderDecoder(nn.Module):
         if labels is not None:
             flat_logits, flat_labels = out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1)
             if num_items_in_batch is None:
-                loss = F.cross_entropy(flat_logits, flat_labels)
+                # the mean over the labels that count; 0 (with zero gradients), not NaN, when none counts
+                counted = flat_labels.ne(-100).sum().clamp(min=1)  # no host sync: stays on the device
+                loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / counted
             else:
                 loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / num_items_in_batch
         result = Seq2SeqOutput(
@@ -297,6 +308,10 @@ class EncoderDecoder(nn.Module):
         if encoder_outputs is None:
             if input_ids is None and inputs_embeds is None:
                 raise ConfigError("pass input_ids, inputs_embeds or encoder_outputs")
+            if input_ids is not None:
+                generation.check_tokens("input_ids", input_ids, generation.vocab_of(self.encoder))
+            ids_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+            generation.check_mask("attention_mask", attention_mask, ids_shape)
             extra = _for_part(self.encoder, "encoder", {"token_type_ids": token_type_ids,
                                                         "inputs_embeds": inputs_embeds})
             encoder_outputs = self.encoder(

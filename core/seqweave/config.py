@@ -190,16 +190,24 @@ class GenerationSettings(BaseModel):
     )
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy or sampling.")
     do_sample: bool = Field(False, strict=True, description="Sample instead of taking the most likely token.")
-    temperature: float = Field(1.0, gt=0, description="Divide logits by this before sampling.")
+    temperature: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="Divide logits by this before sampling."
+    )
     top_k: int | None = Field(
         None,
         ge=0,
         description="Sample only from the k most likely tokens; None or 0: no limit (transformers' default is 50).",
     )
-    top_p: float | None = Field(None, gt=0, le=1, description="Sample from the smallest set with this mass.")
-    repetition_penalty: float = Field(1.0, gt=0, description="Penalise tokens already generated (CTRL).")
+    top_p: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="Sample from the smallest set with this mass."
+    )
+    repetition_penalty: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="Penalise tokens already generated (CTRL)."
+    )
     no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating any n-gram of this size.")
-    length_penalty: float = Field(1.0, description="Beam score = logprob / length ** length_penalty.")
+    length_penalty: float = Field(
+        1.0, allow_inf_nan=False, description="Beam score = logprob / length ** length_penalty."
+    )
     early_stopping: bool | Literal["never"] = Field(
         False,
         description="Beam search: True stops once num_beams hypotheses are done; False stops when the best running "

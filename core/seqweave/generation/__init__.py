@@ -173,6 +173,7 @@ def _prepare(
     prompt = None
     if decoder_input_ids is not None:
         _check_ids("decoder_input_ids", decoder_input_ids)
+        check_tokens("decoder_input_ids", decoder_input_ids, vocab_of(decoder))
         if decoder_input_ids.shape[0] != b:
             raise ConfigError(
                 f"generate(): decoder_input_ids has {decoder_input_ids.shape[0]} rows, the source {b}; they must match"
@@ -220,6 +221,55 @@ def _prepare(
     prompt_length = 1 if prompt is None else prompt.shape[1]
     procs = logits_processors(settings, prompt_length=prompt_length, device=device)
     return _Prepared(settings, generator, step, cache, b, rows, procs, device, prompt)
+
+
+def vocab_of(part: Any) -> int | None:
+    """The number of token ids a part's embeddings take (None when it does not say)."""
+    size = getattr(part, "vocab_size", None)
+    if isinstance(size, int):
+        return size
+    embeddings = getattr(part, "get_input_embeddings", None)
+    table = embeddings() if callable(embeddings) else None
+    if table is None:  # seqweave's own parts: embeddings.tokens
+        table = getattr(getattr(part, "embeddings", None), "tokens", None)
+    size = getattr(table, "num_embeddings", None)
+    return size if isinstance(size, int) else None
+
+
+def check_tokens(name: str, ids: Any, vocab: int | None, *, ignore: int | None = None) -> None:
+    """A clean error for an empty id tensor or ids outside ``[0, vocab)`` (``ignore`` allowed too).
+
+    One reduction per tensor, at entry: never per decoding step. Skipped while compiling (no graph break).
+    """
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point():
+        return
+    if ids.numel() == 0:
+        raise ConfigError(f"{name} is empty (shape {list(ids.shape)}): a batch needs at least one token per row")
+    if vocab is None or torch.compiler.is_compiling():
+        return
+    outside = ids.lt(0) | ids.ge(vocab)
+    if ignore is not None:
+        outside &= ids.ne(ignore)
+    if outside.any():
+        bad = ids[outside]
+        allowed = f"[0, {vocab})" + (f" or {ignore}" if ignore is not None else "")
+        raise ConfigError(
+            f"{name} holds ids outside {allowed} (min {int(bad.min())}, max {int(bad.max())}): "
+            f"the vocabulary has {vocab} tokens"
+        )
+
+
+def check_mask(name: str, mask: Any, shape: tuple[int, ...] | None = None) -> None:
+    """A clean error for a mask of another shape than its ids, or a float mask that is not 0/1."""
+    if not isinstance(mask, torch.Tensor):
+        return
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise ConfigError(f"{name} has shape {list(mask.shape)}; the ids have {list(shape)}: they must match")
+    if mask.is_floating_point() and not torch.compiler.is_compiling() and (mask.ne(0) & mask.ne(1)).any():
+        raise ConfigError(
+            f"{name} must hold 1 for tokens and 0 for padding; this float mask holds other values "
+            "(an additive 0/-inf mask? pass (mask == 0).long() instead)"
+        )
 
 
 def _check_ids(name: str, ids: Any) -> None:
