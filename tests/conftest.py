@@ -151,3 +151,36 @@ def naive_greedy(model, ids, mask, steps: int) -> torch.Tensor:
             nxt = model(ids, attention_mask=mask, decoder_input_ids=seq).logits[:, -1].argmax(-1)
             seq = torch.cat([seq, nxt[:, None]], 1)
     return seq
+
+
+@pytest.fixture(scope="module")
+def singles(tmp_path_factory):
+    """A BERT base model (with pooler) and a BERT LM-head model (no cross-attention), saved by transformers."""
+    from transformers import BertLMHeadModel, BertModel
+
+    root = tmp_path_factory.mktemp("singles")
+    torch.manual_seed(0)
+    randomize(BertModel(hf_config("bert", "encoder", hidden_size=32)), 1).save_pretrained(root / "enc")
+    lm_cfg = hf_config("bert", "encoder", hidden_size=24, num_attention_heads=2)
+    lm_cfg.is_decoder = True
+    randomize(BertLMHeadModel(lm_cfg), 2).save_pretrained(root / "lm")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A transformers bert2bert folder with a wider encoder (enc_to_dec_proj); modules may define their own."""
+    path = tmp_path_factory.mktemp("ckpt") / "hf"
+    hf_composite(path, encoder_overrides={"hidden_size": 32}, decoder_overrides={"hidden_size": 24,
+                                                                                 "num_attention_heads": 2})
+    return path
+
+
+@pytest.fixture
+def copy(folder, tmp_path):
+    """A fresh copy of ``folder`` for a test to damage."""
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(folder, dst)
+    return dst

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-from conftest import hf_composite, source_batch
+from conftest import source_batch
 from safetensors.torch import load_file, save_file
 
 import seqweave as sw
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "hf"
-    hf_composite(path, encoder_overrides={"hidden_size": 32}, decoder_overrides={"hidden_size": 24,
-                                                                                 "num_attention_heads": 2})
-    return path
-
-
-@pytest.fixture
-def copy(folder, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(folder, dst)
-    return dst
 
 
 def test_weight_map_round_trip_is_exact(folder):

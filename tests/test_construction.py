@@ -7,8 +7,8 @@ import logging
 
 import pytest
 import torch
-from conftest import hf_composite, hf_config, label_batch, randomize, source_batch
-from transformers import BertLMHeadModel, BertModel, EncoderDecoderConfig, EncoderDecoderModel
+from conftest import hf_composite, hf_config, label_batch, source_batch
+from transformers import EncoderDecoderConfig, EncoderDecoderModel
 
 import seqweave as sw
 from seqweave import EncoderDecoder as EncoderDecoderModelSW
@@ -24,17 +24,6 @@ def _copy_from_hf(ours, ref):
 def _logits(model, ids, mask, labels):
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, labels=labels).logits
-
-
-@pytest.fixture(scope="module")
-def singles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("singles")
-    torch.manual_seed(0)
-    randomize(BertModel(hf_config("bert", "encoder", hidden_size=32)), 1).save_pretrained(root / "enc")
-    lm_cfg = hf_config("bert", "encoder", hidden_size=24, num_attention_heads=2)
-    lm_cfg.is_decoder = True
-    randomize(BertLMHeadModel(lm_cfg), 2).save_pretrained(root / "lm")
-    return root
 
 
 @pytest.fixture(scope="module")

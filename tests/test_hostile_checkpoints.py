@@ -32,21 +32,6 @@ QUERY = "decoder.bert.encoder.layer.0.attention.self.query.weight"
 DENSE = "decoder.bert.encoder.layer.1.intermediate.dense.weight"
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hostile") / "hf"
-    hf_composite(path, encoder_overrides={"hidden_size": 32}, decoder_overrides={"hidden_size": 24,
-                                                                                 "num_attention_heads": 2})
-    return path
-
-
-@pytest.fixture
-def copy(folder, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(folder, dst)
-    return dst
-
-
 def _shard(folder: Path, sd: dict[str, torch.Tensor], *, names=("a.safetensors", "b.safetensors")) -> dict:
     """Replace ``model.safetensors`` by two shards and an index; return the weight map."""
     (folder / "model.safetensors").unlink()

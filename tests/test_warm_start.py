@@ -7,22 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import hf_config, label_batch, randomize, source_batch
-from transformers import AutoModel, AutoModelForCausalLM, BertLMHeadModel, BertModel, EncoderDecoderModel
+from conftest import label_batch, source_batch
+from transformers import AutoModel, AutoModelForCausalLM, EncoderDecoderModel
 
 import seqweave as sw
-
-
-@pytest.fixture(scope="module")
-def singles(tmp_path_factory):
-    """A BERT base model (with pooler) and a BERT LM-head model (no cross-attention), saved."""
-    root = tmp_path_factory.mktemp("singles")
-    torch.manual_seed(0)
-    randomize(BertModel(hf_config("bert", "encoder", hidden_size=32)), 1).save_pretrained(root / "enc")
-    lm_cfg = hf_config("bert", "encoder", hidden_size=24, num_attention_heads=2)
-    lm_cfg.is_decoder = True
-    randomize(BertLMHeadModel(lm_cfg), 2).save_pretrained(root / "lm")
-    return root
 
 
 def _hf_missing(path: Path, role: str) -> set[str]:
