@@ -122,7 +122,9 @@ class Attention(nn.Module):
 
     Masks are boolean (True = may attend) or additive floats. A query whose row of a
     boolean mask has no True key gets a zero output, as ``scaled_dot_product_attention``
-    gives with a boolean mask and as transformers' default (SDPA) attention computes it.
+    gives with a boolean mask and as transformers' default (SDPA) attention computes it;
+    such a row reaches the kernel attending to every key and is zeroed after, so that
+    its gradients are zero on every backend (cuDNN's would be NaN).
     """
 
     def __init__(
@@ -261,7 +263,16 @@ class Attention(nn.Module):
         if need_weights:
             out, weights = self._explicit(q, k, v, mask, is_causal, p)
             return out.to(dtype), weights.to(dtype)
+        alive = None
+        if mask is not None and mask.dtype == torch.bool:
+            # A query row with no key at all never reaches the kernel that way: some backends (cuDNN)
+            # give NaN gradients for it. It attends to every key instead, and its output is zeroed below,
+            # which is the value SDPA and transformers give such a row in the forward.
+            alive = mask.any(dim=-1, keepdim=True)  # [b, 1, t, 1]
+            mask = mask | ~alive
         out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal, scale=self.scale)
+        if alive is not None:
+            out = out * alive
         return (out.to(dtype) if self.upcast else out), None  # no call at all on the per-token path
 
     def _explicit(
