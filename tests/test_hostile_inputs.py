@@ -66,6 +66,9 @@ def _batch():
         ("mask_shape", r"attention_mask has shape \[3, 6\]"),
         ("additive_mask", "attention_mask must hold 1 for tokens and 0 for padding"),
         ("decoder_additive_mask", "decoder_attention_mask must hold 1"),
+        ("integer_mask_two", "attention_mask must hold 1 for tokens and 0 for padding"),
+        ("num_items_negative", "num_items_in_batch must be a count"),
+        ("num_items_text", "num_items_in_batch must be a count"),
     ],
 )
 def test_forward_rejects_hostile_inputs_naming_the_argument(case, match):
@@ -91,12 +94,30 @@ def test_forward_rejects_hostile_inputs_naming_the_argument(case, match):
         args["attention_mask"] = (1.0 - mask.float()) * float("-inf")
     elif case == "decoder_additive_mask":
         args["decoder_attention_mask"] = torch.zeros(3, 3).masked_fill_(torch.eye(3, dtype=torch.bool), -1e9)
+    elif case == "integer_mask_two":
+        args["attention_mask"] = mask * 2
+    elif case.startswith("num_items"):
+        del args["decoder_input_ids"]
+        args["labels"] = ids[:, :3]
+        args["num_items_in_batch"] = -3 if case == "num_items_negative" else "12"
     with pytest.raises(sw.ConfigError, match=match):
         model(**args)
 
 
 def generation_vocab(model):
     return generation.vocab_of(model.encoder), generation.vocab_of(model.decoder)
+
+
+@pytest.mark.parametrize("count", [0, torch.tensor(0), torch.tensor(0.0)], ids=["int", "tensor", "float-tensor"])
+def test_num_items_in_batch_zero_gives_zero_loss_not_nan(count):
+    # Trainer passes the labels counted over a gradient-accumulation step: 0 when every label is -100
+    model, ids, mask = _batch()
+    labels = torch.full((3, 4), -100)
+    out = model(ids, mask, labels=labels, num_items_in_batch=count)
+    out.loss.backward()
+    assert out.loss.item() == 0.0
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
 def test_float_zero_one_masks_still_work():

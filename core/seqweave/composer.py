@@ -208,8 +208,9 @@ class EncoderDecoder(nn.Module):
 
         Raises:
             ConfigError: an empty batch or sequence; ids outside ``[0, vocab_size)`` of their part (labels
-                may also be -100); an ``attention_mask`` of another shape than ``input_ids``, or a float mask
-                that is not 0/1 (an additive 0/-inf mask); neither ``decoder_input_ids``,
+                may also be -100); an ``attention_mask`` of another shape than ``input_ids``, or a mask that
+                is not 0/1 (an additive 0/-inf mask, a 2 for a token); ``num_items_in_batch`` that is not a
+                count; neither ``decoder_input_ids``,
                 ``decoder_inputs_embeds`` nor ``labels``; both
                 ``cache`` and ``past_key_values``; a cache that is not a :class:`~seqweave.Cache`;
                 an argument the model would use but does not support (``position_ids``, ``head_mask``).
@@ -263,7 +264,7 @@ class EncoderDecoder(nn.Module):
                 counted = flat_labels.ne(-100).sum().clamp(min=1)  # no host sync: stays on the device
                 loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / counted
             else:
-                loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / num_items_in_batch
+                loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / _items(num_items_in_batch)
         result = Seq2SeqOutput(
             loss=loss,
             logits=out.logits,
@@ -945,6 +946,17 @@ def _top_fields(kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
     if ignored:
         logger.info("%s: ignored (no effect on a seqweave model): %s", where, ", ".join(ignored))
     return {k: v for k, v in kwargs.items() if k in TOKEN_ID_FIELDS}
+
+
+def _items(num_items_in_batch: Any) -> torch.Tensor | float:
+    """The divisor of a summed loss: ``num_items_in_batch`` (transformers' Trainer), at least 1 so that a batch
+    with no counted label gives 0, not NaN."""
+    if isinstance(num_items_in_batch, torch.Tensor):  # the Trainer's, often float; checking it would sync
+        return num_items_in_batch.clamp(min=1)
+    number = isinstance(num_items_in_batch, (int, float)) and not isinstance(num_items_in_batch, bool)
+    if number and 0 <= num_items_in_batch < float("inf"):
+        return max(num_items_in_batch, 1)
+    raise ConfigError(f"num_items_in_batch must be a count of labels (a number >= 0), got {num_items_in_batch!r}")
 
 
 def _check_save_kwargs(kwargs: Mapping[str, Any]) -> None:

@@ -260,16 +260,14 @@ def check_tokens(name: str, ids: Any, vocab: int | None, *, ignore: int | None =
 
 
 def check_mask(name: str, mask: Any, shape: tuple[int, ...] | None = None) -> None:
-    """A clean error for a mask of another shape than its ids, or a float mask that is not 0/1."""
+    """A clean error for a mask of another shape than its ids, or a mask that is not 0/1."""
     if not isinstance(mask, torch.Tensor):
         return
     if shape is not None and tuple(mask.shape) != tuple(shape):
         raise ConfigError(f"{name} has shape {list(mask.shape)}; the ids have {list(shape)}: they must match")
-    if mask.is_floating_point() and not torch.compiler.is_compiling() and (mask.ne(0) & mask.ne(1)).any():
-        raise ConfigError(
-            f"{name} must hold 1 for tokens and 0 for padding; this float mask holds other values "
-            "(an additive 0/-inf mask? pass (mask == 0).long() instead)"
-        )
+    if mask.dtype != torch.bool and not torch.compiler.is_compiling() and (mask.ne(0) & mask.ne(1)).any():
+        hint = " (an additive 0/-inf mask? pass (mask == 0).long() instead)" if mask.is_floating_point() else ""
+        raise ConfigError(f"{name} must hold 1 for tokens and 0 for padding; this mask holds other values{hint}")
 
 
 def _check_ids(name: str, ids: Any) -> None:
