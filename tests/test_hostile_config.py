@@ -9,6 +9,7 @@ line and exit 2.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import tracemalloc
 from pathlib import Path
@@ -50,6 +51,9 @@ CASES = {
     "yaml nested duplicate key": (
         "dup2.yaml", "encoder:\n  architecture: bert\n  architecture: gpt2\ndecoder: {architecture: bert}\n",
         ["dup2.yaml:3", "duplicate key 'architecture'"],
+    ),
+    "yaml 1.1 sexagesimal in an int field": (
+        "sexa.yaml", HEAD + "pad_token_id: 1:30\n", ["pad_token_id", "'1:30'"],  # 1.1 reads 90
     ),
     "yaml deep nesting": ("deep.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n", ["deeper than 100"]),
     "yaml nesting past the bound": ("deep2.yaml", "a: " + "[" * 150 + "]" * 150 + "\n", ["deeper than 100"]),
@@ -134,6 +138,20 @@ def test_yaml_1_2_booleans_and_merge_keys_still_work(tmp_path: Path) -> None:
     assert cfg.decoder.config["use_cache"] is False
 
 
+def test_yaml_numbers_are_the_1_2_core_schema(tmp_path: Path) -> None:
+    # 1.1 reads 010 as eight and 1e-5 as text; 1.2 (and every JSON/TOML reader) as ten and a float
+    from seqweave.composition import _yaml_load
+
+    assert _yaml_load("a: 010\nb: 0x1f\nc: 0o17\nd: 1e-5\ne: -.inf\nf: +4", "t") == {
+        "a": 10, "b": 31, "c": 15, "d": 1e-5, "e": float("-inf"), "f": 4,
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "pad_token_id: 010\ndecoder_start_token_id: 0x2\n")
+    cfg = sw.load_config(path)
+    assert (cfg.pad_token_id, cfg.decoder_start_token_id) == (10, 2)
+    assert sw.load_config(path, ["generation.temperature=1e-1"]).generation.temperature == 0.1
+
+
 def test_overrides_follow_the_same_rules(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(HEAD)
@@ -189,6 +207,38 @@ def test_checkpoint_config_json_booleans_are_booleans(saved: Path, tmp_path: Pat
         sw.EncoderDecoder.from_pretrained(folder)
     for word in words:
         assert word in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"model_type": "encoder-decoder", "is_encoder_decoder": true, "is_encoder_decoder": false}',
+         ["config.json", "'is_encoder_decoder' is written twice"]),
+        ("[" * 100_000 + "]" * 100_000, ["config.json", "nested this deep"]),
+        ("{" + '"a": 1,' * 10 + "}", ["config.json", "not valid JSON"]),
+    ],
+    ids=["duplicate-key", "deep-nesting", "not-json"],
+)
+def test_checkpoint_config_json_is_read_strictly_and_bounded(saved: Path, tmp_path: Path, text, words) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(saved, folder)
+    (folder / "config.json").write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(sw.CheckpointError) as e:
+        sw.EncoderDecoder.from_pretrained(folder)
+    assert time.perf_counter() - start < 2
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_checkpoint_config_json_size_is_bounded(saved: Path, tmp_path: Path, monkeypatch) -> None:
+    from seqweave.checkpoint import jsonio
+
+    folder = tmp_path / "m"
+    shutil.copytree(saved, folder)
+    monkeypatch.setattr(jsonio, "MAX_JSON_BYTES", 100)  # a real 64 MB file would only slow the suite
+    with pytest.raises(sw.CheckpointError, match=r"config.json: refusing to read a JSON file over"):
+        sw.EncoderDecoder.from_pretrained(folder)
 
 
 def test_checkpoint_with_null_tie_loads_untied(saved: Path, tmp_path: Path) -> None:

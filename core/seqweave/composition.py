@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
 from .checkpoint import load
+from .checkpoint.jsonio import DuplicateKey, no_duplicate_keys
 from .config import (
     _NO_VALUE,
     CONFIG_SUFFIXES,
@@ -254,13 +255,16 @@ MAX_NODES = 100_000
 MAX_DEPTH = 100
 
 _YAML_BOOL = "tag:yaml.org,2002:bool"
+_YAML_INT = "tag:yaml.org,2002:int"
+_YAML_FLOAT = "tag:yaml.org,2002:float"
 _yaml_loader_class: Any = None
 
 
 def _yaml_loader() -> Any:
     """A ``yaml.SafeLoader`` that reads like YAML 1.2 where 1.1 surprises: only ``true``/``false``
-    are booleans (``yes``, ``no``, ``on``, ``off`` stay text, so an int field rejects them), and a key
-    written twice in one mapping is an error instead of "last one wins"."""
+    are booleans (``yes``, ``no``, ``on``, ``off`` stay text, so an int field rejects them); numbers
+    are the core schema's (``010`` is ten, ``1:30`` and ``1_000`` are text, ``1e-5`` is a float); and
+    a key written twice in one mapping is an error instead of "last one wins"."""
     global _yaml_loader_class
     if _yaml_loader_class is not None:
         return _yaml_loader_class
@@ -285,12 +289,32 @@ def _yaml_loader() -> Any:
                     )
             return super().construct_mapping(node, deep=deep)
 
+        def construct_yaml_int(self, node: Any) -> int:
+            # YAML 1.2: 010 is ten (1.1 reads eight), 0o17 octal, 0x1f hexadecimal
+            text = self.construct_scalar(node)
+            sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+            base = {"0x": 16, "0o": 8}.get(digits[:2], 10)
+            return sign * int(digits[2:] if base != 10 else digits, base)
+
+    Loader.add_constructor(_YAML_INT, Loader.construct_yaml_int)
+    replaced = (_YAML_BOOL, _YAML_INT, _YAML_FLOAT)
     Loader.yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != _YAML_BOOL]
+        first: [(tag, rx) for tag, rx in resolvers if tag not in replaced]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    # YAML 1.2's core schema: no sexagesimal 1:30 (5400 in 1.1), no 1_000, and 1e-5 is a number
+    # (in 1.1 a float needs a dot, so 1e-5 is text).
     Loader.add_implicit_resolver(
         _YAML_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    Loader.add_implicit_resolver(
+        _YAML_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+    )
+    Loader.add_implicit_resolver(
+        _YAML_FLOAT,
+        re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)"
+                   r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+.0123456789"),
     )
     _yaml_loader_class = Loader
     return Loader
@@ -376,21 +400,6 @@ def _yaml_load(text: str, where: str) -> Any:
         loader.dispose()
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
 def _json_duplicate_line(text: str, key: str) -> str:
     """Where a JSON key is written the second time (the first match that repeats an earlier one)."""
     pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
@@ -433,10 +442,10 @@ def _read_file(path: Path) -> Any:
             raise too_deep from None
     else:
         try:
-            data = json.loads(text, object_pairs_hook=_no_duplicates)
+            data = json.loads(text, object_pairs_hook=no_duplicate_keys)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON: {_one_line(e)}") from None
-        except _DuplicateKey as e:
+        except DuplicateKey as e:
             raise ConfigError(
                 f"{path}{_json_duplicate_line(text, e.key)}: not valid JSON: duplicate key {e.key!r}"
             ) from None

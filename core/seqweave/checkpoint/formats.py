@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import torch
 
 from ..errors import CheckpointError
+from .jsonio import DuplicateKey, no_duplicate_keys
 
 __all__ = [
     "WEIGHT_FORMATS",
@@ -237,7 +238,9 @@ def _shard_path(index: Path, shard: str) -> Path:
 
 def _read_index(path: Path, read: Callable[[Path], CheckpointTensors]) -> CheckpointTensors:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as e:
+        raise CheckpointError(f"{path}: not a valid shard index (the key {e.key!r} is written twice)") from None
     except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: not a valid shard index ({type(e).__name__}: {e})") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None

@@ -8,10 +8,31 @@ from typing import Any
 
 from ..errors import CheckpointError
 
-__all__ = ["CONFIG_JSON", "GENERATION_CONFIG_JSON", "read_config_json", "read_json"]
+__all__ = ["CONFIG_JSON", "GENERATION_CONFIG_JSON", "DuplicateKey", "no_duplicate_keys", "read_config_json",
+           "read_json"]
 
 CONFIG_JSON = "config.json"
 GENERATION_CONFIG_JSON = "generation_config.json"
+#: far above any real config, tokenizer config or index (a 2,000-shard index is ~200 KB)
+MAX_JSON_BYTES = 64 << 20
+
+
+class DuplicateKey(Exception):
+    """Raised by :func:`no_duplicate_keys`; ``key`` is the repeated key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: a key written twice is ambiguous (json keeps the last)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def read_json(path: Path, *, missing_ok: bool = False, object_only: bool = True) -> dict[str, Any]:
@@ -23,7 +44,8 @@ def read_json(path: Path, *, missing_ok: bool = False, object_only: bool = True)
         object_only: a top level that is not an object raises; when False it reads as ``{}``.
 
     Raises:
-        CheckpointError: the file is absent (unless ``missing_ok``), unreadable, not JSON,
+        CheckpointError: the file is absent (unless ``missing_ok``), unreadable, not JSON, larger
+            than :data:`MAX_JSON_BYTES`, nested too deep, with a key written twice in one object,
             or (with ``object_only``) not an object; the message names the file.
     """
     if not path.is_file():
@@ -31,7 +53,13 @@ def read_json(path: Path, *, missing_ok: bool = False, object_only: bool = True)
             return {}
         raise CheckpointError(f"{path}: no such file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: refusing to read a JSON file over {MAX_JSON_BYTES >> 20} MB")
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as e:
+        raise CheckpointError(f"{path}: the key {e.key!r} is written twice in one object") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: refusing to read JSON nested this deep") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
