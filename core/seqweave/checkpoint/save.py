@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -152,5 +153,19 @@ def _writers(
 
 
 def _write(writers: tuple[tuple[str, Callable[[Path], None]], ...], folder: Path) -> None:
+    mode = _created_mode(folder)
     for name, write in writers:
         write(folder / name)
+        # safetensors >= 0.8 writes through a mkstemp file: mode 0600 whatever the umask
+        os.chmod(folder / name, mode)
+
+
+def _created_mode(folder: Path) -> int:
+    """The mode a new file gets in ``folder`` (0o666 less the umask), without touching the umask."""
+    probe = folder / f".mode-probe-{os.getpid()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
