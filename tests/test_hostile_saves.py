@@ -119,9 +119,11 @@ def test_a_killed_save_leaves_the_old_or_the_new_model(models, tmp_path):
     trials = 40
     for _ in range(trials):
         pid = _save_forever(a, b, target)
-        time.sleep(rng.uniform(0.0, 0.25))  # a save pair takes about 0.1 s here
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+        try:
+            time.sleep(rng.uniform(0.0, 0.25))  # a save pair takes about 0.1 s here
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status), f"the saving child ended on its own (status {status})"
         state = _state(target)
         states[state] = states.get(state, 0) + 1

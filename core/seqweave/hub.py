@@ -9,6 +9,7 @@ safetensors, and they are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -78,8 +79,6 @@ def _recover(path: Path) -> None:
         if not path.exists():
             raise CheckpointError(f"{path}: an interrupted save left it in a sibling .{path.name}.seqweave-* "
                                   f"folder that cannot be restored ({e})") from None
-        import logging
-
         logging.getLogger("seqweave").warning("%s: cannot clean up after an interrupted save (%s); "
                                               "loading the folder as it is", path, e)
 
