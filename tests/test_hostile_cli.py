@@ -271,12 +271,12 @@ def test_build_under_a_file_names_the_folder(capsys):
 
 def test_build_into_an_unwritable_folder(capsys, monkeypatch, tmp_path):
     """A read-only folder (simulated: the tests may run as root, who may write anywhere)."""
-    from seqweave.checkpoint import save
+    from seqweave.checkpoint import transaction
 
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro" / "x.tmp"))
 
-    monkeypatch.setattr(save.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(transaction.os, "mkdir", denied)
     code, out, err = run(capsys, "build", TINY, "-o", tmp_path / "ro")
     assert (code, out) == (2, "")
     one_error(err, f"{tmp_path / 'ro'}: cannot write the checkpoint", "Permission denied")

@@ -74,31 +74,44 @@ def cli(debug: bool) -> None:
     help="Folder to write the checkpoint to (created if needed).",
 )
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Cast the weights before saving.")
-def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | None) -> None:
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write even into a folder the config loads from, or a non-empty folder that is no checkpoint.",
+)
+def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | None, overwrite: bool) -> None:
     """Compose the model CONFIG describes and save it to a checkpoint folder.
 
     CONFIG is a .yaml, .toml or .json composition file; KEY=VALUE pairs override its
     fields (decoder.config.num_hidden_layers=2). Pretrained parts are loaded, the rest
-    initialised; tokenizers found for the model are saved with it.
+    initialised; tokenizers found for the model are saved with it. The folder is replaced
+    as a whole (the old checkpoint or the new one, never a mix); a folder that a part of
+    CONFIG is loaded from, or a non-empty folder that is not a checkpoint, needs --overwrite.
     """
     import seqweave as sw
 
+    from .checkpoint.save import write_pretrained
+    from .checkpoint.transaction import transaction
     from .pipeline import DECODER_TOKENIZER_DIR, resolve_tokenizers
 
+    cfg = sw.load_config(config, list(overrides))
+    if not overwrite:
+        _check_output(output, cfg)
     _status(f"composing {config} ...")
-    model = sw.EncoderDecoder.from_config(config, overrides=list(overrides), dtype=_dtype(dtype))
-    saved = ["config.json", "generation_config.json", "model.safetensors"]
+    model = sw.EncoderDecoder.from_config(cfg, dtype=_dtype(dtype))
     try:
         enc, dec = resolve_tokenizers(model)
     except sw.ConfigError:
         enc = dec = None  # a model without a tokenizer is still a model; generate will ask for one
     try:
-        model.save_pretrained(output)
-        if enc is not None:
-            saved.append(enc.save(output).name)
-            if dec is not enc:
-                dec.save(output / DECODER_TOKENIZER_DIR)
-                saved.append(f"{DECODER_TOKENIZER_DIR}/tokenizer.json")
+        with transaction(output, owned=_owned_by_build) as stage:
+            write_pretrained(model, stage)
+            saved = ["config.json", "generation_config.json", "model.safetensors"]
+            if enc is not None:
+                saved.append(enc.save(stage).name)
+                if dec is not enc:
+                    dec.save(stage / DECODER_TOKENIZER_DIR)
+                    saved.append(f"{DECODER_TOKENIZER_DIR}/tokenizer.json")
     except Exception as e:
         error = _write_error(output, e)
         if error is e:
@@ -112,6 +125,46 @@ def build(config: Path, overrides: tuple[str, ...], output: Path, dtype: str | N
         f"{d['parameters']:,} parameters; {len(d['new'])}/{d['tensors']} tensors new, "
         f"{len(d['pretrained'])} pretrained" + ("" if enc is not None else "; no tokenizer found")
     )
+
+
+def _owned_by_build(name: str) -> bool:
+    """The entries ``build`` writes: an old folder's stale ones of these are not carried over."""
+    from .checkpoint.save import owned_by_save
+    from .hub import TOKENIZER_FILES
+    from .pipeline import DECODER_TOKENIZER_DIR
+
+    return owned_by_save(name) or name in TOKENIZER_FILES or name == DECODER_TOKENIZER_DIR
+
+
+def _check_output(output: Path, cfg: Any) -> None:
+    """Refuse a folder that a part of ``cfg`` is loaded from, or a non-empty folder that is no checkpoint."""
+    import os
+
+    from .checkpoint.save import owned_by_save
+    from .errors import ConfigError
+
+    target = os.path.realpath(output)
+    sources = {
+        "encoder.pretrained": cfg.encoder.pretrained,
+        "decoder.pretrained": cfg.decoder.pretrained,
+        "tokenizer": cfg.tokenizer,
+        "decoder_tokenizer": cfg.decoder_tokenizer,
+    }
+    for field, source in sources.items():
+        if source is None or not os.path.exists(Path(source).expanduser()):
+            continue  # a Hub id: in the cache, not in the output folder
+        real = os.path.realpath(Path(source).expanduser())
+        inside = os.path.relpath(real, target).split(os.sep)[0] if real.startswith(target + os.sep) else None
+        if real == target or (inside is not None and _owned_by_build(inside)):
+            raise ConfigError(f"{output}: the config's {field} is loaded from this folder ({source}); "
+                              "building into it replaces it (pass --overwrite to do so)")
+    try:
+        names = os.listdir(output)
+    except OSError:
+        return  # absent (created), or not readable: the save itself will say what is wrong
+    if names and not any(owned_by_save(n) for n in names):  # config.json, a weight file, shard or index
+        raise ConfigError(f"{output}: not empty and not a checkpoint (no config.json or weight file); "
+                              "building into it replaces its files (pass --overwrite to do so)")
 
 
 def _write_error(output: Path, e: Exception) -> Exception:

@@ -469,9 +469,9 @@ class EncoderDecoder(nn.Module):
     ) -> None:
         """Write ``config.json``, ``generation_config.json`` and the weights, as transformers writes them.
 
-        transformers' ``EncoderDecoderModel.from_pretrained`` loads the folder. Every file
-        is written to a temporary name first and renamed into place only when all are
-        complete, so a failed save leaves an earlier checkpoint in the folder intact.
+        transformers' ``EncoderDecoderModel.from_pretrained`` loads the folder. The files go
+        to a sibling folder that replaces this one only when all are complete and synced, so the
+        folder holds the whole old or new checkpoint, even if the process dies; other files stay.
 
         Args:
             save_directory: the folder (created if needed).

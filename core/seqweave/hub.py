@@ -9,6 +9,7 @@ safetensors, and they are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from .checkpoint.formats import weight_file_patterns
 from .checkpoint.jsonio import CONFIG_JSON, GENERATION_CONFIG_JSON
+from .checkpoint.transaction import recover
 from .errors import CheckpointError
 
 __all__ = ["MODEL_FILES", "PICKLE_FILES", "TOKENIZER_FILES", "resolve"]
@@ -65,6 +67,22 @@ def _download(name: str, revision: str | None, patterns: list[str], **hub: Any) 
         return Path(snapshot_download(name, revision=revision, allow_patterns=patterns, **hub))
 
 
+def _recover(path: Path) -> None:
+    """Finish a save of ``path`` that a dead process left half done; a failure only loses the repair.
+
+    Raises:
+        CheckpointError: the folder is missing because an interrupted save could not be undone.
+    """
+    try:
+        recover(path)
+    except OSError as e:
+        if not path.exists():
+            raise CheckpointError(f"{path}: an interrupted save left it in a sibling .{path.name}.seqweave-* "
+                                  f"folder that cannot be restored ({e})") from None
+        logging.getLogger("seqweave").warning("%s: cannot clean up after an interrupted save (%s); "
+                                              "loading the folder as it is", path, e)
+
+
 def resolve(
     name_or_path: str | Path,
     revision: str | None = None,
@@ -98,6 +116,7 @@ def resolve(
             not cached, unknown repository or revision); the message says which.
     """
     path = Path(name_or_path).expanduser()
+    _recover(path)
     if path.is_dir():
         if revision is not None:
             raise CheckpointError(f"{path}: revision={revision!r} applies to Hub ids, not local folders")

@@ -11,7 +11,9 @@ The parts, lowest first (each imports only the ones above it in this list):
 - :mod:`~seqweave.checkpoint.hf_config`: Hugging Face ``config.json`` to our configs and back.
 - :mod:`~seqweave.checkpoint.load`: :func:`load_part`, the one loading path, and the three
   entry points built on it (a composite folder, two single-model folders, a config file).
-- :mod:`~seqweave.checkpoint.save`: ``save_pretrained``'s files.
+- :mod:`~seqweave.checkpoint.transaction`: folder transactions (a save replaces the whole
+  folder or nothing) and :func:`recover` after a killed save; stdlib only.
+- :mod:`~seqweave.checkpoint.save`: ``save_pretrained``'s files, written through a transaction.
 
 This ``__init__`` imports none of them: :mod:`seqweave.hub` reads the formats table, and
 the loaders use the hub, so a package that imported everything would be an import cycle.

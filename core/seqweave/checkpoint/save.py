@@ -4,6 +4,10 @@ The weights are ``model.safetensors`` (``safe_serialization=True``, the default)
 ``pytorch_model.bin``; past ``max_shard_size`` they are split into shards named and indexed
 as transformers names and indexes them (``model-00001-of-00002.safetensors`` and
 ``model.safetensors.index.json``), so that either library loads either form.
+
+The files are written into a :func:`~seqweave.checkpoint.transaction.transaction`'s staging
+folder, which replaces the target folder only when all are complete and synced: a folder
+holds the whole old checkpoint or the whole new one, whenever the process dies.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -22,12 +26,23 @@ from ..errors import ConfigError
 from .formats import WEIGHT_FORMATS
 from .hf_config import generation_config
 from .jsonio import CONFIG_JSON, GENERATION_CONFIG_JSON, write_json
+from .transaction import transaction
 
-__all__ = ["DEFAULT_MAX_SHARD_SIZE", "save_pretrained", "untie"]
+__all__ = ["DEFAULT_MAX_SHARD_SIZE", "owned_by_save", "save_pretrained", "untie", "write_pretrained"]
 
 #: transformers 5.x's default ``max_shard_size``.
 DEFAULT_MAX_SHARD_SIZE = "50GB"
 _SHARD = re.compile(r"(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)")
+_OWNED = frozenset({CONFIG_JSON, GENERATION_CONFIG_JSON, *(f.name for f in WEIGHT_FORMATS)})
+
+
+def owned_by_save(name: str) -> bool:
+    """True for the files :func:`save_pretrained` writes (configs, every weight file, shard or index).
+
+    An earlier save's owned file that this save does not rewrite (stale shards, the other
+    weight format) is dropped; every other entry of the folder is kept.
+    """
+    return name in _OWNED or bool(_SHARD.fullmatch(name))
 
 
 def untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -88,11 +103,12 @@ def save_pretrained(
 ) -> None:
     """Write ``model``'s files into ``save_directory`` (:meth:`seqweave.EncoderDecoder.save_pretrained`).
 
-    Every file is written to a temporary name first and renamed into place only when all
-    are complete, so a failed save leaves an earlier checkpoint in the folder intact. Weight
-    files of an earlier save that this one does not replace (a single file where shards are
-    now, shards of another count, the other format) are removed afterwards, so the folder
-    holds one set of weights.
+    The files are written into a staging folder beside it that replaces the folder only
+    when all are complete and synced (:func:`~seqweave.checkpoint.transaction.transaction`),
+    so the folder holds the whole earlier checkpoint or the whole new one, even if the
+    process dies. Other files in the folder (a tokenizer, say) are kept; weight files of an
+    earlier save that this one does not rewrite (a single file where shards are now, shards
+    of another count, the other format) are not, so the folder holds one set of weights.
 
     Args:
         state_dict: the tensors to save, by the model's own names (``model.state_dict()``'s);
@@ -100,32 +116,56 @@ def save_pretrained(
         max_shard_size: the largest shard, in bytes or as ``"500MB"``-like text.
         safe_serialization: safetensors (True) or ``torch.save``'s zip ``pytorch_model.bin``.
     """
-    folder = Path(save_directory)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"save_pretrained: {folder} is a file; expected a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    writers = _writers(model, state_dict, max_shard_size, safe_serialization)
+    with transaction(save_directory, owned=owned_by_save) as stage:
+        _write(writers, stage)
+
+
+def write_pretrained(
+    model: nn.Module,
+    folder: str | os.PathLike,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    safe_serialization: bool = True,
+) -> list[str]:
+    """:func:`save_pretrained`'s files written straight into ``folder`` (a transaction's staging folder).
+
+    Returns:
+        The names of the files written.
+    """
+    writers = _writers(model, state_dict, max_shard_size, safe_serialization)
+    _write(writers, Path(folder))
+    return [name for name, _ in writers]
+
+
+def _writers(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None, max_shard_size: int | str, safe: bool
+) -> tuple[tuple[str, Callable[[Path], None]], ...]:
     sd = dict(model.state_dict() if state_dict is None else state_dict)
     tensors = untie(model.weight_map().to_hf(sd))
     count = sum(p.numel() for p in model.parameters())
-    writers = (
-        *_weight_files(tensors, max_shard_size, safe_serialization, count),
+    return (
+        *_weight_files(tensors, max_shard_size, safe, count),
         (CONFIG_JSON, lambda p: write_json(p, model.hf_config())),
         (GENERATION_CONFIG_JSON, lambda p: write_json(p, generation_config(model))),
     )
-    staged: list[tuple[Path, Path]] = []
+
+
+def _write(writers: tuple[tuple[str, Callable[[Path], None]], ...], folder: Path) -> None:
+    mode = _created_mode(folder)
+    for name, write in writers:
+        write(folder / name)
+        # safetensors >= 0.8 writes through a mkstemp file: mode 0600 whatever the umask
+        os.chmod(folder / name, mode)
+
+
+def _created_mode(folder: Path) -> int:
+    """The mode a new file gets in ``folder`` (0o666 less the umask), without touching the umask."""
+    probe = folder / f".mode-probe-{os.getpid()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        for name, write in writers:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            staged.append((Path(tmp), folder / name))
-            write(Path(tmp))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    written = {final.name for _, final in staged}
-    stale = {f.name for f in WEIGHT_FORMATS} | {p.name for p in folder.iterdir() if _SHARD.fullmatch(p.name)}
-    for name in stale - written:
-        (folder / name).unlink(missing_ok=True)
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
