@@ -296,23 +296,26 @@ def wrap(model: EncoderDecoder, dist: Dist, parallel: Parallel | str, precision:
       (:class:`~torch.distributed.fsdp.MixedPrecisionPolicy`). ``generate`` is registered as a
       forward method, so generation runs on the sharded model.
 
+    Make the optimizer from the wrapped model's parameters, after this (FSDP2 replaces them with
+    sharded ones), and load a checkpoint (:func:`load_state`) into the wrapped model.
+
     Raises:
         ConfigError: an unknown ``parallel``, or ``"ddp"``/``"fsdp"`` without the group
             :func:`setup` starts for them.
     """
     if parallel not in PARALLEL:
         raise ConfigError(f"train.parallel is {parallel!r}; allowed: {', '.join(PARALLEL)}")
+    if parallel != "none" and not dist.grouped:
+        raise ConfigError(f"train.parallel={parallel} needs the process group that setup({parallel!r}) starts")
+    if parallel == "fsdp":  # fully_shard moves each unit's shard to the device: never the whole model at once
+        return _fully_shard(model, dist, precision)
     model = model.to(dist.device)
     if parallel == "none":
         return model
-    if not dist.grouped:
-        raise ConfigError(f"train.parallel={parallel} needs the process group that setup({parallel!r}) starts")
-    if parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import DistributedDataParallel
 
-        ids = [dist.device.index] if dist.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-    return _fully_shard(model, dist, precision)
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 def _fully_shard(model: EncoderDecoder, dist: Dist, precision: str) -> nn.Module:
