@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -339,6 +340,7 @@ def worker(out: Path, parallel: str) -> None:
             (out / "losses.json").write_text(json.dumps({
                 "losses": first + rest, "tied": tied_losses, "accumulated": accumulated_losses,
                 "world": dist.world}))
+        del model, tied, accumulated  # DDP's reducers and FSDP2's meshes hold the group: free them first
         D.barrier(dist)
     finally:
         D.teardown(dist)
@@ -360,8 +362,16 @@ def run_workers(out: Path, parallel: str, nproc: int = 2) -> dict:
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(HERE), str(out), parallel]
-    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    # a session of its own: on a timeout the workers go too, not only torchrun
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"torchrun {parallel} ran past 180 s:\n{stderr[-6000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-6000:]
     return json.loads((out / "losses.json").read_text())
 
 

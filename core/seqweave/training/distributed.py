@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -167,8 +168,17 @@ def setup(parallel: Parallel | str, device: str | None = None) -> Dist:
 
 
 def teardown(dist: Dist) -> None:
-    """End the process group :func:`setup` started (nothing without one)."""
+    """End the process group :func:`setup` started (nothing without one).
+
+    No collective: a rank that fails calls it too (in a ``finally``), and must then exit, so that
+    torchrun stops the others. First this process lets gloo's threads drop the collectives they
+    have finished: one of them can still hold a tensor that Python made, and freeing the DDP model
+    afterwards (its reducer keeps the group alive past ``destroy_process_group``) would join a gloo
+    thread that waits for the interpreter lock the freeing thread holds, and the process would hang
+    at exit (seen once in the 2-process test). Dropping the wrapped model first avoids it as well.
+    """
     if dist.grouped and tdist.is_initialized():
+        time.sleep(0.05)  # releases the interpreter lock: gloo's threads finish with their last works
         tdist.destroy_process_group()
 
 
