@@ -1,0 +1,323 @@
+"""Scale-out (issue 11, item 4): one process, 2-process DDP and 2-process FSDP2 train alike.
+
+The 2-process runs are real: ``torchrun --standalone --nproc-per-node 2`` (a free port each
+time) runs this file as a worker on the CPU with the gloo backend. Each worker trains a tiny
+model (dropout 0, float32) with the plain loop the trainer uses — the label count all-reduced
+and passed as ``num_items_in_batch``, the loss times the world size, clipping, AdamW — saves a
+DCP checkpoint half way and writes what it saw to a folder; the tests here compare that with a
+single process on the same global batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import seqweave as sw
+import torch
+from seqweave.training import distributed as D
+
+STEPS = 6  # optimizer steps in every run
+SAVE_AT = 3  # the workers save a checkpoint after this many steps
+GLOBAL_BATCH = 4  # pairs per step, over all processes
+CLIP = 0.5  # small enough that every step clips: the gradient norm must be the global one
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model, the data and the loop: the same code in the workers and in this process
+
+
+def tiny_model(tied_encoder_decoder: bool = False, seed: int = 0) -> sw.EncoderDecoder:
+    """bert2gpt2 (the decoder's head tied to its embeddings) or, tied, bert2bert sharing encoder and decoder."""
+    torch.manual_seed(seed)
+    bert = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 37, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0}
+    enc = sw.build_encoder("bert", **bert)
+    if tied_encoder_decoder:
+        dec = sw.build_decoder("bert", **bert)
+        return sw.EncoderDecoder(encoder=enc, decoder=dec, decoder_start_token_id=2, pad_token_id=0,
+                                 eos_token_id=3, tie_encoder_decoder=True)
+    dec = sw.build_decoder("gpt2", vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=98, eos_token_id=98)
+    return sw.EncoderDecoder(encoder=enc, decoder=dec, decoder_start_token_id=98, pad_token_id=0, eos_token_id=98)
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step ``step``'s pairs: source ids and mask [4, 9], labels [4, 7], of uneven lengths (padding, -100)."""
+    g = torch.Generator().manual_seed(1000 + step)
+    src = torch.randint(4, 97, (GLOBAL_BATCH, 9), generator=g)
+    tgt = torch.randint(4, 97, (GLOBAL_BATCH, 7), generator=g)
+    src_len = torch.randint(2, 10, (GLOBAL_BATCH,), generator=g)
+    tgt_len = torch.randint(1, 8, (GLOBAL_BATCH,), generator=g)
+    mask = (torch.arange(9) < src_len[:, None]).long()
+    labels = tgt.masked_fill(torch.arange(7) >= tgt_len[:, None], -100)
+    return src.masked_fill(mask == 0, 0), mask, labels
+
+
+def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: D.Dist, steps: range) -> list[float]:
+    """The trainer's step: each rank its share of the global batch, the loss over the global batch."""
+    losses = []
+    share = GLOBAL_BATCH // dist.world
+    model.train()
+    for step in steps:
+        src, mask, labels = (t[dist.rank * share : (dist.rank + 1) * share].to(dist.device)
+                             for t in global_batch(step))
+        count = D.all_reduce_sum(dist, labels.ne(-100).sum())
+        loss = model(input_ids=src, attention_mask=mask, labels=labels, num_items_in_batch=count).loss
+        (loss * dist.world).backward()  # DDP and FSDP2 average the gradients over the ranks
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(D.all_reduce_sum(dist, loss.detach().clone()).item())
+    return losses
+
+
+def optimizer_of(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+
+
+def sources() -> tuple[torch.Tensor, torch.Tensor]:
+    src, mask, _ = global_batch(99)
+    return src, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# One process
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    """One process, no group: the losses, and the model after every step."""
+    torch.set_num_threads(1)
+    dist = D.setup("none", "cpu")
+    model = tiny_model()
+    losses = train_steps(model, optimizer_of(model), dist, range(STEPS))
+    tied = tiny_model(tied_encoder_decoder=True)
+    tied_losses = train_steps(tied, optimizer_of(tied), dist, range(3))
+    return {"losses": losses, "tied": tied_losses, "model": model.eval()}
+
+
+def _names(model: torch.nn.Module, groups: list[list[torch.nn.Module]]) -> list[list[str]]:
+    names = {id(m): n for n, m in model.named_modules()}
+    return [[names[id(m)] for m in group] for group in groups]
+
+
+def test_fsdp_units_are_the_layers_embeddings_and_head_with_tied_modules_together():
+    model = tiny_model()
+    assert _names(model, D.fsdp_units(model)) == [
+        ["encoder.layers.0"], ["encoder.layers.1"], ["encoder.embeddings"],
+        ["decoder.layers.0"], ["decoder.layers.1"], ["decoder.embeddings", "decoder.head"],  # head tied
+    ]
+    tied = tiny_model(tied_encoder_decoder=True)
+    assert _names(tied, D.fsdp_units(tied)) == [
+        ["encoder.layers.0", "decoder.layers.0"], ["encoder.layers.1", "decoder.layers.1"],
+        ["encoder.embeddings", "decoder.embeddings", "decoder.head"],
+    ]
+
+
+def test_fsdp_units_leave_to_the_root_what_shares_a_parameter_with_the_root():
+    model = tiny_model()
+    model.peek = torch.nn.Embedding(99, 32)  # a module outside every unit, tied to the decoder's embeddings
+    model.peek.weight = model.decoder.embeddings.tokens.weight
+    assert ["decoder.embeddings", "decoder.head"] not in _names(model, D.fsdp_units(model))
+    assert len(D.fsdp_units(model)) == 5
+
+
+def test_a_plugin_module_that_is_no_seqweave_stack_is_sharded_with_the_root():
+    model = tiny_model()
+    bare = torch.nn.Module()  # no layers, embeddings or head attribute
+    bare.inner = model.encoder
+    assert D._stack_units(bare) == []
+
+
+def test_setup_without_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist = D.setup("none", "cpu")
+    assert (dist.rank, dist.world, dist.main, dist.grouped, dist.device) == (0, 1, True, False, torch.device("cpu"))
+    assert D.broadcast_object(dist, {"a": 1}) == {"a": 1}
+    t = torch.tensor(3)
+    assert D.all_reduce_sum(dist, t) is t and int(t) == 3
+    D.barrier(dist)
+    D.teardown(dist)
+
+
+def test_setup_refuses_what_cannot_work(monkeypatch):
+    with pytest.raises(sw.ConfigError, match="allowed: none, ddp, fsdp"):
+        D.setup("zero3", "cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(sw.ConfigError, match="train.parallel=ddp"):
+        D.setup("none", "cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(sw.ConfigError, match="WORLD_SIZE"):
+        D.setup("ddp", "cpu")
+    with pytest.raises(sw.ConfigError, match="needs the process group"):
+        D.wrap(tiny_model(), D.Dist(), "ddp")
+
+
+def test_unwrap_finds_the_model():
+    model = tiny_model()
+    assert D.unwrap(model) is model
+    holder = torch.nn.Module()
+    holder.module = model  # DDP's attribute
+    assert D.unwrap(holder) is model
+    with pytest.raises(sw.ConfigError, match="no seqweave.EncoderDecoder"):
+        D.unwrap(torch.nn.Linear(2, 2))
+
+
+def test_save_and_load_state_in_one_process_without_a_group(tmp_path, recwarn):
+    dist = D.Dist()
+    model = tiny_model()
+    optimizer = optimizer_of(model)
+    train_steps(model, optimizer, dist, range(2))
+    D.save_state(dist, tmp_path / "state", model, optimizer)
+    assert (tmp_path / "state" / ".metadata").is_file()
+    expected = train_steps(model, optimizer, dist, range(2, 4))
+
+    other = tiny_model(seed=1)
+    other_optimizer = optimizer_of(other)
+    D.load_state(dist, tmp_path / "state", other, other_optimizer)
+    assert other.decoder.head.proj.weight is other.decoder.embeddings.tokens.weight  # still tied
+    assert other.encoder.pooler.weight not in other_optimizer.state  # never had a gradient: no state
+    assert train_steps(other, other_optimizer, dist, range(2, 4)) == expected  # exactly: one process both
+    assert not [w for w in recwarn if "torch.distributed" in str(w.message)]
+
+
+def test_load_state_names_what_is_wrong(tmp_path):
+    dist = D.Dist()
+    model = tiny_model()
+    optimizer = optimizer_of(model)
+    with pytest.raises(sw.CheckpointError, match=r"\.metadata is missing"):
+        D.load_state(dist, tmp_path, model, optimizer)
+    D.save_state(dist, tmp_path / "state", model, optimizer)
+    other = tiny_model(tied_encoder_decoder=True)  # bert2bert: other names
+    with pytest.raises(sw.CheckpointError, match="the checkpoint has no decoder"):
+        D.load_state(dist, tmp_path / "state", other, optimizer_of(other))
+
+
+def test_full_state_dict_in_one_process_is_the_models_own():
+    model = tiny_model()
+    sd = D.full_state_dict(D.Dist(), model)
+    assert sd.keys() == model.state_dict().keys()
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes (torchrun, gloo)
+
+
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def two(request, tmp_path_factory) -> dict:
+    """A 2-process run of ``worker``: its losses, its saved tensors and its folders."""
+    out = tmp_path_factory.mktemp(request.param)
+    result = run_workers(out, request.param)
+    result.update(torch.load(out / "saved.pt", weights_only=True), out=out, parallel=request.param)
+    return result
+
+
+def test_two_processes_log_the_losses_of_one(two, reference):
+    assert two["world"] == 2
+    assert two["losses"] == pytest.approx(reference["losses"], abs=1e-5, rel=0)
+    assert two["tied"] == pytest.approx(reference["tied"], abs=1e-5, rel=0)  # tie_encoder_decoder
+    assert len(set(reference["losses"])) == STEPS  # the steps differ: a stuck model would not pass
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one(two):
+    model = tiny_model(seed=1)  # other weights: all must come from the checkpoint
+    optimizer = optimizer_of(model)
+    D.load_state(D.Dist(), two["out"] / "state", model, optimizer)
+    saved = two["full"]
+    assert saved.keys() == model.state_dict().keys()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer)
+    assert state["state"].keys() == two["optim"]["state"].keys()
+    for name, entry in two["optim"]["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(state["state"][name][key]), torch.as_tensor(value)), (name, key)
+    assert state["param_groups"][0]["lr"] == two["optim"]["param_groups"][0]["lr"]
+    resumed = train_steps(model, optimizer, D.Dist(), range(SAVE_AT, STEPS))
+    assert resumed == pytest.approx(two["losses"][SAVE_AT:], abs=1e-5, rel=0)
+
+
+def test_the_consolidated_model_loads_as_one_folder_and_generates_the_same(two, reference):
+    loaded = sw.EncoderDecoder.from_pretrained(two["out"] / "model").eval()
+    src, mask = sources()
+    with torch.no_grad():
+        # the wrapped model generated these (FSDP2: sharded, through register_fsdp_forward_method)
+        assert torch.equal(loaded.generate(src, mask, max_new_tokens=6, num_beams=1), two["tokens"])
+        assert torch.equal(loaded.generate(src, mask, max_new_tokens=5, num_beams=3), two["beams"])
+        labels = global_batch(0)[2]
+        ours = loaded(src, mask, labels=labels).logits
+        ref = reference["model"](src, mask, labels=labels).logits  # trained in one process
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    assert loaded.decoder.head.proj.weight is loaded.decoder.embeddings.tokens.weight
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker (run by torchrun: python -m torch.distributed.run ... this_file OUT PARALLEL)
+
+
+def worker(out: Path, parallel: str) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    torch.set_num_threads(1)
+    dist = D.setup(parallel, "cpu")
+    try:
+        model = D.wrap(tiny_model(), dist, parallel)
+        optimizer = optimizer_of(model)
+        first = train_steps(model, optimizer, dist, range(SAVE_AT))
+        D.save_state(dist, out / "state", model, optimizer)
+        # copies: on the CPU, DDP's "full" tensors are the live ones, which the next steps change
+        full = _copy(D.full_state_dict(dist, model))
+        optim_full = _copy(get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+        rest = train_steps(model, optimizer, dist, range(SAVE_AT, STEPS))
+        model.eval()
+        with torch.no_grad():
+            tokens = D.unwrap(model).generate(*sources(), max_new_tokens=6, num_beams=1)
+            beams = D.unwrap(model).generate(*sources(), max_new_tokens=5, num_beams=3)
+        final = D.full_state_dict(dist, model)
+        tied = D.wrap(tiny_model(tied_encoder_decoder=True), dist, parallel)
+        tied_losses = train_steps(tied, optimizer_of(tied), dist, range(3))
+        if dist.main:
+            torch.save({"full": full, "optim": optim_full, "tokens": tokens, "beams": beams}, out / "saved.pt")
+            D.unwrap(model).save_pretrained(out / "model", state_dict=final)
+            (out / "losses.json").write_text(json.dumps({"losses": first + rest, "tied": tied_losses,
+                                                         "world": dist.world}))
+        D.barrier(dist)
+    finally:
+        D.teardown(dist)
+
+
+def _copy(tree: object) -> object:
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {k: _copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_copy(v) for v in tree]
+    return tree
+
+
+def run_workers(out: Path, parallel: str, nproc: int = 2) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT / "plugins"),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           str(HERE), str(out), parallel]
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return json.loads((out / "losses.json").read_text())
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]), sys.argv[2])
