@@ -74,7 +74,8 @@ class TrainResult:
         loss: the last step's training loss.
         eval: the last evaluation's results (``eval_loss``, and ``bleu``, ``rougeL`` with
             generation on), or None without ``data.eval``.
-        metrics: every metrics.jsonl entry this process wrote (empty on ranks but 0).
+        metrics: every metrics.jsonl entry of the run (empty on ranks but 0).
+        rank: this process's rank (0 without torchrun): only rank 0 reports.
     """
 
     output_dir: Path
@@ -84,6 +85,7 @@ class TrainResult:
     loss: float | None = None
     eval: dict[str, float] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -267,7 +269,15 @@ def _train(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, re
         )
     if settings.precision == "fp16" and dist.device.type != "cuda":
         raise ConfigError(f"train.precision: fp16 needs CUDA (the device is {dist.device}); use bf16 or fp32")
-    checkpoint = D.broadcast_object(dist, _check_run_dir(output_dir, resume) if dist.main else None)
+    checkpoint, problem = None, None
+    if dist.main:  # one process looks, all of them act on what it found (or fail with it)
+        try:
+            checkpoint = _check_run_dir(output_dir, resume)
+        except ConfigError as e:
+            problem = str(e)
+    checkpoint, problem = D.broadcast_object(dist, (checkpoint, problem))
+    if problem is not None:
+        raise ConfigError(problem)
     if dist.main:
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_text(output_dir / CONFIG, _config_yaml(cfg))
@@ -283,7 +293,7 @@ def _train(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, re
     evaluation = {k: v for k, v in (run.eval_results or {}).items() if k != "step"} or None
     return TrainResult(output_dir=output_dir, model_dir=output_dir / MODEL, steps=run.total_steps,
                        resumed_from=start if checkpoint is not None else None, loss=last, eval=evaluation,
-                       metrics=run.metrics)
+                       metrics=run.metrics, rank=dist.rank)
 
 
 def _token_ids(model: EncoderDecoder) -> tuple[int | None, int | None, int]:
