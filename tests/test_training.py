@@ -408,3 +408,32 @@ def test_the_schema_documents_the_train_block():
     schema = sw.composition_json_schema()
     assert "train" in schema["properties"]
     assert "TrainSettings" in json.dumps(schema)
+
+
+def test_epochs_bf16_and_gradient_checkpointing_run_on_the_cpu(project, tmp_path):
+    plain = sw.train(project(epochs=1, max_steps=None, lr_schedule="constant"), tmp_path / "plain")
+    assert plain.steps == 64 // 8 and max(losses(tmp_path / "plain")) == 8
+    checkpointed = sw.train(project(max_steps=3, gradient_checkpointing=True, lr_schedule="constant"), tmp_path / "gc")
+    torch.testing.assert_close(list(losses(tmp_path / "gc").values()),
+                               [losses(tmp_path / "plain")[s] for s in (1, 2, 3)], rtol=1e-5, atol=1e-5)
+    assert checkpointed.steps == 3
+    bf16 = sw.train(project(max_steps=2, precision="bf16", lr_schedule="constant"), tmp_path / "bf16")
+    assert bf16.loss == pytest.approx(losses(tmp_path / "plain")[2], rel=0.05)  # bf16 autocast, not fp32
+
+
+def test_a_mapping_configs_files_are_the_working_folders(project, tmp_path, monkeypatch):
+    project()  # writes train.jsonl and eval.jsonl into tmp_path
+    monkeypatch.chdir(tmp_path)
+    sw.train(composition(max_steps=1), "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["data"]["train"] == str(tmp_path / "train.jsonl")
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(project, tmp_path, monkeypatch, capsys):
+    config = project(max_steps=2)
+    sw.train(config, tmp_path / "piped")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(loop, "show_progress", lambda: True)
+    sw.train(config, tmp_path / "tty")
+    err = capsys.readouterr().err
+    assert "training:" in err and "/2 [" in err  # tqdm draws at most every 0.1 s: the postfix may not show

@@ -251,6 +251,9 @@ def train(
     if cfg.train is None:
         raise ConfigError(f"{source}: no train: block; add one (docs/training.md) to train this composition")
     settings = cfg.train
+    # a file's paths are already its folder's; a mapping's are the working folder's, made absolute
+    # here so that RUN_DIR/config.yaml reads the same data from anywhere
+    settings.data = settings.data.resolved(Path.cwd())
     output_dir = Path(output_dir)
     dist = D.setup(settings.parallel, settings.device)
     try:
