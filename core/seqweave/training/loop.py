@@ -262,11 +262,14 @@ def train(
         D.teardown(dist)
 
 
-def _train(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, resume: bool, dist: D.Dist) -> TrainResult:
+def _train(
+    cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, resume: bool, dist: D.Dist
+) -> TrainResult:
     per_micro, rest = divmod(settings.batch_size, dist.world * settings.gradient_accumulation_steps)
     if rest or not per_micro:
         raise ConfigError(
-            f"train.batch_size: {settings.batch_size} pairs do not split evenly over {dist.world} process(es) "
+            f"train.batch_size: {settings.batch_size} pairs do not split evenly over "
+            f"{dist.world} process(es) "
             f"x {settings.gradient_accumulation_steps} accumulation step(s); use a multiple of "
             f"{dist.world * settings.gradient_accumulation_steps}"
         )
@@ -289,14 +292,23 @@ def _train(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, re
     if start == 0 and dist.main:
         _write_text(output_dir / METRICS, "")
     _loop(run, start)
-    if run.eval_pairs is not None and (run.eval_results is None or run.eval_results.get("step") != run.total_steps):
+    if run.eval_pairs is not None and (
+        run.eval_results is None or run.eval_results.get("step") != run.total_steps
+    ):
         _evaluate(run, run.total_steps)
     _save_model(run)
     last = next((m["loss"] for m in reversed(run.metrics) if "loss" in m), None)
     evaluation = {k: v for k, v in (run.eval_results or {}).items() if k != "step"} or None
-    return TrainResult(output_dir=output_dir, model_dir=output_dir / MODEL, steps=run.total_steps,
-                       resumed_from=start if checkpoint is not None else None, loss=last, eval=evaluation,
-                       metrics=run.metrics, rank=dist.rank)
+    return TrainResult(
+        output_dir=output_dir,
+        model_dir=output_dir / MODEL,
+        steps=run.total_steps,
+        resumed_from=start if checkpoint is not None else None,
+        loss=last,
+        eval=evaluation,
+        metrics=run.metrics,
+        rank=dist.rank,
+    )
 
 
 def _token_ids(model: EncoderDecoder) -> tuple[int | None, int | None, int]:
@@ -313,8 +325,14 @@ def _read(path: str, settings: TrainSettings, model: EncoderDecoder, tokenizers:
     max_source = data.max_source_length or _max_source_length(model.encoder)
     max_target = data.max_target_length or _max_source_length(model.decoder)
     pairs = read_pairs(path, data.source_field, data.target_field)
-    return tokenize_pairs(pairs, *tokenizers, decoder_start=start, eos=eos, max_source_length=max_source,
-                          max_target_length=max_target)
+    return tokenize_pairs(
+        pairs,
+        *tokenizers,
+        decoder_start=start,
+        eos=eos,
+        max_source_length=max_source,
+        max_target_length=max_target,
+    )
 
 
 def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, dist: D.Dist) -> _Run:
@@ -329,13 +347,29 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
         model.gradient_checkpointing_enable()
     model.to(dist.device)
     module = D.wrap(model, dist, settings.parallel, settings.precision)
-    optimizer = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.learning_rate,
-                                  betas=settings.adam_betas, eps=settings.adam_epsilon)
+    optimizer = torch.optim.AdamW(
+        _param_groups(module, settings.weight_decay),
+        lr=settings.learning_rate,
+        betas=settings.adam_betas,
+        eps=settings.adam_epsilon,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s, total))
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
-    return _Run(cfg=cfg, settings=settings, dist=dist, model=model, module=module, optimizer=optimizer,
-                scheduler=scheduler, scaler=scaler, batches=batches, eval_pairs=eval_pairs, total_steps=total,
-                output_dir=output_dir, tokenizers=tokenizers)
+    return _Run(
+        cfg=cfg,
+        settings=settings,
+        dist=dist,
+        model=model,
+        module=module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        batches=batches,
+        eval_pairs=eval_pairs,
+        total_steps=total,
+        output_dir=output_dir,
+        tokenizers=tokenizers,
+    )
 
 
 @contextlib.contextmanager
@@ -355,8 +389,9 @@ def _step(run: _Run, step: int) -> torch.Tensor:
     dist, settings = run.dist, run.settings
     torch.manual_seed(_step_seed(settings.seed, step, dist.rank))  # dropout: the same on a resumed run
     micro = run.batches.micro_batches(step, dist.rank, dist.world, settings.gradient_accumulation_steps)
-    local = torch.tensor([float(sum(int(b.labels.ne(-100).sum()) for b in micro)),
-                          float(sum(b.tokens for b in micro))])
+    local = torch.tensor(
+        [float(sum(int(b.labels.ne(-100).sum()) for b in micro)), float(sum(b.tokens for b in micro))]
+    )
     # [labels, tokens] over all processes: the loss's divisor, summed before any backward
     count, tokens = D.all_reduce_sum(dist, local.to(dist.device)).unbind()
     total = torch.zeros((), device=dist.device)
@@ -394,9 +429,16 @@ def _loop(run: _Run, start: int) -> None:
             done = step + 1
             if done % settings.log_every == 0 or done == run.total_steps:
                 elapsed = time.perf_counter() - window_start
-                _log(run, {"step": done, "loss": float(summed[0]), "lr": lr,
-                           "tokens_per_s": round(float(window) / max(elapsed, 1e-9), 1),
-                           "epoch": round(done / run.batches.steps_per_epoch, 4)})
+                _log(
+                    run,
+                    {
+                        "step": done,
+                        "loss": float(summed[0]),
+                        "lr": lr,
+                        "tokens_per_s": round(float(window) / max(elapsed, 1e-9), 1),
+                        "epoch": round(done / run.batches.steps_per_epoch, 4),
+                    },
+                )
                 window.zero_()
                 window_start = time.perf_counter()
             if bar is not None:  # a host sync per step: only on a terminal
@@ -424,7 +466,9 @@ class _Bar:
     def __init__(self, total: int, start: int) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False)
+        self.bar = tqdm(
+            total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False
+        )
         self.t0, self.tokens = time.perf_counter(), 0
 
     def update(self, loss: float, lr: float, tokens: int) -> None:
@@ -452,7 +496,9 @@ def _evaluate(run: _Run, step: int) -> None:
     """Loss over data.eval (every process its share), and with eval_generate, BLEU and ROUGE-L."""
     assert run.eval_pairs is not None
     dist, settings = run.dist, run.settings
-    size = settings.eval_batch_size or settings.batch_size // (dist.world * settings.gradient_accumulation_steps)
+    size = settings.eval_batch_size or settings.batch_size // (
+        dist.world * settings.gradient_accumulation_steps
+    )
     pad = _token_ids(run.model)[2]
     sums = torch.zeros(2, device=dist.device)
     run.module.eval()
@@ -479,7 +525,7 @@ def _generation_scores(run: _Run, batch_size: int) -> dict[str, float]:
     """
     from .metrics import generation_metrics  # sacrebleu and rouge-score: the `train` extra
 
-    pairs, (source_tok, target_tok) = run.eval_pairs, run.tokenizers
+    pairs, target_tok = run.eval_pairs, run.tokenizers[1]
     assert pairs is not None
     options: dict[str, Any] = {}
     if run.settings.eval_max_new_tokens is not None:
@@ -523,7 +569,8 @@ def _trainer_state(run: _Run, step: int) -> dict[str, Any]:
 
 
 def _save_checkpoint(run: _Run, step: int) -> None:
-    """``checkpoints/step-N``, one transaction: rank 0 stages it, every rank writes its part, rank 0 commits."""
+    """``checkpoints/step-N`` as one transaction: rank 0 stages it, every rank writes its part, rank 0
+    commits."""
     from safetensors.torch import save_file
 
     dist = run.dist
@@ -562,7 +609,8 @@ def _load_checkpoint(run: _Run, folder: Path) -> int:
     state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
     if state["batch_size"] != run.settings.batch_size or state["seed"] != run.settings.seed:
         raise ConfigError(
-            f"{folder}: was saved with train.batch_size={state['batch_size']} and train.seed={state['seed']}; "
+            f"{folder}: was saved with train.batch_size={state['batch_size']} and "
+            f"train.seed={state['seed']}; "
             "a resumed run must keep both (the data position depends on them)"
         )
     D.load_state(run.dist, folder / "state", run.module, run.optimizer)
