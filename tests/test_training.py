@@ -499,3 +499,13 @@ def test_the_progress_bar_shows_on_a_terminal_only(project, tmp_path, monkeypatc
     sw.train(config, tmp_path / "tty")
     err = capsys.readouterr().err
     assert "training:" in err and "/2 [" in err  # tqdm draws at most every 0.1 s: the postfix may not show
+
+
+def test_sources_are_padded_with_the_source_tokenizers_pad():
+    # RoBERTa counts positions from its padding id: a source padded with another id shifts them
+    import types
+
+    model = types.SimpleNamespace(pad_token_id=50256)
+    with_pad, without = types.SimpleNamespace(pad_token_id=1), types.SimpleNamespace(pad_token_id=None)
+    assert loop._source_pad(model, (with_pad, without)) == 1
+    assert loop._source_pad(model, (without, with_pad)) == 50256

@@ -311,17 +311,22 @@ def _train(
     )
 
 
-def _token_ids(model: EncoderDecoder) -> tuple[int | None, int | None, int]:
-    """(decoder start, eos, source pad) as the labels and batches need them."""
+def _token_ids(model: EncoderDecoder) -> tuple[int | None, int | None]:
+    """(decoder start, eos) as the labels need them."""
     defaults = model.generation_defaults()
-    eos = defaults.eos_ids[0] if defaults.eos_ids else None
-    pad = model.pad_token_id if model.pad_token_id is not None else (eos or 0)
-    return defaults.decoder_start_token_id, eos, pad
+    return defaults.decoder_start_token_id, defaults.eos_ids[0] if defaults.eos_ids else None
+
+
+def _source_pad(model: EncoderDecoder, tokenizers: tuple[Any, Any]) -> int:
+    """The id that pads sources: the source tokenizer's (RoBERTa's positions count from it), else the model's."""
+    if tokenizers[0].pad_token_id is not None:
+        return tokenizers[0].pad_token_id
+    return model.pad_token_id if model.pad_token_id is not None else 0
 
 
 def _read(path: str, settings: TrainSettings, model: EncoderDecoder, tokenizers: tuple[Any, Any]) -> Pairs:
     data = settings.data
-    start, eos, _ = _token_ids(model)
+    start, eos = _token_ids(model)
     max_source = data.max_source_length or _max_source_length(model.encoder)
     max_target = data.max_target_length or _max_source_length(model.decoder)
     pairs = read_pairs(path, data.source_field, data.target_field)
@@ -341,7 +346,7 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
     tokenizers = resolve_tokenizers(model)
     train_pairs = _read(settings.data.train, settings, model, tokenizers)
     eval_pairs = _read(settings.data.eval, settings, model, tokenizers) if settings.data.eval else None
-    batches = Batches(train_pairs, settings.batch_size, settings.seed, _token_ids(model)[2])
+    batches = Batches(train_pairs, settings.batch_size, settings.seed, _source_pad(model, tokenizers))
     total = settings.max_steps or (settings.epochs or 0) * batches.steps_per_epoch
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -499,7 +504,7 @@ def _evaluate(run: _Run, step: int) -> None:
     size = settings.eval_batch_size or settings.batch_size // (
         dist.world * settings.gradient_accumulation_steps
     )
-    pad = _token_ids(run.model)[2]
+    pad = _source_pad(run.model, run.tokenizers)
     sums = torch.zeros(2, device=dist.device)
     run.module.eval()
     with torch.no_grad():
@@ -532,7 +537,7 @@ def _generation_scores(run: _Run, batch_size: int) -> dict[str, float]:
         options["max_new_tokens"] = run.settings.eval_max_new_tokens
     if run.settings.eval_num_beams is not None:
         options["num_beams"] = run.settings.eval_num_beams
-    pad = _token_ids(run.model)[2]
+    pad = _source_pad(run.model, run.tokenizers)
     predictions = []
     generate = getattr(run.module, "generate", None) or run.model.generate
     with torch.no_grad(), run.autocast:
