@@ -113,7 +113,7 @@ def test_a_run_from_a_yaml_config_writes_model_metrics_checkpoints(project, tmp_
     assert sw.load_config(run / "config.yaml").train.max_steps == 6
 
 
-def test_the_model_folder_loads_in_seqweave_and_transformers_with_the_same_logits(project, tmp_path):
+def test_the_model_folder_loads_in_seqweave_and_transformers_with_the_same_logits(project, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     result = sw.train(project(max_steps=2), tmp_path / "run")
     ours = sw.EncoderDecoder.from_pretrained(result.model_dir).eval()
@@ -126,6 +126,9 @@ def test_the_model_folder_loads_in_seqweave_and_transformers_with_the_same_logit
         b = theirs(input_ids=ids, attention_mask=mask, labels=labels)
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-5)
+    expected = pipe(["red cat big"])
+    assert main(["generate", str(result.model_dir), "red cat big"]) == 0  # seqweave generate, the folder alone
+    assert capsys.readouterr().out.splitlines() == expected
 
 
 def test_loss_goes_down_on_a_learnable_task(tmp_path):
