@@ -61,8 +61,11 @@ def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return src.masked_fill(mask == 0, 0), mask, labels
 
 
-def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: D.Dist, steps: range) -> list[float]:
-    """The trainer's step: each rank its share of the global batch, the loss over the global batch."""
+def train_steps(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: D.Dist, steps: range, micro: int = 1
+) -> list[float]:
+    """The trainer's step: each rank its share of the global batch in ``micro`` micro-batches, the
+    loss over the global batch (token losses summed, divided by the all-reduced label count)."""
     losses = []
     share = GLOBAL_BATCH // dist.world
     model.train()
@@ -70,12 +73,17 @@ def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: 
         src, mask, labels = (t[dist.rank * share : (dist.rank + 1) * share].to(dist.device)
                              for t in global_batch(step))
         count = D.all_reduce_sum(dist, labels.ne(-100).sum())
-        loss = model(input_ids=src, attention_mask=mask, labels=labels, num_items_in_batch=count).loss
-        (loss * dist.world).backward()  # DDP and FSDP2 average the gradients over the ranks
+        total = torch.zeros(())
+        for i, rows in enumerate(torch.arange(share).chunk(micro)):
+            with D.gradient_sync(model, i == micro - 1):  # only the last micro-batch averages over ranks
+                loss = model(input_ids=src[rows], attention_mask=mask[rows], labels=labels[rows],
+                             num_items_in_batch=count).loss
+                (loss * dist.world).backward()  # DDP and FSDP2 average the gradients over the ranks
+            total += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(D.all_reduce_sum(dist, loss.detach().clone()).item())
+        losses.append(D.all_reduce_sum(dist, total).item())
     return losses
 
 
@@ -83,9 +91,19 @@ def optimizer_of(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
 
 
-def sources() -> tuple[torch.Tensor, torch.Tensor]:
+def sources(rows: int = GLOBAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     src, mask, _ = global_batch(99)
-    return src, mask
+    return src[:rows], mask[:rows]
+
+
+def uneven(model: sw.EncoderDecoder, rank: int) -> list[torch.Tensor]:
+    """Generation and loss that differ by rank in calls and lengths, as evaluation on a rank's share does."""
+    with torch.no_grad():
+        if rank == 0:
+            return [model.generate(*sources(1), max_new_tokens=2)]
+        src, mask, labels = global_batch(7)
+        return [model.generate(*sources(3), max_new_tokens=8), model.generate(*sources(2), max_new_tokens=5,
+                num_beams=2), model(src, mask, labels=labels).logits]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +119,9 @@ def reference() -> dict:
     losses = train_steps(model, optimizer_of(model), dist, range(STEPS))
     tied = tiny_model(tied_encoder_decoder=True)
     tied_losses = train_steps(tied, optimizer_of(tied), dist, range(3))
-    return {"losses": losses, "tied": tied_losses, "model": model.eval()}
+    accumulated = tiny_model()
+    accumulated_losses = train_steps(accumulated, optimizer_of(accumulated), dist, range(3), micro=2)
+    return {"losses": losses, "tied": tied_losses, "accumulated": accumulated_losses, "model": model.eval()}
 
 
 def _names(model: torch.nn.Module, groups: list[list[torch.nn.Module]]) -> list[list[str]]:
@@ -225,6 +245,9 @@ def test_two_processes_log_the_losses_of_one(two, reference):
     assert two["world"] == 2
     assert two["losses"] == pytest.approx(reference["losses"], abs=1e-5, rel=0)
     assert two["tied"] == pytest.approx(reference["tied"], abs=1e-5, rel=0)  # tie_encoder_decoder
+    # two micro-batches a step, averaged over the ranks only after the second
+    assert two["accumulated"] == pytest.approx(reference["accumulated"], abs=1e-5, rel=0)
+    assert reference["accumulated"] == pytest.approx(reference["losses"][:3], abs=1e-5, rel=0)
     assert len(set(reference["losses"])) == STEPS  # the steps differ: a stuck model would not pass
 
 
@@ -262,6 +285,21 @@ def test_the_consolidated_model_loads_as_one_folder_and_generates_the_same(two, 
     assert loaded.decoder.head.proj.weight is loaded.decoder.embeddings.tokens.weight
 
 
+def test_inside_gathered_each_rank_generates_on_its_own(two):
+    """Different calls and lengths per rank: no rank waits for another (FSDP2 needs ``gathered``)."""
+    trained = sw.EncoderDecoder.from_pretrained(two["out"] / "model").eval()
+    initial = tiny_model().eval()
+    for rank in (0, 1):
+        got = torch.load(two["out"] / f"uneven-{rank}.pt", weights_only=True)
+        for model, key in ((initial, "early"), (trained, "late")):
+            want = uneven(model, rank)
+            assert len(got[key]) == len(want) == (1 if rank == 0 else 3)
+            for a, b in zip(got[key][:2], want[:2]):
+                assert torch.equal(a, b), (rank, key)
+            if rank == 1:
+                torch.testing.assert_close(got[key][2], want[2], atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The worker (run by torchrun: python -m torch.distributed.run ... this_file OUT PARALLEL)
 
@@ -273,6 +311,8 @@ def worker(out: Path, parallel: str) -> None:
     dist = D.setup(parallel, "cpu")
     try:
         model = D.wrap(tiny_model(), dist, parallel)
+        with D.gathered(model):  # before the first step too
+            early = uneven(D.unwrap(model), dist.rank)
         optimizer = optimizer_of(model)
         first = train_steps(model, optimizer, dist, range(SAVE_AT))
         D.save_state(dist, out / "state", model, optimizer)
@@ -282,17 +322,23 @@ def worker(out: Path, parallel: str) -> None:
             model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
         rest = train_steps(model, optimizer, dist, range(SAVE_AT, STEPS))
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad():  # every rank the same calls: FSDP2 all-gathers each layer as it runs
             tokens = D.unwrap(model).generate(*sources(), max_new_tokens=6, num_beams=1)
             beams = D.unwrap(model).generate(*sources(), max_new_tokens=5, num_beams=3)
+        with D.gathered(model):
+            late = uneven(D.unwrap(model), dist.rank)
         final = D.full_state_dict(dist, model)
         tied = D.wrap(tiny_model(tied_encoder_decoder=True), dist, parallel)
         tied_losses = train_steps(tied, optimizer_of(tied), dist, range(3))
+        accumulated = D.wrap(tiny_model(), dist, parallel)
+        accumulated_losses = train_steps(accumulated, optimizer_of(accumulated), dist, range(3), micro=2)
+        torch.save({"early": early, "late": late}, out / f"uneven-{dist.rank}.pt")
         if dist.main:
             torch.save({"full": full, "optim": optim_full, "tokens": tokens, "beams": beams}, out / "saved.pt")
             D.unwrap(model).save_pretrained(out / "model", state_dict=final)
-            (out / "losses.json").write_text(json.dumps({"losses": first + rest, "tied": tied_losses,
-                                                         "world": dist.world}))
+            (out / "losses.json").write_text(json.dumps({
+                "losses": first + rest, "tied": tied_losses, "accumulated": accumulated_losses,
+                "world": dist.world}))
         D.barrier(dist)
     finally:
         D.teardown(dist)

@@ -24,6 +24,7 @@ With one process and no group, the collectives (:func:`all_reduce_sum`,
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ __all__ = [
     "broadcast_object",
     "fsdp_units",
     "full_state_dict",
+    "gathered",
+    "gradient_sync",
     "load_state",
     "save_state",
     "setup",
@@ -293,23 +296,26 @@ def wrap(model: EncoderDecoder, dist: Dist, parallel: Parallel | str, precision:
       (:class:`~torch.distributed.fsdp.MixedPrecisionPolicy`). ``generate`` is registered as a
       forward method, so generation runs on the sharded model.
 
+    Make the optimizer from the wrapped model's parameters, after this (FSDP2 replaces them with
+    sharded ones), and load a checkpoint (:func:`load_state`) into the wrapped model.
+
     Raises:
         ConfigError: an unknown ``parallel``, or ``"ddp"``/``"fsdp"`` without the group
             :func:`setup` starts for them.
     """
     if parallel not in PARALLEL:
         raise ConfigError(f"train.parallel is {parallel!r}; allowed: {', '.join(PARALLEL)}")
+    if parallel != "none" and not dist.grouped:
+        raise ConfigError(f"train.parallel={parallel} needs the process group that setup({parallel!r}) starts")
+    if parallel == "fsdp":  # fully_shard moves each unit's shard to the device: never the whole model at once
+        return _fully_shard(model, dist, precision)
     model = model.to(dist.device)
     if parallel == "none":
         return model
-    if not dist.grouped:
-        raise ConfigError(f"train.parallel={parallel} needs the process group that setup({parallel!r}) starts")
-    if parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import DistributedDataParallel
 
-        ids = [dist.device.index] if dist.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-    return _fully_shard(model, dist, precision)
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 def _fully_shard(model: EncoderDecoder, dist: Dist, precision: str) -> nn.Module:
@@ -322,11 +328,79 @@ def _fully_shard(model: EncoderDecoder, dist: Dist, precision: str) -> nn.Module
     if low is not None and dist.device.type == "cuda":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
     for group in fsdp_units(model):
-        fully_shard(group if len(group) > 1 else group[0], **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(group if len(group) > 1 else group[0], reshard_after_forward=True, **kwargs)
+    # the root's parameters are needed first in backward: kept whole after forward (FSDP2's own default)
+    fully_shard(model, reshard_after_forward=False, **kwargs)
     # generate() is no forward: without this, the root's parameters (those in no unit) stay sharded
     register_fsdp_forward_method(model, "generate")
+    hooked = model.generate
+
+    @functools.wraps(hooked)
+    def generate(*args: Any, cuda_graph: bool | None = None, **options: Any) -> Any:
+        # a CUDA graph would replay the all-gathers into buffers FSDP2 has freed since
+        if cuda_graph:
+            raise ConfigError("generate(cuda_graph=True) cannot run on an FSDP2-sharded model: a graph cannot "
+                              "replay its all-gathers; leave cuda_graph unset")
+        return hooked(*args, cuda_graph=False, **options)
+
+    model.generate = generate  # type: ignore[method-assign]
     return model
+
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Inside, an FSDP2 model holds every parameter whole on every rank; nothing changes for the others.
+
+    Forward passes and :meth:`~seqweave.EncoderDecoder.generate` then need no collectives, so the
+    ranks may run different numbers of them (evaluation on each rank's share of the data, sequences
+    that stop at different lengths). Outside, every forward of an FSDP2 model all-gathers, and a rank
+    that stops early leaves the others waiting. A collective: every rank enters it. Memory: the
+    whole model per rank, as DDP holds it.
+    """
+    units = _fsdp_modules(model)
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in units:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.set_reshard_after_forward(m is not model, recurse=False)  # as wrap() set them
+            m.reshard()
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Run the backward of a micro-batch inside this; ``enabled=False`` keeps its gradients local.
+
+    Gradient accumulation: the micro-batches before the last of an optimizer step need not be
+    averaged over the ranks (DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``); the last
+    one's backward, with ``enabled=True``, averages the sum. The result is the same either way, only
+    the communication differs. Nothing changes without DDP or FSDP2.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)  # recursive: every unit
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 # ---------------------------------------------------------------------------------------------

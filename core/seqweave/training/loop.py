@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,7 +318,8 @@ def _token_ids(model: EncoderDecoder) -> tuple[int | None, int | None]:
 
 
 def _source_pad(model: EncoderDecoder, tokenizers: tuple[Any, Any]) -> int:
-    """The id that pads sources: the source tokenizer's (RoBERTa's positions count from it), else the model's."""
+    """The id that pads sources: the source tokenizer's (RoBERTa's positions count from it), else the
+    model's."""
     if tokenizers[0].pad_token_id is not None:
         return tokenizers[0].pad_token_id
     return model.pad_token_id if model.pad_token_id is not None else 0
@@ -377,18 +378,6 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
     )
 
 
-@contextlib.contextmanager
-def _no_sync(module: nn.Module, skip: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce of an accumulation micro-batch that is not the last."""
-    if skip and hasattr(module, "no_sync"):  # DDP
-        with module.no_sync():
-            yield
-        return
-    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
-        module.set_requires_gradient_sync(not skip)
-    yield
-
-
 def _step(run: _Run, step: int) -> torch.Tensor:
     """One optimizer step; returns [loss, tokens] of the global batch, on the device (no host sync)."""
     dist, settings = run.dist, run.settings
@@ -403,7 +392,7 @@ def _step(run: _Run, step: int) -> torch.Tensor:
     run.module.train()
     for j, batch in enumerate(micro):
         batch = batch.to(dist.device)
-        with _no_sync(run.module, j < len(micro) - 1), run.autocast:
+        with D.gradient_sync(run.module, j == len(micro) - 1), run.autocast:
             loss = run.module(**batch.model_inputs(), num_items_in_batch=count).loss
         total += loss.detach().float()
         scaled = loss * dist.world  # DDP and FSDP average gradients over processes; we want their sum
@@ -498,7 +487,13 @@ def _log(run: _Run, entry: dict[str, Any]) -> None:
 
 
 def _evaluate(run: _Run, step: int) -> None:
-    """Loss over data.eval (every process its share), and with eval_generate, BLEU and ROUGE-L."""
+    """Loss over data.eval, and with eval_generate BLEU and ROUGE-L; every process takes its share.
+
+    It runs on the unwrapped model inside :func:`~seqweave.training.distributed.gathered`: every
+    weight whole on every rank, so that no forward is a collective and the ranks may run different
+    numbers of them (FSDP2 would otherwise all-gather in each, and generation stops at different
+    lengths on different ranks).
+    """
     assert run.eval_pairs is not None
     dist, settings = run.dist, run.settings
     size = settings.eval_batch_size or settings.batch_size // (
@@ -506,51 +501,64 @@ def _evaluate(run: _Run, step: int) -> None:
     )
     pad = _source_pad(run.model, run.tokenizers)
     sums = torch.zeros(2, device=dist.device)
-    run.module.eval()
-    with torch.no_grad():
+    run.model.eval()
+    with D.gathered(run.module), torch.no_grad():
         for batch in eval_batches(run.eval_pairs, size, dist.rank, dist.world, pad):
             batch = batch.to(dist.device)
             with run.autocast:
-                out = run.module(**batch.model_inputs(), num_items_in_batch=1)  # the sum of the token losses
+                out = run.model(**batch.model_inputs(), num_items_in_batch=1)  # the sum of the token losses
             sums += torch.stack([out.loss.detach().float(), batch.labels.ne(-100).sum().float()])
+        predictions = _generate(run, size, pad) if settings.eval_generate else None
+    run.model.train()
     sums = D.all_reduce_sum(dist, sums)
     results: dict[str, float] = {"eval_loss": float(sums[0] / sums[1].clamp(min=1))}
-    if settings.eval_generate:
-        results.update(_generation_scores(run, size))
-    run.module.train()
+    if predictions is not None:
+        from .metrics import generation_metrics  # sacrebleu and rouge-score: the `train` extra
+
+        gathered = _gather(dist, predictions)
+        if dist.main:
+            by_index = {i: text for part in gathered for i, text in part.items()}
+            ordered = [by_index[i] for i in range(len(run.eval_pairs))]
+            results.update(generation_metrics(ordered, run.eval_pairs.targets))
     run.eval_results = {"step": step, **results}
     _log(run, {"step": step, **results})
 
 
-def _generation_scores(run: _Run, batch_size: int) -> dict[str, float]:
-    """Generate for every eval input and score against the targets.
-
-    Every process generates the whole eval set: with FSDP each generation step is a collective,
-    so the processes must take the same number of steps, which the same inputs guarantee.
-    """
-    from .metrics import generation_metrics  # sacrebleu and rouge-score: the `train` extra
-
+def _generate(run: _Run, batch_size: int, pad: int) -> dict[int, str]:
+    """This process's share of the eval sources (every world-th by length), generated and decoded."""
     pairs, target_tok = run.eval_pairs, run.tokenizers[1]
     assert pairs is not None
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"num_return_sequences": 1}  # one prediction per reference
     if run.settings.eval_max_new_tokens is not None:
         options["max_new_tokens"] = run.settings.eval_max_new_tokens
     if run.settings.eval_num_beams is not None:
         options["num_beams"] = run.settings.eval_num_beams
-    pad = _source_pad(run.model, run.tokenizers)
-    predictions = []
-    generate = getattr(run.module, "generate", None) or run.model.generate
-    with torch.no_grad(), run.autocast:
-        for start in range(0, len(pairs), batch_size):
-            rows = pairs.sources[start : start + batch_size]
-            ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    mine = sorted(range(len(pairs)), key=lambda i: len(pairs.sources[i]))[run.dist.rank :: run.dist.world]
+    out: dict[int, str] = {}
+    with run.autocast:
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            ids = torch.full((len(chunk), max(len(pairs.sources[i]) for i in chunk)), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row)
-                mask[r, : len(row)] = 1
-            out = generate(ids.to(run.dist.device), attention_mask=mask.to(run.dist.device), **options)
-            predictions += [target_tok.decode(row) for row in out]
-    return generation_metrics(predictions, pairs.targets) if run.dist.main else {}
+            for r, i in enumerate(chunk):
+                ids[r, : len(pairs.sources[i])] = torch.tensor(pairs.sources[i])
+                mask[r, : len(pairs.sources[i])] = 1
+            generated = run.model.generate(
+                ids.to(run.dist.device), attention_mask=mask.to(run.dist.device), **options
+            )
+            out.update({i: target_tok.decode(row) for i, row in zip(chunk, generated, strict=True)})
+    return out
+
+
+def _gather(dist: D.Dist, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a collective)."""
+    if dist.world == 1:
+        return [obj]
+    import torch.distributed as tdist
+
+    out: list[Any] = [None] * dist.world
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
