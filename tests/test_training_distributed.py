@@ -302,6 +302,98 @@ def test_inside_gathered_each_rank_generates_on_its_own(two):
 
 
 # ---------------------------------------------------------------------------------------------
+# The same through the command line: torchrun -m seqweave train ... train.parallel=ddp|fsdp
+
+
+def _pairs(n: int, seed: int) -> list[dict[str, str]]:
+    import random
+
+    from seqweave.demo import demo_config_path
+
+    vocab = (demo_config_path().parent / "demo_tokenizer" / "vocab.txt").read_text().split()
+    words = [w for w in vocab if not w.startswith("[")]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        picked = rng.sample(words, rng.randint(2, 4))
+        out.append({"source": " ".join(picked), "target": " ".join(reversed(picked))})
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The demo's bert2bert (dropout 0) with a train: block, and its data: a config file in a folder."""
+    import yaml
+    from seqweave.demo import demo_config_path
+
+    folder = tmp_path_factory.mktemp("project")
+    for name, rows in (("train.jsonl", _pairs(48, 0)), ("eval.jsonl", _pairs(6, 1))):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = yaml.safe_load(demo_config_path().read_text())
+    cfg["tokenizer"] = str(demo_config_path().parent / "demo_tokenizer")
+    cfg["train"] = {"data": {"train": "train.jsonl", "eval": "eval.jsonl"}, "max_steps": 6, "batch_size": 8,
+                    "learning_rate": 3e-3, "log_every": 1, "eval_every": 3, "save_every": 3, "device": "cpu"}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return folder / "config.yaml"
+
+
+def _metrics(run: Path) -> tuple[dict[int, float], dict[int, float]]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return ({m["step"]: m["loss"] for m in lines if "loss" in m},
+            {m["step"]: m["eval_loss"] for m in lines if "eval_loss" in m})
+
+
+def torchrun_train(config: Path, run: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT / "plugins"),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "seqweave", "train", str(config), "-o", str(run), *args]
+    return _run(cmd, env, f"torchrun -m seqweave train {' '.join(args)}")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(project, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("cli") / "one"
+    sw.train(project, run)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_seqweave_train_logs_the_losses_of_one_process(parallel, project, one_process_run, tmp_path):
+    run = tmp_path / parallel
+    done = torchrun_train(project, run, f"train.parallel={parallel}")
+    assert done.stdout.count("trained 6 steps") == 1  # rank 0 alone reports
+    losses, evals = _metrics(run)
+    want_losses, want_evals = _metrics(one_process_run)
+    assert sorted(losses) == list(range(1, 7)) and sorted(evals) == [3, 6]
+    assert list(losses.values()) == pytest.approx(list(want_losses.values()), abs=1e-5, rel=0)
+    assert list(evals.values()) == pytest.approx(list(want_evals.values()), abs=1e-5, rel=0)
+    state = json.loads((run / "checkpoints" / "step-6" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    assert sorted(p.name for p in (run / "checkpoints" / "step-6" / "state").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"]  # one shard a rank
+    ours = sw.EncoderDecoder.from_pretrained(run / "model").eval()  # one consolidated folder
+    single = sw.EncoderDecoder.from_pretrained(one_process_run / "model").eval()
+    src, mask, labels = torch.tensor([[2, 9, 12, 3]]), torch.ones(1, 4, dtype=torch.long), torch.tensor([[9, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(src, mask, labels=labels).logits, single(src, mask, labels=labels).logits,
+                                   atol=1e-4, rtol=0)
+    if parallel == "fsdp":  # the 2-process checkpoint of step 3 resumes in one process, on the CLI
+        import shutil
+
+        shutil.rmtree(run / "checkpoints" / "step-6")
+        from seqweave.cli import main
+
+        assert main(["train", str(project), "-o", str(run), "--resume"]) == 0
+        resumed, _ = _metrics(run)
+        assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([want_losses[s] for s in (4, 5, 6)], abs=1e-5,
+                                                                rel=0)
+
+
+# ---------------------------------------------------------------------------------------------
 # The worker (run by torchrun: python -m torch.distributed.run ... this_file OUT PARALLEL)
 
 
@@ -362,6 +454,11 @@ def run_workers(out: Path, parallel: str, nproc: int = 2) -> dict:
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(HERE), str(out), parallel]
+    _run(cmd, env, f"torchrun {parallel}")
+    return json.loads((out / "losses.json").read_text())
+
+
+def _run(cmd: list[str], env: dict[str, str], what: str) -> subprocess.CompletedProcess:
     # a session of its own: on a timeout the workers go too, not only torchrun
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as proc:
@@ -370,9 +467,9 @@ def run_workers(out: Path, parallel: str, nproc: int = 2) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
-            pytest.fail(f"torchrun {parallel} ran past 180 s:\n{stderr[-6000:]}")
+            pytest.fail(f"{what} ran past 180 s:\n{stderr[-6000:]}")
     assert proc.returncode == 0, stdout[-3000:] + stderr[-6000:]
-    return json.loads((out / "losses.json").read_text())
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 if __name__ == "__main__":
