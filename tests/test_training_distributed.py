@@ -249,6 +249,7 @@ def test_two_processes_log_the_losses_of_one(two, reference):
     # two micro-batches a step, averaged over the ranks only after the second
     assert two["accumulated"] == pytest.approx(reference["accumulated"], abs=1e-5, rel=0)
     assert reference["accumulated"] == pytest.approx(reference["losses"][:3], abs=1e-5, rel=0)
+    assert two["recomputed"] == pytest.approx(reference["losses"][:3], abs=1e-5, rel=0)  # gradient checkpointing
     assert len(set(reference["losses"])) == STEPS  # the steps differ: a stuck model would not pass
 
 
@@ -425,14 +426,18 @@ def worker(out: Path, parallel: str) -> None:
         tied_losses = train_steps(tied, optimizer_of(tied), dist, range(3))
         accumulated = D.wrap(tiny_model(), dist, parallel)
         accumulated_losses = train_steps(accumulated, optimizer_of(accumulated), dist, range(3), micro=2)
+        recomputing = tiny_model()
+        recomputing.gradient_checkpointing_enable()  # each layer's forward runs again in backward
+        recomputing = D.wrap(recomputing, dist, parallel)
+        recomputed_losses = train_steps(recomputing, optimizer_of(recomputing), dist, range(3))
         torch.save({"early": early, "late": late}, out / f"uneven-{dist.rank}.pt")
         if dist.main:
             torch.save({"full": full, "optim": optim_full, "tokens": tokens, "beams": beams}, out / "saved.pt")
             D.unwrap(model).save_pretrained(out / "model", state_dict=final)
             (out / "losses.json").write_text(json.dumps({
                 "losses": first + rest, "tied": tied_losses, "accumulated": accumulated_losses,
-                "world": dist.world}))
-        del model, tied, accumulated  # DDP's reducers and FSDP2's meshes hold the group: free them first
+                "recomputed": recomputed_losses, "world": dist.world}))
+        del model, tied, accumulated, recomputing  # DDP's reducers and FSDP2's meshes hold the group: free them first
         D.barrier(dist)
     finally:
         D.teardown(dist)
