@@ -220,6 +220,10 @@ def test_load_state_names_what_is_wrong(tmp_path):
     other = tiny_model(tied_encoder_decoder=True)  # bert2bert: other names
     with pytest.raises(sw.CheckpointError, match="the checkpoint has no decoder"):
         D.load_state(dist, tmp_path / "state", other, optimizer_of(other))
+    wider = tiny_model()
+    wider.encoder.layers[0].ffn.fc_in = torch.nn.Linear(32, 40)  # the names, another shape
+    with pytest.raises(sw.CheckpointError, match=r"Size mismatch .* for model\.encoder\.layers\.0\.ffn\.fc_in\.weight"):
+        D.load_state(dist, tmp_path / "state", wider, optimizer_of(wider))
 
 
 def test_full_state_dict_in_one_process_is_the_models_own():

@@ -454,6 +454,7 @@ def load_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimize
             or has another shape for it.
     """
     from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_state_dict,
@@ -477,7 +478,7 @@ def load_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimize
     try:
         with _quiet_without_group(dist):
             load(state, checkpoint_id=folder, no_dist=not dist.grouped)
-    except Exception as e:  # DCP wraps every rank's failure in a CheckpointException
+    except (Exception, CheckpointException) as e:  # DCP's is a BaseException: it wraps every rank's failure
         raise CheckpointError(f"{folder}: could not load the checkpoint: {_first_line(e)}") from e
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"], options=StateDictOptions(strict=False))
