@@ -214,6 +214,9 @@ def test_load_state_names_what_is_wrong(tmp_path):
     dist = D.Dist()
     model = tiny_model()
     optimizer = optimizer_of(model)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(sw.CheckpointError, match="could not write the checkpoint"):
+        D.save_state(dist, tmp_path / "file" / "state", model, optimizer)  # a file where a folder must go
     with pytest.raises(sw.CheckpointError, match=r"\.metadata is missing"):
         D.load_state(dist, tmp_path, model, optimizer)
     D.save_state(dist, tmp_path / "state", model, optimizer)

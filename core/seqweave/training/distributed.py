@@ -433,13 +433,20 @@ def save_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimize
     and ``torch.compile``'s prefixes dropped) and tensors are saved whole or as FSDP2's shards,
     so :func:`load_state` reads it into any number of processes. One process without a group
     writes the same layout.
+
+    Raises:
+        CheckpointError: a rank could not write its files (the message is the first failure's).
     """
     from torch.distributed.checkpoint import save
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _quiet_without_group(dist):
-        save({"model": model_sd, "optim": optim_sd}, checkpoint_id=Path(folder), no_dist=not dist.grouped)
+    try:
+        with _quiet_without_group(dist):
+            save({"model": model_sd, "optim": optim_sd}, checkpoint_id=Path(folder), no_dist=not dist.grouped)
+    except CheckpointException as e:  # a BaseException: it would slip past every `except Exception`
+        raise CheckpointError(f"{folder}: could not write the checkpoint: {_first_line(e)}") from e
 
 
 def load_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
