@@ -169,6 +169,23 @@ def test_setup_without_torchrun(monkeypatch):
     D.teardown(dist)
 
 
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ddp_and_fsdp_without_torchrun_are_a_group_of_one(parallel, monkeypatch, reference):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    dist = D.setup(parallel, "cpu")
+    try:
+        assert (dist.world, dist.rank, dist.grouped, dist.backend) == (1, 0, True, "gloo")
+        model = D.wrap(tiny_model(), dist, parallel)
+        assert D.unwrap(model) is not model if parallel == "ddp" else D.unwrap(model) is model
+        losses = train_steps(model, optimizer_of(model), dist, range(3))
+        assert losses == pytest.approx(reference["losses"][:3], abs=1e-6, rel=0)
+        del model
+    finally:
+        D.teardown(dist)
+    assert not torch.distributed.is_initialized()
+
+
 def test_setup_refuses_what_cannot_work(monkeypatch):
     with pytest.raises(sw.ConfigError, match="allowed: none, ddp, fsdp"):
         D.setup("zero3", "cpu")
