@@ -180,6 +180,9 @@ def test_ddp_and_fsdp_without_torchrun_are_a_group_of_one(parallel, monkeypatch,
         assert D.unwrap(model) is not model if parallel == "ddp" else D.unwrap(model) is model
         losses = train_steps(model, optimizer_of(model), dist, range(3))
         assert losses == pytest.approx(reference["losses"][:3], abs=1e-6, rel=0)
+        if parallel == "fsdp":  # a CUDA graph cannot replay FSDP2's all-gathers
+            with pytest.raises(sw.ConfigError, match=r"generate\(cuda_graph=True\) cannot run"):
+                model.generate(*sources(1), max_new_tokens=2, cuda_graph=True)
         del model
     finally:
         D.teardown(dist)
@@ -304,6 +307,9 @@ def test_the_consolidated_model_loads_as_one_folder_and_generates_the_same(two, 
         # the wrapped model generated these (FSDP2: sharded, through register_fsdp_forward_method)
         assert torch.equal(loaded.generate(src, mask, max_new_tokens=6, num_beams=1), two["tokens"])
         assert torch.equal(loaded.generate(src, mask, max_new_tokens=5, num_beams=3), two["beams"])
+        scored = loaded.generate_with_scores(src, mask, max_new_tokens=4, num_beams=2)
+        assert torch.equal(scored.sequences, two["scored"][0])
+        torch.testing.assert_close(scored.scores, two["scored"][1], atol=1e-5, rtol=0)
         labels = global_batch(0)[2]
         ours = loaded(src, mask, labels=labels).logits
         ref = reference["model"](src, mask, labels=labels).logits  # trained in one process
@@ -443,6 +449,7 @@ def worker(out: Path, parallel: str) -> None:
         with torch.no_grad():  # every rank the same calls: FSDP2 all-gathers each layer as it runs
             tokens = D.unwrap(model).generate(*sources(), max_new_tokens=6, num_beams=1)
             beams = D.unwrap(model).generate(*sources(), max_new_tokens=5, num_beams=3)
+            scored = D.unwrap(model).generate_with_scores(*sources(), max_new_tokens=4, num_beams=2)
         with D.gathered(model):
             late = uneven(D.unwrap(model), dist.rank)
         final = D.full_state_dict(dist, model)
@@ -456,7 +463,8 @@ def worker(out: Path, parallel: str) -> None:
         recomputed_losses = train_steps(recomputing, optimizer_of(recomputing), dist, range(3))
         torch.save({"early": early, "late": late}, out / f"uneven-{dist.rank}.pt")
         if dist.main:
-            torch.save({"full": full, "optim": optim_full, "tokens": tokens, "beams": beams}, out / "saved.pt")
+            torch.save({"full": full, "optim": optim_full, "tokens": tokens, "beams": beams,
+                        "scored": (scored.sequences, scored.scores)}, out / "saved.pt")
             D.unwrap(model).save_pretrained(out / "model", state_dict=final)
             (out / "losses.json").write_text(json.dumps({
                 "losses": first + rest, "tied": tied_losses, "accumulated": accumulated_losses,

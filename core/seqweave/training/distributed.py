@@ -304,7 +304,7 @@ def wrap(model: EncoderDecoder, dist: Dist, parallel: Parallel | str, precision:
       :func:`fsdp_units`, then on the root; on CUDA with ``precision="bf16"`` (or ``"fp16"``)
       parameters are all-gathered in that dtype and gradients reduced in float32
       (:class:`~torch.distributed.fsdp.MixedPrecisionPolicy`). ``generate`` is registered as a
-      forward method, so generation runs on the sharded model.
+      forward method (and ``generate_with_scores``), so generation runs on the sharded model.
 
     Make the optimizer from the wrapped model's parameters, after this (FSDP2 replaces them with
     sharded ones), and load a checkpoint (:func:`load_state`) into the wrapped model.
@@ -330,7 +330,7 @@ def wrap(model: EncoderDecoder, dist: Dist, parallel: Parallel | str, precision:
 
 def _fully_shard(model: EncoderDecoder, dist: Dist, precision: str) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(dist.device.type, (dist.world,))
     kwargs: dict[str, Any] = {"mesh": mesh}
@@ -341,20 +341,31 @@ def _fully_shard(model: EncoderDecoder, dist: Dist, precision: str) -> nn.Module
         fully_shard(group if len(group) > 1 else group[0], reshard_after_forward=True, **kwargs)
     # the root's parameters are needed first in backward: kept whole after forward (FSDP2's own default)
     fully_shard(model, reshard_after_forward=False, **kwargs)
-    # generate() is no forward: without this, the root's parameters (those in no unit) stay sharded
-    register_fsdp_forward_method(model, "generate")
-    hooked = model.generate
+    for name in ("generate", "generate_with_scores"):
+        _hook_generation(model, name)
+    return model
+
+
+def _hook_generation(model: nn.Module, name: str) -> None:
+    """``model.<name>`` as an FSDP2 forward (the root's weights gathered too), without CUDA graphs.
+
+    Generation is no ``forward``: unregistered, the weights of the root's own unit (those in no
+    layer, embeddings or head: final norms, ``enc_to_dec_proj``) would stay sharded in it.
+    """
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    register_fsdp_forward_method(model, name)
+    hooked = getattr(model, name)
 
     @functools.wraps(hooked)
     def generate(*args: Any, cuda_graph: bool | None = None, **options: Any) -> Any:
         # a CUDA graph would replay the all-gathers into buffers FSDP2 has freed since
         if cuda_graph:
-            raise ConfigError("generate(cuda_graph=True) cannot run on an FSDP2-sharded model: a graph cannot "
+            raise ConfigError(f"{name}(cuda_graph=True) cannot run on an FSDP2-sharded model: a graph cannot "
                               "replay its all-gathers; leave cuda_graph unset")
         return hooked(*args, cuda_graph=False, **options)
 
-    model.generate = generate  # type: ignore[method-assign]
-    return model
+    setattr(model, name, generate)
 
 
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
