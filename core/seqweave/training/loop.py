@@ -358,6 +358,9 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
         lr=settings.learning_rate,
         betas=settings.adam_betas,
         eps=settings.adam_epsilon,
+        # one kernel for all parameters on CUDA (transformers' Trainer defaults to it too); FSDP2's
+        # sharded parameters keep the default multi-tensor path
+        fused=dist.device.type == "cuda" and settings.parallel != "fsdp",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s, total))
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
