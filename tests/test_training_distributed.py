@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -213,12 +214,19 @@ def test_load_state_names_what_is_wrong(tmp_path):
     dist = D.Dist()
     model = tiny_model()
     optimizer = optimizer_of(model)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(sw.CheckpointError, match="could not write the checkpoint"):
+        D.save_state(dist, tmp_path / "file" / "state", model, optimizer)  # a file where a folder must go
     with pytest.raises(sw.CheckpointError, match=r"\.metadata is missing"):
         D.load_state(dist, tmp_path, model, optimizer)
     D.save_state(dist, tmp_path / "state", model, optimizer)
     other = tiny_model(tied_encoder_decoder=True)  # bert2bert: other names
     with pytest.raises(sw.CheckpointError, match="the checkpoint has no decoder"):
         D.load_state(dist, tmp_path / "state", other, optimizer_of(other))
+    wider = tiny_model()
+    wider.encoder.layers[0].ffn.fc_in = torch.nn.Linear(32, 40)  # the names, another shape
+    with pytest.raises(sw.CheckpointError, match=r"Size mismatch .* for model\.encoder\.layers\.0\.ffn\.fc_in\.weight"):
+        D.load_state(dist, tmp_path / "state", wider, optimizer_of(wider))
 
 
 def test_full_state_dict_in_one_process_is_the_models_own():
@@ -248,6 +256,7 @@ def test_two_processes_log_the_losses_of_one(two, reference):
     # two micro-batches a step, averaged over the ranks only after the second
     assert two["accumulated"] == pytest.approx(reference["accumulated"], abs=1e-5, rel=0)
     assert reference["accumulated"] == pytest.approx(reference["losses"][:3], abs=1e-5, rel=0)
+    assert two["recomputed"] == pytest.approx(reference["losses"][:3], abs=1e-5, rel=0)  # gradient checkpointing
     assert len(set(reference["losses"])) == STEPS  # the steps differ: a stuck model would not pass
 
 
@@ -301,6 +310,98 @@ def test_inside_gathered_each_rank_generates_on_its_own(two):
 
 
 # ---------------------------------------------------------------------------------------------
+# The same through the command line: torchrun -m seqweave train ... train.parallel=ddp|fsdp
+
+
+def _pairs(n: int, seed: int) -> list[dict[str, str]]:
+    import random
+
+    from seqweave.demo import demo_config_path
+
+    vocab = (demo_config_path().parent / "demo_tokenizer" / "vocab.txt").read_text().split()
+    words = [w for w in vocab if not w.startswith("[")]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        picked = rng.sample(words, rng.randint(2, 4))
+        out.append({"source": " ".join(picked), "target": " ".join(reversed(picked))})
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The demo's bert2bert (dropout 0) with a train: block, and its data: a config file in a folder."""
+    import yaml
+    from seqweave.demo import demo_config_path
+
+    folder = tmp_path_factory.mktemp("project")
+    for name, rows in (("train.jsonl", _pairs(48, 0)), ("eval.jsonl", _pairs(6, 1))):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = yaml.safe_load(demo_config_path().read_text())
+    cfg["tokenizer"] = str(demo_config_path().parent / "demo_tokenizer")
+    cfg["train"] = {"data": {"train": "train.jsonl", "eval": "eval.jsonl"}, "max_steps": 6, "batch_size": 8,
+                    "learning_rate": 3e-3, "log_every": 1, "eval_every": 3, "save_every": 3, "device": "cpu"}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return folder / "config.yaml"
+
+
+def _metrics(run: Path) -> tuple[dict[int, float], dict[int, float]]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return ({m["step"]: m["loss"] for m in lines if "loss" in m},
+            {m["step"]: m["eval_loss"] for m in lines if "eval_loss" in m})
+
+
+def torchrun_train(config: Path, run: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT / "plugins"),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "seqweave", "train", str(config), "-o", str(run), *args]
+    return _run(cmd, env, f"torchrun -m seqweave train {' '.join(args)}")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(project, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("cli") / "one"
+    sw.train(project, run)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_seqweave_train_logs_the_losses_of_one_process(parallel, project, one_process_run, tmp_path):
+    run = tmp_path / parallel
+    done = torchrun_train(project, run, f"train.parallel={parallel}")
+    assert done.stdout.count("trained 6 steps") == 1  # rank 0 alone reports
+    losses, evals = _metrics(run)
+    want_losses, want_evals = _metrics(one_process_run)
+    assert sorted(losses) == list(range(1, 7)) and sorted(evals) == [3, 6]
+    assert list(losses.values()) == pytest.approx(list(want_losses.values()), abs=1e-5, rel=0)
+    assert list(evals.values()) == pytest.approx(list(want_evals.values()), abs=1e-5, rel=0)
+    state = json.loads((run / "checkpoints" / "step-6" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    assert sorted(p.name for p in (run / "checkpoints" / "step-6" / "state").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"]  # one shard a rank
+    ours = sw.EncoderDecoder.from_pretrained(run / "model").eval()  # one consolidated folder
+    single = sw.EncoderDecoder.from_pretrained(one_process_run / "model").eval()
+    src, mask, labels = torch.tensor([[2, 9, 12, 3]]), torch.ones(1, 4, dtype=torch.long), torch.tensor([[9, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(src, mask, labels=labels).logits, single(src, mask, labels=labels).logits,
+                                   atol=1e-4, rtol=0)
+    if parallel == "fsdp":  # the 2-process checkpoint of step 3 resumes in one process, on the CLI
+        import shutil
+
+        shutil.rmtree(run / "checkpoints" / "step-6")
+        from seqweave.cli import main
+
+        assert main(["train", str(project), "-o", str(run), "--resume"]) == 0
+        resumed, _ = _metrics(run)
+        assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([want_losses[s] for s in (4, 5, 6)], abs=1e-5,
+                                                                rel=0)
+
+
+# ---------------------------------------------------------------------------------------------
 # The worker (run by torchrun: python -m torch.distributed.run ... this_file OUT PARALLEL)
 
 
@@ -332,13 +433,18 @@ def worker(out: Path, parallel: str) -> None:
         tied_losses = train_steps(tied, optimizer_of(tied), dist, range(3))
         accumulated = D.wrap(tiny_model(), dist, parallel)
         accumulated_losses = train_steps(accumulated, optimizer_of(accumulated), dist, range(3), micro=2)
+        recomputing = tiny_model()
+        recomputing.gradient_checkpointing_enable()  # each layer's forward runs again in backward
+        recomputing = D.wrap(recomputing, dist, parallel)
+        recomputed_losses = train_steps(recomputing, optimizer_of(recomputing), dist, range(3))
         torch.save({"early": early, "late": late}, out / f"uneven-{dist.rank}.pt")
         if dist.main:
             torch.save({"full": full, "optim": optim_full, "tokens": tokens, "beams": beams}, out / "saved.pt")
             D.unwrap(model).save_pretrained(out / "model", state_dict=final)
             (out / "losses.json").write_text(json.dumps({
                 "losses": first + rest, "tied": tied_losses, "accumulated": accumulated_losses,
-                "world": dist.world}))
+                "recomputed": recomputed_losses, "world": dist.world}))
+        del model, tied, accumulated, recomputing  # DDP's reducers and FSDP2's meshes hold the group: free them first
         D.barrier(dist)
     finally:
         D.teardown(dist)
@@ -360,9 +466,22 @@ def run_workers(out: Path, parallel: str, nproc: int = 2) -> dict:
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(HERE), str(out), parallel]
-    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    _run(cmd, env, f"torchrun {parallel}")
     return json.loads((out / "losses.json").read_text())
+
+
+def _run(cmd: list[str], env: dict[str, str], what: str) -> subprocess.CompletedProcess:
+    # a session of its own: on a timeout the workers go too, not only torchrun
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"{what} ran past 180 s:\n{stderr[-6000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-6000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 if __name__ == "__main__":

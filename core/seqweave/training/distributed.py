@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -167,8 +168,17 @@ def setup(parallel: Parallel | str, device: str | None = None) -> Dist:
 
 
 def teardown(dist: Dist) -> None:
-    """End the process group :func:`setup` started (nothing without one)."""
+    """End the process group :func:`setup` started (nothing without one).
+
+    No collective: a rank that fails calls it too (in a ``finally``), and must then exit, so that
+    torchrun stops the others. First this process lets gloo's threads drop the collectives they
+    have finished: one of them can still hold a tensor that Python made, and freeing the DDP model
+    afterwards (its reducer keeps the group alive past ``destroy_process_group``) would join a gloo
+    thread that waits for the interpreter lock the freeing thread holds, and the process would hang
+    at exit (seen once in the 2-process test). Dropping the wrapped model first avoids it as well.
+    """
     if dist.grouped and tdist.is_initialized():
+        time.sleep(0.05)  # releases the interpreter lock: gloo's threads finish with their last works
         tdist.destroy_process_group()
 
 
@@ -423,13 +433,20 @@ def save_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimize
     and ``torch.compile``'s prefixes dropped) and tensors are saved whole or as FSDP2's shards,
     so :func:`load_state` reads it into any number of processes. One process without a group
     writes the same layout.
+
+    Raises:
+        CheckpointError: a rank could not write its files (the message is the first failure's).
     """
     from torch.distributed.checkpoint import save
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _quiet_without_group(dist):
-        save({"model": model_sd, "optim": optim_sd}, checkpoint_id=Path(folder), no_dist=not dist.grouped)
+    try:
+        with _quiet_without_group(dist):
+            save({"model": model_sd, "optim": optim_sd}, checkpoint_id=Path(folder), no_dist=not dist.grouped)
+    except CheckpointException as e:  # a BaseException: it would slip past every `except Exception`
+        raise CheckpointError(f"{folder}: could not write the checkpoint: {_first_line(e)}") from e
 
 
 def load_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -444,6 +461,7 @@ def load_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimize
             or has another shape for it.
     """
     from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_state_dict,
@@ -467,7 +485,7 @@ def load_state(dist: Dist, folder: str | os.PathLike, model: nn.Module, optimize
     try:
         with _quiet_without_group(dist):
             load(state, checkpoint_id=folder, no_dist=not dist.grouped)
-    except Exception as e:  # DCP wraps every rank's failure in a CheckpointException
+    except (Exception, CheckpointException) as e:  # DCP's is a BaseException: it wraps every rank's failure
         raise CheckpointError(f"{folder}: could not load the checkpoint: {_first_line(e)}") from e
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"], options=StateDictOptions(strict=False))
