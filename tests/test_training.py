@@ -127,7 +127,9 @@ def test_the_model_folder_loads_in_seqweave_and_transformers_with_the_same_logit
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-5)
     expected = pipe(["red cat big"])
-    assert main(["generate", str(result.model_dir), "red cat big"]) == 0  # seqweave generate, the folder alone
+    assert (
+        main(["generate", str(result.model_dir), "red cat big"]) == 0
+    )  # seqweave generate, the folder alone
     assert capsys.readouterr().out.splitlines() == expected
 
 
@@ -512,3 +514,4 @@ def test_sources_are_padded_with_the_source_tokenizers_pad():
     with_pad, without = types.SimpleNamespace(pad_token_id=1), types.SimpleNamespace(pad_token_id=None)
     assert loop._source_pad(model, (with_pad, without)) == 1
     assert loop._source_pad(model, (without, with_pad)) == 50256
+

@@ -46,7 +46,7 @@ from . import distributed as D
 from .config import TrainSettings
 from .data import Batches, Pairs, eval_batches, read_pairs, tokenize_pairs
 
-__all__ = ["TrainResult", "latest_checkpoint", "train"]
+__all__ = ["TrainResult", "build_optimizer", "latest_checkpoint", "lr_factor", "train"]
 
 logger = logging.getLogger("seqweave")
 
@@ -163,6 +163,19 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(module: nn.Module, settings: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """The trainer's AdamW over ``module`` (wrapped already, for FSDP2): decay as :func:`_param_groups`."""
+    return torch.optim.AdamW(
+        _param_groups(module, settings.weight_decay),
+        lr=settings.learning_rate,
+        betas=settings.adam_betas,
+        eps=settings.adam_epsilon,
+        # one kernel for all parameters on CUDA (transformers' Trainer defaults to it too); FSDP2's
+        # sharded parameters keep the default multi-tensor path
+        fused=device.type == "cuda" and settings.parallel != "fsdp",
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -353,12 +366,7 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
         model.gradient_checkpointing_enable()
     model.to(dist.device)
     module = D.wrap(model, dist, settings.parallel, settings.precision)
-    optimizer = torch.optim.AdamW(
-        _param_groups(module, settings.weight_decay),
-        lr=settings.learning_rate,
-        betas=settings.adam_betas,
-        eps=settings.adam_epsilon,
-    )
+    optimizer = build_optimizer(module, settings, dist.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s, total))
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
     return _Run(
