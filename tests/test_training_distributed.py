@@ -264,6 +264,10 @@ def test_full_state_dict_in_one_process_is_the_models_own():
 def two(request, tmp_path_factory) -> dict:
     """A 2-process run of ``worker``: its losses, its saved tensors and its folders."""
     out = tmp_path_factory.mktemp(request.param)
+    model = tiny_model()  # a 1-process checkpoint for the workers to resume
+    optimizer = optimizer_of(model)
+    train_steps(model, optimizer, D.Dist(), range(SAVE_AT))
+    D.save_state(D.Dist(), out / "one", model, optimizer)
     result = run_workers(out, request.param)
     result.update(torch.load(out / "saved.pt", weights_only=True), out=out, parallel=request.param)
     return result
@@ -298,6 +302,10 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(two):
     assert state["param_groups"][0]["lr"] == two["optim"]["param_groups"][0]["lr"]
     resumed = train_steps(model, optimizer, D.Dist(), range(SAVE_AT, STEPS))
     assert resumed == pytest.approx(two["losses"][SAVE_AT:], abs=1e-5, rel=0)
+
+
+def test_a_checkpoint_of_one_process_resumes_in_two(two, reference):
+    assert two["from_one"] == pytest.approx(reference["losses"][SAVE_AT:], abs=1e-5, rel=0)
 
 
 def test_the_consolidated_model_loads_as_one_folder_and_generates_the_same(two, reference):
@@ -453,6 +461,10 @@ def worker(out: Path, parallel: str) -> None:
         with D.gathered(model):
             late = uneven(D.unwrap(model), dist.rank)
         final = D.full_state_dict(dist, model)
+        from_one = D.wrap(tiny_model(seed=1), dist, parallel)  # other weights: all come from the checkpoint
+        from_one_optimizer = optimizer_of(from_one)
+        D.load_state(dist, out / "one", from_one, from_one_optimizer)
+        from_one_losses = train_steps(from_one, from_one_optimizer, dist, range(SAVE_AT, STEPS))
         tied = D.wrap(tiny_model(tied_encoder_decoder=True), dist, parallel)
         tied_losses = train_steps(tied, optimizer_of(tied), dist, range(3))
         accumulated = D.wrap(tiny_model(), dist, parallel)
@@ -468,8 +480,8 @@ def worker(out: Path, parallel: str) -> None:
             D.unwrap(model).save_pretrained(out / "model", state_dict=final)
             (out / "losses.json").write_text(json.dumps({
                 "losses": first + rest, "tied": tied_losses, "accumulated": accumulated_losses,
-                "recomputed": recomputed_losses, "world": dist.world}))
-        del model, tied, accumulated, recomputing  # DDP's reducers and FSDP2's meshes hold the group: free them first
+                "recomputed": recomputed_losses, "from_one": from_one_losses, "world": dist.world}))
+        del model, from_one, tied, accumulated, recomputing  # DDP's reducers and FSDP2's meshes hold the group: free them first
         D.barrier(dist)
     finally:
         D.teardown(dist)
