@@ -184,6 +184,10 @@ def test_ddp_and_fsdp_without_torchrun_are_a_group_of_one(parallel, monkeypatch,
             with pytest.raises(sw.ConfigError, match=r"generate\(cuda_graph=True\) cannot run"):
                 model.generate(*sources(1), max_new_tokens=2, cuda_graph=True)
         del model
+        inner = D.setup(parallel, "cpu")  # a group already running is used, and left running
+        assert inner.grouped and not inner.started
+        D.teardown(inner)
+        assert torch.distributed.is_initialized()
     finally:
         D.teardown(dist)
     assert not torch.distributed.is_initialized()

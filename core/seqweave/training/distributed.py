@@ -83,6 +83,8 @@ class Dist:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
+    #: whether setup() started the group (teardown ends only that one, never a caller's own)
+    started: bool = field(default=False, repr=False)
 
     @property
     def main(self) -> bool:
@@ -156,7 +158,8 @@ def setup(parallel: Parallel | str, device: str | None = None) -> Dist:
     if parallel == "none":
         return Dist(device=dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    if not tdist.is_initialized():
+    started = not tdist.is_initialized()  # else: the caller's own group, which we use and leave
+    if started:
         # nccl moves CUDA tensors; gloo beside it serves CPU tensors (counts, objects, DCP's plans).
         spec = "cpu:gloo,cuda:nccl" if backend == "nccl" else "gloo"
         if "MASTER_ADDR" in os.environ or world > 1:
@@ -164,11 +167,11 @@ def setup(parallel: Parallel | str, device: str | None = None) -> Dist:
         else:
             tdist.init_process_group(spec, store=tdist.HashStore(), rank=0, world_size=1)
     return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank, device=dev,
-                backend=backend)
+                backend=backend, started=started)
 
 
 def teardown(dist: Dist) -> None:
-    """End the process group :func:`setup` started (nothing without one).
+    """End the process group :func:`setup` started (nothing without one, nor for a group it found running).
 
     No collective: a rank that fails calls it too (in a ``finally``), and must then exit, so that
     torchrun stops the others. First this process lets gloo's threads drop the collectives they
@@ -177,7 +180,7 @@ def teardown(dist: Dist) -> None:
     thread that waits for the interpreter lock the freeing thread holds, and the process would hang
     at exit (seen once in the 2-process test). Dropping the wrapped model first avoids it as well.
     """
-    if dist.grouped and tdist.is_initialized():
+    if dist.started and tdist.is_initialized():
         time.sleep(0.05)  # releases the interpreter lock: gloo's threads finish with their last works
         tdist.destroy_process_group()
 
