@@ -364,7 +364,6 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
     total = settings.max_steps or (settings.epochs or 0) * batches.steps_per_epoch
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    model.to(dist.device)
     module = D.wrap(model, dist, settings.parallel, settings.precision)
     optimizer = build_optimizer(module, settings, dist.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s, total))
