@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
                      "generation.search", "generation.outputs"], 10),
     **dict.fromkeys(["composer", "modelconfig"], 11),
     **dict.fromkeys(["summary", "tokenizer", "pipeline", "cli", "demo", "configdoc", "modules", "testing",
-                     "testing.checks", "testing.helpers", "__main__", ""], 12),
+                     "testing.checks", "testing.helpers", "__main__", "", "training.metrics"], 12),
 }
 
 
