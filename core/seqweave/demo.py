@@ -8,6 +8,7 @@ inputs it has and has not seen.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import tempfile
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DemoReport", "demo_config_path", "make_pairs", "run_demo"]
+__all__ = ["DemoReport", "demo_config_path", "demo_data", "make_pairs", "run_demo", "write_demo_data"]
 
 DEFAULT_STEPS = 300
+N_TRAIN = 1024
+N_EVAL = 64
 BATCH = 32
 LEARNING_RATE = 3e-3
 
@@ -37,13 +40,30 @@ def _words() -> list[str]:
 
 
 def make_pairs(n: int, rng: random.Random) -> list[tuple[str, str]]:
-    """``n`` (sentence, reversed sentence) pairs of 3 to 5 distinct words."""
+    """``n`` distinct (sentence, reversed sentence) pairs of 3 to 5 distinct words."""
     words = _words()
-    pairs = []
-    for _ in range(n):
+    pairs: dict[tuple[str, str], None] = {}
+    while len(pairs) < n:
         sentence = rng.sample(words, rng.randint(3, 5))
-        pairs.append((" ".join(sentence), " ".join(reversed(sentence))))
-    return pairs
+        pairs[" ".join(sentence), " ".join(reversed(sentence))] = None
+    return list(pairs)
+
+
+def demo_data() -> dict[str, list[tuple[str, str]]]:
+    """The task's pairs, as shipped in ``data/demo_train.jsonl`` and ``data/demo_eval.jsonl``.
+
+    Deterministic (a test checks that the files hold exactly these); the evaluation pairs are
+    held out: none of their sentences is in the training set.
+    """
+    pairs = make_pairs(N_TRAIN + N_EVAL, random.Random(0))
+    return {"train": pairs[:N_TRAIN], "eval": pairs[N_TRAIN:]}
+
+
+def write_demo_data(folder: Path) -> None:
+    """(Re)write the task's JSON Lines files into ``folder`` (the package's ``data/``)."""
+    for split, pairs in demo_data().items():
+        lines = [json.dumps({"source": s, "target": t}) + "\n" for s, t in pairs]
+        (Path(folder) / f"demo_{split}.jsonl").write_text("".join(lines), encoding="utf-8")
 
 
 @dataclass
