@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["masks", "cache"], 3),
     **dict.fromkeys(["layers", "outputs", "protocols", "transformer"], 4),
     **dict.fromkeys(["weights"], 5),
-    **dict.fromkeys(["config"], 6),
+    **dict.fromkeys(["config", "training", "training.config"], 6),
     **dict.fromkeys(["registry"], 7),
     **dict.fromkeys(["checkpoint", "checkpoint.formats", "checkpoint.jsonio", "checkpoint.report",
                      "checkpoint.hf_config", "checkpoint.load", "checkpoint.save",
@@ -32,7 +32,8 @@ LAYERS: dict[str, int] = {
                      "generation.search", "generation.outputs"], 10),
     **dict.fromkeys(["composer", "modelconfig"], 11),
     **dict.fromkeys(["summary", "tokenizer", "pipeline", "cli", "demo", "configdoc", "modules", "testing",
-                     "testing.checks", "testing.helpers", "__main__", "", "training.metrics"], 12),
+                     "testing.checks", "testing.helpers", "__main__", "",
+                     "training.data", "training.loop", "training.distributed", "training.metrics"], 12),
 }
 
 

@@ -7,6 +7,7 @@ Quick tour::
     m = sw.EncoderDecoder.from_pretrained_parts("enc", "dec", decoder_start_token_id=101, pad_token_id=0)
     m = sw.EncoderDecoder(sw.build_encoder("bert", hidden_size=256), sw.build_decoder("bert", hidden_size=256))
     out = m(input_ids, attention_mask=mask, labels=labels); out.loss.backward()
+    sw.train("config.yaml", "runs/one")        # fine-tune as the config's train: block says
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .pipeline import TextToText, pipeline
 from .protocols import Decoder, Encoder
 from .registry import Architecture, PluginInfo, Registry, Role, default_registry, hookimpl, hookspec
 from .tokenizer import TextTokenizer, load_tokenizer
+from .training import TrainSettings
 
 __all__ = [
     "Architecture",
@@ -51,6 +53,8 @@ __all__ = [
     "SeqweaveError",
     "TextToText",
     "TextTokenizer",
+    "TrainResult",
+    "TrainSettings",
     "__version__",
     "build_decoder",
     "build_encoder",
@@ -62,4 +66,14 @@ __all__ = [
     "load_tokenizer",
     "pipeline",
     "shift_tokens_right",
+    "train",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The trainer (torch.distributed, checkpoint code) loads on first use: `import seqweave` stays light.
+    if name in ("train", "TrainResult"):
+        from .training import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'seqweave' has no attribute {name!r}")

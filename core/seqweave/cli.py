@@ -178,6 +178,41 @@ def _write_error(output: Path, e: Exception) -> Exception:
 
 
 # ----------------------------------------------------------------------------------------
+# train
+
+
+@cli.command(short_help="Fine-tune as a config's train: block says.")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="RUN_DIR: gets model/, checkpoints/step-N/, metrics.jsonl and config.yaml.",
+)
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR's newest complete checkpoint.")
+def train(config: Path, overrides: tuple[str, ...], output: Path, resume: bool) -> None:
+    """Fine-tune the model CONFIG describes on the pairs its train: block names.
+
+    KEY=VALUE pairs override fields (train.max_steps=100, train.parallel=ddp). Under torchrun
+    (`torchrun --nproc-per-node N -m seqweave train ...`) every process runs this; only the
+    first logs and shows progress. A RUN_DIR that holds a run needs --resume (or another folder).
+    """
+    from .training.loop import train as run_training
+
+    result = run_training(config, output, overrides=list(overrides), resume=resume)
+    if result.metrics or result.eval:
+        done = f"trained {result.steps} steps" + (
+            f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else "")
+        loss = f"; loss {result.loss:.4f}" if result.loss is not None else ""
+        evaluation = "".join(f"; {k} {v:.4f}" for k, v in (result.eval or {}).items())
+        click.echo(f"{done}{loss}{evaluation}")
+        click.echo(f"saved {result.model_dir} (metrics: {result.output_dir / 'metrics.jsonl'})")
+
+
+# ----------------------------------------------------------------------------------------
 # generate
 
 

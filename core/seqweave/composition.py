@@ -485,7 +485,7 @@ def load_config(
 
     Overrides are typed by the schema: ``decoder.config.num_hidden_layers=2`` sets an
     int, ``tokenizer=123`` a string. Paths in a file (``pretrained``, ``tokenizer``) are
-    relative to the file's folder when something exists there.
+    relative to the file's folder when something exists there; ``train.data`` files always are.
 
     Raises:
         ConfigError: the file is missing or malformed, or a field is invalid; the message
@@ -525,6 +525,8 @@ def load_config(
             part.pretrained = _relative_to(base, part.pretrained)
         cfg.tokenizer = _relative_to(base, cfg.tokenizer)
         cfg.decoder_tokenizer = _relative_to(base, cfg.decoder_tokenizer)
+        if cfg.train is not None:  # data files are never hub ids: always relative to the file
+            cfg.train.data = cfg.train.data.resolved(base)
     return cfg
 
 

@@ -12,6 +12,8 @@ registered architectures and the JSON Schema live above the registry, in
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -26,6 +28,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .training.config import TrainSettings
 
 __all__ = [
     "ArchitectureConfig",
@@ -421,6 +424,11 @@ class CompositionConfig(BaseModel):
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="Defaults for generation (`seqweave generate`)."
     )
+    train: TrainSettings | None = Field(
+        None,
+        description="A fine-tuning run (`seqweave train`; docs/training.md); null: none. Building or loading the "
+        "model ignores it.",
+    )
 
     #: ``(data, registry or None) -> [(location, message, value), ...]``: the parts' problems.
     #: Set by :mod:`seqweave.composition` (imported by ``import seqweave``); this module is
@@ -462,9 +470,17 @@ def _model_at(
             model = part_config(arch_name) if isinstance(arch_name, str) and part_config is not None else None
             continue
         field = model.model_fields.get(key)
-        sub = field.annotation if field is not None else None
+        sub = _optional_model(field.annotation) if field is not None else None
         model = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
     return model
+
+
+def _optional_model(annotation: Any) -> Any:
+    """``M`` for an annotation ``M | None`` (the ``train:`` block), else the annotation itself."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
 def _suggest(key: str, known: Mapping[str, Any]) -> str:

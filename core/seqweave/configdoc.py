@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from .config import CompositionConfig, GenerationSettings, PartConfig
+from .training.config import TrainData, TrainSettings
 
 if typing.TYPE_CHECKING:
     from .registry import Registry
@@ -85,6 +86,14 @@ def config_reference(registry: Registry) -> str:
         "## `generation:`",
         "",
         _table(GenerationSettings),
+        "## `train:`",
+        "",
+        "What `seqweave train` does ([training.md](training.md)); building or loading a model ignores it.",
+        "",
+        _table(TrainSettings),
+        "### `train.data:`",
+        "",
+        _table(TrainData),
         "## Architectures",
         "",
         "Each part's `config:` block takes the fields of its architecture, with the names and defaults of",
