@@ -1,19 +1,25 @@
 """seqweave vs transformers training: tokens/s and peak memory, same weights, data and batch, one process.
 
-One transformers ``EncoderDecoderModel`` is saved (random weights); transformers and seqweave
-both load that folder. Each side trains with AdamW (lr 1e-4, weight decay 0.01) on the same
-batches: random token ids with ragged lengths (padding masked, padded label positions -100),
-bf16 autocast on CUDA, float32 on the CPU. A step is forward with ``labels``, backward,
-optimizer step, ``zero_grad(set_to_none=True)``.
+One transformers ``EncoderDecoderModel`` is saved (random weights, dropout off); transformers
+and seqweave both load that folder. Both train with AdamW (lr 1e-4, weight decay 0.01 on
+matrices only), gradient clipping at 1.0, bf16 autocast on CUDA and float32 on the CPU, on the
+same batches: random token ids with ragged lengths, padded (``training.data.Batch``: source
+mask, labels -100 past each row, decoder attention mask), kept on the CPU and moved to the
+device each step as a trainer does.
 
-Before timing, both sides take the same first steps with dropout off and their losses are
-compared (they start from the same weights and see the same data, so they must agree: to
-1e-4 relative in float32, 3e-2 in bf16); the benchmark stops if they do not. The timed runs
-then train with dropout on, alternating (transformers, seqweave, transformers, ...) so that
-drift in the machine's speed hits both sides alike. Figures are medians over runs; tokens
-are the unpadded source and target tokens of a step. Peak memory (CUDA only) is this side's
-own: the peak allocated during its run, less what the other side holds (weights and AdamW
-state), so both figures count weights, gradients, optimizer state and activations.
+* seqweave: the trainer's own step (``seqweave.training.loop``: per-step dropout seeding,
+  label count, ``num_items_in_batch``, clipping, AdamW, scheduler), on a fixed list of batches;
+* transformers: a plain loop over ``EncoderDecoderModel`` (forward with ``labels``, backward,
+  clipping, AdamW step, ``zero_grad(set_to_none=True)``).
+
+Dropout is off so that the two sides can be compared step for step: they start from the same
+weights and see the same data, so the losses of the first steps must agree (1e-4 relative in
+float32, 3e-2 in bf16) or the benchmark stops; the table shows the largest difference over
+every step. Timed runs alternate (transformers, seqweave, transformers, ...) so that drift in
+the machine's speed hits both sides alike; figures are medians over runs. Tokens are the
+unpadded source and target tokens of a step. Peak memory (CUDA only) is each side's own: the
+peak allocated during its run less what the other side holds (weights and AdamW state), so
+both figures count weights, gradients, optimizer state and activations.
 
 Cases: BERT-base encoder + GPT-2-small decoder (random weights, cross-attention), source 128,
 target 64, batch 8 and 32. ``--quick`` (for the CPU): a 2-layer 128-wide bert2gpt2 with a
@@ -42,9 +48,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 # The same decoder configs, special tokens, timer and medians as the generation benchmark.
 import seqweave as sw
 from generate import decoder_config, median_ms, special_tokens, timed
+from seqweave.training.data import Batch
 
 LR = 1e-4
 WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
 CHECK_STEPS = 3
 
 
@@ -93,6 +101,16 @@ def build_composite(folder: Path, sizes: Sizes) -> dict[str, int]:
         enc_cfg = transformers.BertConfig()
         dec_cfg = decoder_config("gpt2", small=False)
         tokens = special_tokens("gpt2")
+    for cfg in (enc_cfg, dec_cfg):  # dropout off: the two sides' losses are compared step for step
+        for name in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "resid_pdrop",
+            "embd_pdrop",
+            "attn_pdrop",
+        ):
+            if hasattr(cfg, name):
+                setattr(cfg, name, 0.0)
     model = transformers.EncoderDecoderModel(
         encoder=transformers.BertModel(enc_cfg, add_pooling_layer=False),
         decoder=transformers.GPT2LMHeadModel(dec_cfg),
@@ -104,10 +122,8 @@ def build_composite(folder: Path, sizes: Sizes) -> dict[str, int]:
     return tokens
 
 
-def make_batches(
-    n: int, batch: int, sizes: Sizes, vocab: tuple[int, int], pad: int, device: str
-) -> list[dict[str, torch.Tensor]]:
-    """``n`` batches of random ids, ragged lengths (half to full), padded to the longest row."""
+def make_batches(n: int, batch: int, sizes: Sizes, vocab: tuple[int, int], pad: int) -> list[Batch]:
+    """``n`` batches of random ids, ragged lengths (half to full), padded to the longest row, on the CPU."""
     g = torch.Generator().manual_seed(batch)
     out = []
     for _ in range(n):
@@ -118,28 +134,86 @@ def make_batches(
         src_mask = torch.arange(src.shape[1]) < src_len[:, None]
         tgt_mask = torch.arange(tgt.shape[1]) < tgt_len[:, None]
         out.append(
-            {
-                "input_ids": src.masked_fill(~src_mask, pad).to(device),
-                "attention_mask": src_mask.long().to(device),
-                "labels": tgt.masked_fill(~tgt_mask, -100).to(device),
-                "tokens": int(src_len.sum() + tgt_len.sum()),
-            }
+            Batch(
+                src.masked_fill(~src_mask, pad),
+                src_mask.long(),
+                tgt.masked_fill(~tgt_mask, -100),
+                tgt_mask.long(),
+            )
         )
     return out
 
 
-def plain_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, autocast
-) -> torch.Tensor:
-    """One optimizer step; the same code for both libraries (both take transformers' keywords)."""
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Weight decay on matrices only, as the trainer (and transformers' Trainer) do."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, device: str, autocast):
+    """transformers' side: one optimizer step of a plain loop; returns the loss (on the device)."""
     with autocast():
-        loss = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-        ).loss
+        loss = model(**batch.to(device).model_inputs()).loss
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+class _FixedBatches:
+    """The trainer's view of the data (``micro_batches``), over a fixed list: step ``s`` reads batch ``s``."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches, self.steps_per_epoch = batches, len(batches)
+
+    def micro_batches(self, step: int, rank: int, world: int, accumulation: int) -> list[Batch]:
+        assert world == 1 and accumulation == 1
+        return [self.batches[step]]
+
+
+def trainer_steps(model: sw.EncoderDecoder, batches: list[Batch], device: str, cuda: bool):
+    """seqweave's side: the trainer's step function on ``model``; returns (step(i) -> loss, optimizer).
+
+    The trainer's own code from ``seqweave.training.loop`` (its ``_Run`` holds what a step needs;
+    ``train()`` makes one from a config and data files, here it is made from the loaded model).
+    """
+    from seqweave.training import distributed as D
+    from seqweave.training import loop as L
+    from seqweave.training.config import TrainSettings
+
+    settings = TrainSettings(
+        data={"train": "unused.jsonl"},
+        max_steps=len(batches),
+        batch_size=batches[0].input_ids.shape[0],
+        learning_rate=LR,
+        weight_decay=WEIGHT_DECAY,
+        max_grad_norm=MAX_GRAD_NORM,
+        lr_schedule="constant",
+        precision="bf16" if cuda else "fp32",
+        device=device,
+    )
+    dist = D.setup("none", device)
+    module = D.wrap(model, dist, "none", settings.precision)
+    optimizer = torch.optim.AdamW(L._param_groups(module, WEIGHT_DECAY), lr=LR)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: L.lr_factor(settings, s, len(batches)))
+    run = L._Run(
+        cfg=None,
+        settings=settings,
+        dist=dist,
+        model=model,
+        module=module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=None,
+        batches=_FixedBatches(batches),
+        eval_pairs=None,
+        total_steps=len(batches),
+        output_dir=Path("unused"),
+        tokenizers=(None, None),
+    )
+    return (lambda i: L._step(run, i)[0]), optimizer
 
 
 def static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -157,10 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the small pair and sizes (a CPU run)")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs per side (default 7)")
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per side")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 10, quick 4)")
     parser.add_argument("--batch", type=int, action="append", help="batch sizes (default: the case's)")
-    parser.add_argument("--verbose", action="store_true", help="also print the compared losses")
+    parser.add_argument("--verbose", action="store_true", help="also print the losses of the first steps")
     args = parser.parse_args(argv)
 
     import transformers
@@ -168,10 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     # Its note on how labels became decoder inputs (v4.12), printed on every forward with labels.
     warnings.filterwarnings("ignore", message="Version v4.12.0 introduces", category=FutureWarning)
-
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
-    runs = args.runs or 7
     steps = args.steps or (4 if args.quick else 10)
     cuda = args.device.startswith("cuda")
     autocast: Callable[[], Any] = (
@@ -183,9 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         f"# {args.device}{' ' + torch.cuda.get_device_name() if cuda else ''}, "
         f"{'bf16 autocast' if cuda else f'float32, {torch.get_num_threads()} threads'}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}; {sizes.name}, source {sizes.source}, target {sizes.target}; "
-        f"AdamW; medians of {runs} alternating runs of {steps} steps"
+        f"AdamW, clipping, dropout off; medians of {args.runs} alternating runs of {steps} steps"
     )
-    print("# seqweave side: a plain loop over EncoderDecoder (the same step code as the transformers side)")
+    print(
+        "# seqweave: the trainer's step (seqweave.training.loop); transformers: a plain loop over EncoderDecoderModel"
+    )
     header = (
         "| case | batch | tokens/step | transformers tok/s | seqweave tok/s | seqweave / transformers "
         "| transformers peak MiB | seqweave peak MiB | seqweave / transformers memory | max loss diff |"
@@ -196,70 +270,72 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(tmp) / "composite"
         tokens = build_composite(folder, sizes)
         for batch_size in args.batch or sizes.batches:
-            hf = transformers.EncoderDecoderModel.from_pretrained(folder).to(args.device)
-            ours = sw.EncoderDecoder.from_pretrained(folder, device=args.device)
-            vocab = (hf.config.encoder.vocab_size, hf.config.decoder.vocab_size)
-            data = make_batches(
-                CHECK_STEPS + steps, batch_size, sizes, vocab, tokens["pad_token_id"], args.device
-            )
-            models = {"hf": hf, "sw": ours}
-            opts = {
-                k: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-                for k, m in models.items()
-            }
-
-            # Same weights, same data, dropout off: the losses of the first steps must agree.
-            losses: dict[str, list[float]] = {}
-            for k, m in models.items():
-                m.eval()
-                losses[k] = [float(plain_step(m, opts[k], b, autocast)) for b in data[:CHECK_STEPS]]
-                m.train()
-            if args.verbose:
-                print(
-                    f"# batch {batch_size} first losses: transformers {losses['hf']}, seqweave {losses['sw']}"
-                )
-            diff = max(abs(a - b) / abs(a) for a, b in zip(losses["hf"], losses["sw"], strict=True))
-            if diff > tol:
-                sys.exit(
-                    f"batch {batch_size}: losses differ: transformers {losses['hf']}, seqweave {losses['sw']}"
-                )
-
-            times: dict[str, list[float]] = {k: [] for k in models}
-            peaks: dict[str, list[float]] = {k: [] for k in models}
-            timed_data = data[CHECK_STEPS:]
-            for _ in range(runs):
-                for k, m in models.items():
-                    if cuda:
-                        torch.cuda.synchronize()
-                        others = torch.cuda.memory_allocated() - static_bytes(m, opts[k])
-                        torch.cuda.reset_peak_memory_stats()
-
-                    def run(m=m, opt=opts[k], data=timed_data) -> None:
-                        for b in data:
-                            plain_step(m, opt, b, autocast)
-
-                    t, _ = timed(run, args.device)
-                    times[k].append(t / len(timed_data))
-                    if cuda:
-                        peaks[k].append((torch.cuda.max_memory_allocated() - others) / 2**20)
-            n_tok = statistics.mean(b["tokens"] for b in timed_data)
-            tps = {k: n_tok / (median_ms(v) / 1000) for k, v in times.items()}
-            mem = {k: statistics.median(v) if v else float("nan") for k, v in peaks.items()}
-            mem_cells = (
-                f"{mem['hf']:.0f} | {mem['sw']:.0f} | {mem['sw'] / mem['hf']:.2f}x"
-                if cuda
-                else "n/a | n/a | n/a"
-            )
-            print(
-                f"| {sizes.name} | {batch_size} | {n_tok:.0f} | {tps['hf']:.0f} | {tps['sw']:.0f} | "
-                f"{tps['sw'] / tps['hf']:.2f}x | {mem_cells} | {diff:.1e} |",
-                flush=True,
-            )
-            del hf, ours, models, opts
+            print(*case(folder, tokens, sizes, batch_size, args, steps, autocast, tol), sep="\n", flush=True)
             if cuda:
-                torch.cuda.empty_cache()
+                torch.cuda.empty_cache()  # the case's models are gone
     if not cuda:
         print("# peak memory is measured on CUDA only (one process holds both sides)")
+
+
+def case(folder, tokens, sizes, batch_size, args, steps, autocast, tol) -> list[str]:
+    """Check the losses, time both sides; the table row (and with --verbose, the losses first)."""
+    import transformers
+
+    cuda = args.device.startswith("cuda")
+    hf = transformers.EncoderDecoderModel.from_pretrained(folder).to(args.device)
+    ours = sw.EncoderDecoder.from_pretrained(folder, device=args.device)
+    vocab = (hf.config.encoder.vocab_size, hf.config.decoder.vocab_size)
+    n = CHECK_STEPS + args.runs * steps
+    data = make_batches(n, batch_size, sizes, vocab, tokens["pad_token_id"])
+    hf_opt = torch.optim.AdamW(param_groups(hf), lr=LR)
+    hf.train()
+    sw_step, sw_opt = trainer_steps(ours, data, args.device, cuda)
+    steppers = {"hf": lambda i: plain_step(hf, hf_opt, data[i], args.device, autocast), "sw": sw_step}
+    models, opts = {"hf": hf, "sw": ours}, {"hf": hf_opt, "sw": sw_opt}
+
+    # Same weights, same data: the losses of the first (untimed) steps must agree.
+    losses: dict[str, list[float]] = {
+        k: [float(f(i)) for i in range(CHECK_STEPS)] for k, f in steppers.items()
+    }
+    diff = max(abs(a - b) / abs(a) for a, b in zip(losses["hf"], losses["sw"], strict=True))
+    if diff > tol:
+        sys.exit(f"batch {batch_size}: losses differ: transformers {losses['hf']}, seqweave {losses['sw']}")
+    lines = [
+        f"# batch {batch_size} first losses: transformers {losses['hf']}, seqweave {losses['sw']}"
+    ] * args.verbose
+
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    peaks: dict[str, list[float]] = {k: [] for k in steppers}
+    for r in range(args.runs):
+        indices = range(
+            CHECK_STEPS + r * steps, CHECK_STEPS + (r + 1) * steps
+        )  # both sides: the same batches
+        for k, f in steppers.items():
+            if cuda:
+                torch.cuda.synchronize()
+                others = torch.cuda.memory_allocated() - static_bytes(models[k], opts[k])
+                torch.cuda.reset_peak_memory_stats()
+
+            def run(f=f, indices=indices) -> torch.Tensor:
+                return torch.stack([f(i) for i in indices]).float()
+
+            t, out = timed(run, args.device)
+            losses[k] += out.tolist()
+            times[k].append(t / steps)
+            if cuda:
+                peaks[k].append((torch.cuda.max_memory_allocated() - others) / 2**20)
+    diff = max(abs(a - b) / abs(a) for a, b in zip(losses["hf"], losses["sw"], strict=True))
+    n_tok = statistics.mean(b.tokens for b in data[CHECK_STEPS:])
+    tps = {k: n_tok / (median_ms(v) / 1000) for k, v in times.items()}
+    mem = {k: statistics.median(v) if v else float("nan") for k, v in peaks.items()}
+    mem_cells = (
+        f"{mem['hf']:.0f} | {mem['sw']:.0f} | {mem['sw'] / mem['hf']:.2f}x" if cuda else "n/a | n/a | n/a"
+    )
+    lines.append(
+        f"| {sizes.name} | {batch_size} | {n_tok:.0f} | {tps['hf']:.0f} | {tps['sw']:.0f} | "
+        f"{tps['sw'] / tps['hf']:.2f}x | {mem_cells} | {diff:.1e} |"
+    )
+    return lines
 
 
 if __name__ == "__main__":
