@@ -12,6 +12,9 @@ device each step as a trainer does.
 * transformers: a plain loop over ``EncoderDecoderModel`` (forward with ``labels``, backward,
   clipping, AdamW step, ``zero_grad(set_to_none=True)``).
 
+AdamW is the fused one on CUDA on both sides (the trainer's ``build_optimizer``; transformers'
+Trainer defaults to it too).
+
 Dropout is off so that the two sides can be compared step for step: they start from the same
 weights and see the same data, so the losses of the first steps must agree (1e-4 relative in
 float32, 3e-2 in bf16) or the benchmark stops; the table shows the largest difference over
@@ -196,7 +199,7 @@ def trainer_steps(model: sw.EncoderDecoder, batches: list[Batch], device: str, c
     )
     dist = D.setup("none", device)
     module = D.wrap(model, dist, "none", settings.precision)
-    optimizer = torch.optim.AdamW(L._param_groups(module, WEIGHT_DECAY), lr=LR)
+    optimizer = L.build_optimizer(module, settings, dist.device)  # fused on CUDA
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: L.lr_factor(settings, s, len(batches)))
     run = L._Run(
         cfg=None,
@@ -251,14 +254,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     tol = 3e-2 if cuda else 1e-4
 
-    print(
-        f"# {args.device}{' ' + torch.cuda.get_device_name() if cuda else ''}, "
-        f"{'bf16 autocast' if cuda else f'float32, {torch.get_num_threads()} threads'}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}; {sizes.name}, source {sizes.source}, target {sizes.target}; "
-        f"AdamW, clipping, dropout off; medians of {args.runs} alternating runs of {steps} steps"
+    where = (
+        f"cuda {torch.cuda.get_device_name()}, bf16 autocast"
+        if cuda
+        else (f"{args.device}, float32, {torch.get_num_threads()} threads")
     )
     print(
-        "# seqweave: the trainer's step (seqweave.training.loop); transformers: a plain loop over EncoderDecoderModel"
+        f"# {where}, torch {torch.__version__}, transformers {transformers.__version__}; {sizes.name}, "
+        f"source {sizes.source}, target {sizes.target}; AdamW, clipping, dropout off; "
+        f"medians of {args.runs} alternating runs of {steps} steps"
+    )
+    print(
+        "# seqweave: the trainer's step (seqweave.training.loop); transformers: a plain loop over "
+        "EncoderDecoderModel"
     )
     header = (
         "| case | batch | tokens/step | transformers tok/s | seqweave tok/s | seqweave / transformers "
@@ -287,7 +295,9 @@ def case(folder, tokens, sizes, batch_size, args, steps, autocast, tol) -> list[
     vocab = (hf.config.encoder.vocab_size, hf.config.decoder.vocab_size)
     n = CHECK_STEPS + args.runs * steps
     data = make_batches(n, batch_size, sizes, vocab, tokens["pad_token_id"])
-    hf_opt = torch.optim.AdamW(param_groups(hf), lr=LR)
+    hf_opt = torch.optim.AdamW(
+        param_groups(hf), lr=LR, fused=cuda
+    )  # as the trainer's (and transformers' Trainer's)
     hf.train()
     sw_step, sw_opt = trainer_steps(ours, data, args.device, cuda)
     steppers = {"hf": lambda i: plain_step(hf, hf_opt, data[i], args.device, autocast), "sw": sw_step}

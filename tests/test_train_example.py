@@ -1,4 +1,4 @@
-"""examples/train/: the MiniLM warm-start fine-tune runs (a few steps), and its corpus is what make_data.py writes."""
+"""examples/train/: the MiniLM warm-start fine-tune runs a few steps; its corpus is make_data.py's."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def test_corpus_files_are_what_make_data_writes(tmp_path, monkeypatch):
             EXAMPLE / "data" / f"{split}.jsonl"
         ).read_bytes()
     assert [make_data.words(n) for n in (7, 40, 115, 2020, 9999)] == [
-        "seven", "forty", "one hundred fifteen", "two thousand twenty", "nine thousand nine hundred ninety-nine"
+        "seven", "forty", "one hundred fifteen", "two thousand twenty",
+        "nine thousand nine hundred ninety-nine",
     ]  # fmt: skip
     pairs = make_data.pairs()
     assert not {r["source"] for r in pairs["train"]} & {r["source"] for r in pairs["eval"]}

@@ -91,8 +91,12 @@ def test_a_run_from_a_yaml_config_writes_model_metrics_checkpoints(project, tmp_
     run = tmp_path / "run"
     assert main(["train", str(config), "-o", str(run), "train.batch_size=8"]) == 0
     assert "trained 6 steps" in capsys.readouterr().out
-    assert {p.name for p in (run / "model").iterdir()} >= {"config.json", "model.safetensors",
-                                                           "generation_config.json", "tokenizer.json"}
+    assert {p.name for p in (run / "model").iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+    }
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-4", "step-6"]  # pruned to 2
     step = run / "checkpoints" / "step-6"
     state = json.loads((step / "trainer_state.json").read_text())
@@ -109,7 +113,7 @@ def test_a_run_from_a_yaml_config_writes_model_metrics_checkpoints(project, tmp_
     assert sw.load_config(run / "config.yaml").train.max_steps == 6
 
 
-def test_the_model_folder_loads_in_seqweave_and_transformers_with_the_same_logits(project, tmp_path):
+def test_the_model_folder_loads_in_seqweave_and_transformers_with_the_same_logits(project, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     result = sw.train(project(max_steps=2), tmp_path / "run")
     ours = sw.EncoderDecoder.from_pretrained(result.model_dir).eval()
@@ -122,6 +126,11 @@ def test_the_model_folder_loads_in_seqweave_and_transformers_with_the_same_logit
         b = theirs(input_ids=ids, attention_mask=mask, labels=labels)
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-5)
+    expected = pipe(["red cat big"])
+    assert (
+        main(["generate", str(result.model_dir), "red cat big"]) == 0
+    )  # seqweave generate, the folder alone
+    assert capsys.readouterr().out.splitlines() == expected
 
 
 def test_loss_goes_down_on_a_learnable_task(tmp_path):
@@ -146,7 +155,9 @@ def test_eval_generate_scores_with_the_metrics_module(project, tmp_path, monkeyp
         seen["refs"] = references[:2]
         return {"bleu": 1.0, "rougeL": 2.0}
 
-    monkeypatch.setitem(sys.modules, "seqweave.training.metrics", types.SimpleNamespace(generation_metrics=fake))
+    monkeypatch.setitem(
+        sys.modules, "seqweave.training.metrics", types.SimpleNamespace(generation_metrics=fake)
+    )
     result = sw.train(project(max_steps=2, eval_generate=True, eval_max_new_tokens=4), tmp_path / "run")
     assert seen["n"] == (12, 12) and seen["refs"] == [r["target"] for r in reversal_pairs(12, 1)[:2]]
     assert result.eval == {"eval_loss": pytest.approx(result.eval["eval_loss"]), "bleu": 1.0, "rougeL": 2.0}
@@ -166,8 +177,14 @@ def _stop_at(k: int):
 
 def test_a_stopped_run_resumes_with_the_same_loss_at_every_later_step(project, tmp_path, monkeypatch):
     # dropout on and accumulation: the RNG and the data position must both come back
-    settings = {"max_steps": 8, "save_every": 3, "gradient_accumulation_steps": 2, "eval_every": 4,
-                "weight_decay": 0.01, "warmup_steps": 2}
+    settings = {
+        "max_steps": 8,
+        "save_every": 3,
+        "gradient_accumulation_steps": 2,
+        "eval_every": 4,
+        "weight_decay": 0.01,
+        "warmup_steps": 2,
+    }
     drop = ["encoder.config.hidden_dropout_prob=0.1", "decoder.config.hidden_dropout_prob=0.1"]
     config = project(**settings)
     whole = sw.train(config, tmp_path / "whole", overrides=drop)
@@ -198,10 +215,20 @@ sys.exit(main(sys.argv[1:]))
 def test_a_killed_run_resumes_from_the_command_line(project, tmp_path):
     config = project(max_steps=6, save_every=2)
     assert main(["train", str(config), "-o", str(tmp_path / "whole")]) == 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT / "plugins"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.run([sys.executable, "-c", KILLER, "train", str(config), "-o", str(tmp_path / "cut")],
-                           env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "core"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", KILLER, "train", str(config), "-o", str(tmp_path / "cut")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["step-2", "step-4"]
     assert main(["train", str(config), "-o", str(tmp_path / "cut"), "--resume"]) == 0
@@ -240,7 +267,10 @@ def test_an_interrupted_checkpoint_is_not_resumed_from(project, tmp_path):
     [
         ({"max_step": 3}, "train.max_step: unknown key; did you mean 'max_steps'?"),
         ({"max_steps": 3, "epochs": 1}, "train: set exactly one of max_steps and epochs (both are set)"),
-        ({"batch_size": 6, "gradient_accumulation_steps": 4}, "must be a multiple of gradient_accumulation_steps"),
+        (
+            {"batch_size": 6, "gradient_accumulation_steps": 4},
+            "must be a multiple of gradient_accumulation_steps",
+        ),
         ({"precision": "fp8"}, "train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
         ({"gradient_checkpointing": "yes"}, "train.gradient_checkpointing: Input should be a valid boolean"),
         ({"data": {"train": "pairs.txt"}}, "train.data: train: 'pairs.txt' is not a data file"),
@@ -282,16 +312,22 @@ def test_batch_larger_than_the_data_and_no_train_block(project, tmp_path, capsys
     with pytest.raises(sw.ConfigError, match="no train: block"):
         sw.train(plain, tmp_path / "run2")
     with pytest.raises(sw.ConfigError, match="fp16 needs CUDA"):
-        sw.train(config, tmp_path / "run3", overrides=["train.batch_size=8", "train.precision=fp16",
-                                                        "train.device=cpu"])
+        sw.train(
+            config,
+            tmp_path / "run3",
+            overrides=["train.batch_size=8", "train.precision=fp16", "train.device=cpu"],
+        )
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
 def test_csv_and_tsv_pairs(tmp_path, suffix):
     sep = "," if suffix == ".csv" else "\t"
     path = tmp_path / f"p{suffix}"
-    path.write_text(f"id{sep}src{sep}tgt\n1{sep}a b{sep}b a\n\n2{sep}\"c, d\"{sep}d c\n" if sep == "," else
-                    f"id{sep}src{sep}tgt\n1{sep}a b{sep}b a\n\n2{sep}c, d{sep}d c\n")
+    path.write_text(
+        f'id{sep}src{sep}tgt\n1{sep}a b{sep}b a\n\n2{sep}"c, d"{sep}d c\n'
+        if sep == ","
+        else f"id{sep}src{sep}tgt\n1{sep}a b{sep}b a\n\n2{sep}c, d{sep}d c\n"
+    )
     assert D.read_pairs(path, "src", "tgt") == [("a b", "b a"), ("c, d", "d c")]
     with pytest.raises(sw.ConfigError, match=r"p\.(csv|tsv):1: no column 'source' in the header"):
         D.read_pairs(path, "source", "tgt")
@@ -302,8 +338,11 @@ def test_csv_and_tsv_pairs(tmp_path, suffix):
 
 def test_jsonl_rows_must_be_objects_with_text(tmp_path):
     path = tmp_path / "p.jsonl"
-    for text, expected in [("[1, 2]\n", ":1: not a JSON object"), ('{"source": 1, "target": "x"}\n',
-                           ":1: field 'source' must be text"), ("{oops\n", ":1: not a JSON object")]:
+    for text, expected in [
+        ("[1, 2]\n", ":1: not a JSON object"),
+        ('{"source": 1, "target": "x"}\n', ":1: field 'source' must be text"),
+        ("{oops\n", ":1: not a JSON object"),
+    ]:
         path.write_text(text)
         with pytest.raises(sw.ConfigError, match=expected):
             D.read_pairs(path, "source", "target")
@@ -327,24 +366,40 @@ def test_a_gpt2_decoder_learns_to_end_its_targets(tmp_path):
 
     byte_level_files(tmp_path / "gpt2tok", ["<|endoftext|>"])
     cfg = composition(max_steps=1, batch_size=4)
-    cfg["decoder"] = {"architecture": "gpt2", "config": {"vocab_size": 300, "n_embd": 64, "n_layer": 1,
-                                                         "n_head": 4, "n_positions": 32}}
-    cfg.update(decoder_tokenizer=str(tmp_path / "gpt2tok"), decoder_start_token_id=0, eos_token_id=0,
-               pad_token_id=0)
+    cfg["decoder"] = {
+        "architecture": "gpt2",
+        "config": {"vocab_size": 300, "n_embd": 64, "n_layer": 1, "n_head": 4, "n_positions": 32},
+    }
+    cfg.update(
+        decoder_tokenizer=str(tmp_path / "gpt2tok"), decoder_start_token_id=0, eos_token_id=0, pad_token_id=0
+    )
     write_jsonl(tmp_path / "train.jsonl", [{"source": "a b", "target": "the cat"}] * 4)
     cfg["train"]["data"] = {"train": str(tmp_path / "train.jsonl")}
     model = sw.EncoderDecoder.from_config(cfg)
     source, target = resolve_tokenizers(model)
-    pairs = D.tokenize_pairs([("a b", "the cat")], source, target,
-                             decoder_start=0, eos=0, max_source_length=None, max_target_length=None)
+    pairs = D.tokenize_pairs(
+        [("a b", "the cat")],
+        source,
+        target,
+        decoder_start=0,
+        eos=0,
+        max_source_length=None,
+        max_target_length=None,
+    )
     assert pairs.labels[0] == [*target.encode(["the cat"])[0][0].tolist(), 0]
     result = sw.train(cfg, tmp_path / "run")
-    assert (result.model_dir / "decoder_tokenizer" / "tokenizer.json").is_file() and math.isfinite(result.loss)
+    assert (result.model_dir / "decoder_tokenizer" / "tokenizer.json").is_file() and math.isfinite(
+        result.loss
+    )
 
 
 def _pairs(lengths: list[int]) -> D.Pairs:
-    return D.Pairs(sources=[[1] * n for n in lengths], labels=[[2] * n for n in lengths], targets=[""] * len(lengths),
-                   texts=[""] * len(lengths))
+    return D.Pairs(
+        sources=[[1] * n for n in lengths],
+        labels=[[2] * n for n in lengths],
+        targets=[""] * len(lengths),
+        texts=[""] * len(lengths),
+    )
 
 
 def test_batches_are_seeded_grouped_by_length_and_shared_out_by_rank():
@@ -356,8 +411,13 @@ def test_batches_are_seeded_grouped_by_length_and_shared_out_by_rank():
     assert epoch0 != [b.global_batch(25 + s) for s in range(25)]  # the next epoch is another order
     assert epoch0 != [D.Batches(pairs, 8, 6, 0).global_batch(s) for s in range(25)]
     assert len({i for batch in epoch0 for i in batch}) == 200
-    spread = sum(max(map(len, (pairs.sources[i] for i in x))) - min(map(len, (pairs.sources[i] for i in x)))
-                 for x in epoch0) / 25
+    spread = (
+        sum(
+            max(map(len, (pairs.sources[i] for i in x))) - min(map(len, (pairs.sources[i] for i in x)))
+            for x in epoch0
+        )
+        / 25
+    )
     assert spread < 10  # grouped by length: random batches of 1..40 would spread ~30
     # each of 2 ranks x 2 accumulation steps takes 2 pairs; together they are the global batch
     rows = []
@@ -383,8 +443,9 @@ def test_eval_batches_give_every_rank_the_same_number_and_count_each_pair_once()
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
 def test_the_learning_rate_follows_transformers_schedules(schedule):
     transformers = pytest.importorskip("transformers")
-    settings = sw.TrainSettings.model_validate({"data": {"train": "t.jsonl"}, "max_steps": 20, "warmup_steps": 4,
-                                                "lr_schedule": schedule})
+    settings = sw.TrainSettings.model_validate(
+        {"data": {"train": "t.jsonl"}, "max_steps": 20, "warmup_steps": 4, "lr_schedule": schedule}
+    )
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[schedule]
@@ -410,3 +471,49 @@ def test_the_schema_documents_the_train_block():
     schema = sw.composition_json_schema()
     assert "train" in schema["properties"]
     assert "TrainSettings" in json.dumps(schema)
+
+
+def test_epochs_bf16_and_gradient_checkpointing_run_on_the_cpu(project, tmp_path):
+    plain = sw.train(project(epochs=1, max_steps=None, lr_schedule="constant"), tmp_path / "plain")
+    assert plain.steps == 64 // 8 and max(losses(tmp_path / "plain")) == 8
+    checkpointed = sw.train(
+        project(max_steps=3, gradient_checkpointing=True, lr_schedule="constant"), tmp_path / "gc"
+    )
+    torch.testing.assert_close(
+        list(losses(tmp_path / "gc").values()),
+        [losses(tmp_path / "plain")[s] for s in (1, 2, 3)],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert checkpointed.steps == 3
+    bf16 = sw.train(project(max_steps=2, precision="bf16", lr_schedule="constant"), tmp_path / "bf16")
+    assert bf16.loss == pytest.approx(losses(tmp_path / "plain")[2], rel=0.05)  # bf16 autocast, not fp32
+
+
+def test_a_mapping_configs_files_are_the_working_folders(project, tmp_path, monkeypatch):
+    project()  # writes train.jsonl and eval.jsonl into tmp_path
+    monkeypatch.chdir(tmp_path)
+    sw.train(composition(max_steps=1), "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["data"]["train"] == str(tmp_path / "train.jsonl")
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(project, tmp_path, monkeypatch, capsys):
+    config = project(max_steps=2)
+    sw.train(config, tmp_path / "piped")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(loop, "show_progress", lambda: True)
+    sw.train(config, tmp_path / "tty")
+    err = capsys.readouterr().err
+    assert "training:" in err and "/2 [" in err  # tqdm draws at most every 0.1 s: the postfix may not show
+
+
+def test_sources_are_padded_with_the_source_tokenizers_pad():
+    # RoBERTa counts positions from its padding id: a source padded with another id shifts them
+    import types
+
+    model = types.SimpleNamespace(pad_token_id=50256)
+    with_pad, without = types.SimpleNamespace(pad_token_id=1), types.SimpleNamespace(pad_token_id=None)
+    assert loop._source_pad(model, (with_pad, without)) == 1
+    assert loop._source_pad(model, (without, with_pad)) == 50256
+

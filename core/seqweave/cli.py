@@ -203,7 +203,7 @@ def train(config: Path, overrides: tuple[str, ...], output: Path, resume: bool) 
     from .training.loop import train as run_training
 
     result = run_training(config, output, overrides=list(overrides), resume=resume)
-    if result.metrics or result.eval:
+    if result.rank == 0:
         done = f"trained {result.steps} steps" + (
             f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else "")
         loss = f"; loss {result.loss:.4f}" if result.loss is not None else ""

@@ -50,15 +50,27 @@ def untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     safetensors refuses to write shared memory, and transformers 5.x, which does not tie
     encoder to decoder, needs each name present. Disjoint slices of one storage (the
-    chunks of a fused projection) are not shared and are left alone.
+    chunks of a fused projection) are not shared and are left alone. FSDP2's sharded parameters
+    (DTensors, which have no storage of their own) are compared by this process's shard.
     """
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     out = {}
     for name, t in tensors.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        local = _local_shard(t)
+        key = (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(local.shape))
         out[name] = t.clone() if key in seen else t
         seen.add(key)
     return out
+
+
+def _local_shard(t: torch.Tensor) -> torch.Tensor:
+    """The memory behind ``t``: a DTensor's local shard, else ``t``."""
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(t, DTensor):
+            return t.to_local()
+    return t
 
 
 def _weight_files(

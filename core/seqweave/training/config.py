@@ -30,10 +30,16 @@ class TrainData(BaseModel):
         "for a config given as a mapping, to the working folder)."
     )
     eval: str | None = Field(None, description="Evaluation pairs, same formats; null: no evaluation.")
-    source_field: str = Field("source", min_length=1, description="The field (column) holding the input text.")
-    target_field: str = Field("target", min_length=1, description="The field (column) holding the output text.")
+    source_field: str = Field(
+        "source", min_length=1, description="The field (column) holding the input text."
+    )
+    target_field: str = Field(
+        "target", min_length=1, description="The field (column) holding the output text."
+    )
     max_source_length: int | None = Field(
-        None, ge=2, description="Cut longer inputs to this many tokens; null: what the encoder's positions hold."
+        None,
+        ge=2,
+        description="Cut longer inputs to this many tokens; null: what the encoder's positions hold.",
     )
     max_target_length: int | None = Field(
         None,
@@ -48,7 +54,8 @@ class TrainData(BaseModel):
             value = getattr(self, name)
             if value is not None and Path(value).suffix.lower() not in DATA_SUFFIXES:
                 raise ValueError(
-                    f"{name}: {value!r} is not a data file; use .jsonl, .csv or .tsv (the format is the suffix)"
+                    f"{name}: {value!r} is not a data file; use .jsonl, .csv or .tsv "
+                    "(the format is the suffix)"
                 )
         if self.source_field == self.target_field:
             raise ValueError(f"source_field and target_field are both {self.source_field!r}")
@@ -83,8 +90,11 @@ class TrainSettings(BaseModel):
     learning_rate: float = Field(5e-5, gt=0, allow_inf_nan=False, description="Peak learning rate (AdamW).")
     warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up from 0 to learning_rate.")
     warmup_ratio: float | None = Field(
-        None, ge=0, le=1, allow_inf_nan=False, description="Warm-up as a fraction of the steps (instead of "
-        "warmup_steps)."
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Warm-up as a fraction of the steps (instead of warmup_steps).",
     )
     lr_schedule: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="After warm-up: linear decay to 0, cosine decay to 0, or constant."
@@ -95,7 +105,10 @@ class TrainSettings(BaseModel):
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's betas.")
     adam_epsilon: float = Field(1e-8, gt=0, allow_inf_nan=False, description="AdamW's epsilon.")
     max_grad_norm: float | None = Field(
-        1.0, gt=0, allow_inf_nan=False, description="Clip the gradients' global norm to this; null: no clipping."
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Clip the gradients' global norm to this; null: no clipping.",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
@@ -119,7 +132,9 @@ class TrainSettings(BaseModel):
         "none", description="Across processes started by torchrun: none, ddp or fsdp (FSDP2)."
     )
     device: str | None = Field(
-        None, description="cpu, cuda, cuda:1 ...; null: cuda when available, else cpu (torchrun: the local rank's)."
+        None,
+        description="cpu, cuda, cuda:1 ...; null: cuda when available, else cpu "
+        "(torchrun: the local rank's GPU).",
     )
     eval_batch_size: int | None = Field(
         None, ge=1, description="Pairs per evaluation batch per process; null: the training micro-batch."
@@ -127,7 +142,8 @@ class TrainSettings(BaseModel):
     eval_generate: bool = Field(
         False,
         strict=True,
-        description="Also generate for data.eval and report BLEU and ROUGE-L (needs `pip install 'seqweave[train]'`).",
+        description="Also generate for data.eval and report BLEU and ROUGE-L "
+        "(needs `pip install 'seqweave[train]'`).",
     )
     eval_max_new_tokens: int | None = Field(
         None, ge=1, description="Generation length for eval_generate; null: the config's generation block."

@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -40,8 +41,10 @@ def read_pairs(path: str | Path, source_field: str, target_field: str) -> list[t
         raise ConfigError(f"{path}: no such data file (train.data)")
     try:
         with path.open(encoding="utf-8", newline="") as f:
-            pairs = _read_jsonl(f, path, (source_field, target_field)) if suffix == ".jsonl" else _read_table(
-                f, path, (source_field, target_field), "\t" if suffix == ".tsv" else ","
+            pairs = (
+                _read_jsonl(f, path, (source_field, target_field))
+                if suffix == ".jsonl"
+                else _read_table(f, path, (source_field, target_field), "\t" if suffix == ".tsv" else ",")
             )
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -58,7 +61,7 @@ def _text(value: object, where: str, field: str) -> str:
     return value
 
 
-def _read_jsonl(f, path: Path, fields: tuple[str, str]) -> list[tuple[str, str]]:  # noqa: ANN001
+def _read_jsonl(f: TextIO, path: Path, fields: tuple[str, str]) -> list[tuple[str, str]]:
     pairs = []
     for number, line in enumerate(f, 1):
         if not line.strip():
@@ -72,12 +75,14 @@ def _read_jsonl(f, path: Path, fields: tuple[str, str]) -> list[tuple[str, str]]
             raise ConfigError(f"{where}: not a JSON object (got {type(row).__name__})")
         for field in fields:
             if field not in row:
-                raise ConfigError(f"{where}: no field {field!r} (fields: {', '.join(map(repr, row)) or 'none'})")
+                raise ConfigError(
+                    f"{where}: no field {field!r} (fields: {', '.join(map(repr, row)) or 'none'})"
+                )
         pairs.append((_text(row[fields[0]], where, fields[0]), _text(row[fields[1]], where, fields[1])))
     return pairs
 
 
-def _read_table(f, path: Path, fields: tuple[str, str], delimiter: str) -> list[tuple[str, str]]:  # noqa: ANN001
+def _read_table(f: TextIO, path: Path, fields: tuple[str, str], delimiter: str) -> list[tuple[str, str]]:
     reader = csv.DictReader(f, delimiter=delimiter)
     try:
         header = reader.fieldnames or []
@@ -85,8 +90,10 @@ def _read_table(f, path: Path, fields: tuple[str, str], delimiter: str) -> list[
         raise ConfigError(f"{path}:1: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
     for field in fields:
         if field not in header:
-            raise ConfigError(f"{path}:1: no column {field!r} in the header (columns: "
-                              f"{', '.join(map(repr, header)) or 'none'})")
+            raise ConfigError(
+                f"{path}:1: no column {field!r} in the header (columns: "
+                f"{', '.join(map(repr, header)) or 'none'})"
+            )
     pairs = []
     try:
         for row in reader:
@@ -108,7 +115,9 @@ def _read_table(f, path: Path, fields: tuple[str, str], delimiter: str) -> list[
 # Tokens
 
 
-def label_ids(ids: Sequence[int], decoder_start: int | None, eos: int | None, max_length: int | None) -> list[int]:
+def label_ids(
+    ids: Sequence[int], decoder_start: int | None, eos: int | None, max_length: int | None
+) -> list[int]:
     """The labels of one target: its ids without the decoder start token, ending in ``eos``.
 
     The model prepends the start token itself (labels shifted right), so a tokenizer that
@@ -164,7 +173,10 @@ def tokenize_pairs(
     texts = [s for s, _ in pairs]
     targets = [t for _, t in pairs]
     sources = _encode(source_tokenizer, texts, max_source_length)
-    labels = [label_ids(ids, decoder_start, eos, max_target_length) for ids in _encode(target_tokenizer, targets, None)]
+    labels = [
+        label_ids(ids, decoder_start, eos, max_target_length)
+        for ids in _encode(target_tokenizer, targets, None)
+    ]
     return Pairs(sources=sources, labels=labels, targets=targets, texts=texts)
 
 
@@ -190,12 +202,20 @@ class Batch:
         return int(self.attention_mask.sum()) + int(self.decoder_attention_mask.sum())
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in
-                       (self.input_ids, self.attention_mask, self.labels, self.decoder_attention_mask)))
+        return Batch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.input_ids, self.attention_mask, self.labels, self.decoder_attention_mask)
+            )
+        )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "labels": self.labels,
-                "decoder_attention_mask": self.decoder_attention_mask}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "labels": self.labels,
+            "decoder_attention_mask": self.decoder_attention_mask,
+        }
 
 
 def collate(pairs: Pairs, indices: Sequence[int], pad: int, dummy: Sequence[bool] = ()) -> Batch:
@@ -269,8 +289,10 @@ class Batches:
         """
         batch = sorted(self.global_batch(step), key=self._length)
         m = self.batch_size // (world * accumulation)
-        return [collate(self.pairs, batch[(j * world + rank) * m : (j * world + rank + 1) * m], self.pad)
-                for j in range(accumulation)]
+        return [
+            collate(self.pairs, batch[(j * world + rank) * m : (j * world + rank + 1) * m], self.pad)
+            for j in range(accumulation)
+        ]
 
 
 def eval_batches(pairs: Pairs, batch_size: int, rank: int, world: int, pad: int) -> list[Batch]:

@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from . import distributed as D
 from .config import TrainSettings
 from .data import Batches, Pairs, eval_batches, read_pairs, tokenize_pairs
 
-__all__ = ["TrainResult", "latest_checkpoint", "train"]
+__all__ = ["TrainResult", "build_optimizer", "latest_checkpoint", "lr_factor", "train"]
 
 logger = logging.getLogger("seqweave")
 
@@ -74,7 +74,8 @@ class TrainResult:
         loss: the last step's training loss.
         eval: the last evaluation's results (``eval_loss``, and ``bleu``, ``rougeL`` with
             generation on), or None without ``data.eval``.
-        metrics: every metrics.jsonl entry this process wrote (empty on ranks but 0).
+        metrics: every metrics.jsonl entry of the run (empty on ranks but 0).
+        rank: this process's rank (0 without torchrun): only rank 0 reports.
     """
 
     output_dir: Path
@@ -84,6 +85,7 @@ class TrainResult:
     loss: float | None = None
     eval: dict[str, float] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -161,6 +163,19 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(module: nn.Module, settings: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """The trainer's AdamW over ``module`` (wrapped already, for FSDP2): decay as :func:`_param_groups`."""
+    return torch.optim.AdamW(
+        _param_groups(module, settings.weight_decay),
+        lr=settings.learning_rate,
+        betas=settings.adam_betas,
+        eps=settings.adam_epsilon,
+        # one kernel for all parameters on CUDA (transformers' Trainer defaults to it too); FSDP2's
+        # sharded parameters keep the default multi-tensor path
+        fused=device.type == "cuda" and settings.parallel != "fsdp",
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -249,6 +264,9 @@ def train(
     if cfg.train is None:
         raise ConfigError(f"{source}: no train: block; add one (docs/training.md) to train this composition")
     settings = cfg.train
+    # a file's paths are already its folder's; a mapping's are the working folder's, made absolute
+    # here so that RUN_DIR/config.yaml reads the same data from anywhere
+    settings.data = settings.data.resolved(Path.cwd())
     output_dir = Path(output_dir)
     dist = D.setup(settings.parallel, settings.device)
     try:
@@ -257,17 +275,28 @@ def train(
         D.teardown(dist)
 
 
-def _train(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, resume: bool, dist: D.Dist) -> TrainResult:
+def _train(
+    cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, resume: bool, dist: D.Dist
+) -> TrainResult:
     per_micro, rest = divmod(settings.batch_size, dist.world * settings.gradient_accumulation_steps)
     if rest or not per_micro:
         raise ConfigError(
-            f"train.batch_size: {settings.batch_size} pairs do not split evenly over {dist.world} process(es) "
+            f"train.batch_size: {settings.batch_size} pairs do not split evenly over "
+            f"{dist.world} process(es) "
             f"x {settings.gradient_accumulation_steps} accumulation step(s); use a multiple of "
             f"{dist.world * settings.gradient_accumulation_steps}"
         )
     if settings.precision == "fp16" and dist.device.type != "cuda":
         raise ConfigError(f"train.precision: fp16 needs CUDA (the device is {dist.device}); use bf16 or fp32")
-    checkpoint = D.broadcast_object(dist, _check_run_dir(output_dir, resume) if dist.main else None)
+    checkpoint, problem = None, None
+    if dist.main:  # one process looks, all of them act on what it found (or fail with it)
+        try:
+            checkpoint = _check_run_dir(output_dir, resume)
+        except ConfigError as e:
+            problem = str(e)
+    checkpoint, problem = D.broadcast_object(dist, (checkpoint, problem))
+    if problem is not None:
+        raise ConfigError(problem)
     if dist.main:
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_text(output_dir / CONFIG, _config_yaml(cfg))
@@ -276,32 +305,53 @@ def _train(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, re
     if start == 0 and dist.main:
         _write_text(output_dir / METRICS, "")
     _loop(run, start)
-    if run.eval_pairs is not None and (run.eval_results is None or run.eval_results.get("step") != run.total_steps):
+    if run.eval_pairs is not None and (
+        run.eval_results is None or run.eval_results.get("step") != run.total_steps
+    ):
         _evaluate(run, run.total_steps)
     _save_model(run)
     last = next((m["loss"] for m in reversed(run.metrics) if "loss" in m), None)
     evaluation = {k: v for k, v in (run.eval_results or {}).items() if k != "step"} or None
-    return TrainResult(output_dir=output_dir, model_dir=output_dir / MODEL, steps=run.total_steps,
-                       resumed_from=start if checkpoint is not None else None, loss=last, eval=evaluation,
-                       metrics=run.metrics)
+    return TrainResult(
+        output_dir=output_dir,
+        model_dir=output_dir / MODEL,
+        steps=run.total_steps,
+        resumed_from=start if checkpoint is not None else None,
+        loss=last,
+        eval=evaluation,
+        metrics=run.metrics,
+        rank=dist.rank,
+    )
 
 
-def _token_ids(model: EncoderDecoder) -> tuple[int | None, int | None, int]:
-    """(decoder start, eos, source pad) as the labels and batches need them."""
+def _token_ids(model: EncoderDecoder) -> tuple[int | None, int | None]:
+    """(decoder start, eos) as the labels need them."""
     defaults = model.generation_defaults()
-    eos = defaults.eos_ids[0] if defaults.eos_ids else None
-    pad = model.pad_token_id if model.pad_token_id is not None else (eos or 0)
-    return defaults.decoder_start_token_id, eos, pad
+    return defaults.decoder_start_token_id, defaults.eos_ids[0] if defaults.eos_ids else None
+
+
+def _source_pad(model: EncoderDecoder, tokenizers: tuple[Any, Any]) -> int:
+    """The id that pads sources: the source tokenizer's (RoBERTa's positions count from it), else the
+    model's."""
+    if tokenizers[0].pad_token_id is not None:
+        return tokenizers[0].pad_token_id
+    return model.pad_token_id if model.pad_token_id is not None else 0
 
 
 def _read(path: str, settings: TrainSettings, model: EncoderDecoder, tokenizers: tuple[Any, Any]) -> Pairs:
     data = settings.data
-    start, eos, _ = _token_ids(model)
+    start, eos = _token_ids(model)
     max_source = data.max_source_length or _max_source_length(model.encoder)
     max_target = data.max_target_length or _max_source_length(model.decoder)
     pairs = read_pairs(path, data.source_field, data.target_field)
-    return tokenize_pairs(pairs, *tokenizers, decoder_start=start, eos=eos, max_source_length=max_source,
-                          max_target_length=max_target)
+    return tokenize_pairs(
+        pairs,
+        *tokenizers,
+        decoder_start=start,
+        eos=eos,
+        max_source_length=max_source,
+        max_target_length=max_target,
+    )
 
 
 def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, dist: D.Dist) -> _Run:
@@ -310,31 +360,30 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
     tokenizers = resolve_tokenizers(model)
     train_pairs = _read(settings.data.train, settings, model, tokenizers)
     eval_pairs = _read(settings.data.eval, settings, model, tokenizers) if settings.data.eval else None
-    batches = Batches(train_pairs, settings.batch_size, settings.seed, _token_ids(model)[2])
+    batches = Batches(train_pairs, settings.batch_size, settings.seed, _source_pad(model, tokenizers))
     total = settings.max_steps or (settings.epochs or 0) * batches.steps_per_epoch
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(dist.device)
     module = D.wrap(model, dist, settings.parallel, settings.precision)
-    optimizer = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.learning_rate,
-                                  betas=settings.adam_betas, eps=settings.adam_epsilon)
+    optimizer = build_optimizer(module, settings, dist.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s, total))
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
-    return _Run(cfg=cfg, settings=settings, dist=dist, model=model, module=module, optimizer=optimizer,
-                scheduler=scheduler, scaler=scaler, batches=batches, eval_pairs=eval_pairs, total_steps=total,
-                output_dir=output_dir, tokenizers=tokenizers)
-
-
-@contextlib.contextmanager
-def _no_sync(module: nn.Module, skip: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce of an accumulation micro-batch that is not the last."""
-    if skip and hasattr(module, "no_sync"):  # DDP
-        with module.no_sync():
-            yield
-        return
-    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
-        module.set_requires_gradient_sync(not skip)
-    yield
+    return _Run(
+        cfg=cfg,
+        settings=settings,
+        dist=dist,
+        model=model,
+        module=module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        batches=batches,
+        eval_pairs=eval_pairs,
+        total_steps=total,
+        output_dir=output_dir,
+        tokenizers=tokenizers,
+    )
 
 
 def _step(run: _Run, step: int) -> torch.Tensor:
@@ -342,15 +391,16 @@ def _step(run: _Run, step: int) -> torch.Tensor:
     dist, settings = run.dist, run.settings
     torch.manual_seed(_step_seed(settings.seed, step, dist.rank))  # dropout: the same on a resumed run
     micro = run.batches.micro_batches(step, dist.rank, dist.world, settings.gradient_accumulation_steps)
-    local = torch.tensor([float(sum(int(b.labels.ne(-100).sum()) for b in micro)),
-                          float(sum(b.tokens for b in micro))])
+    local = torch.tensor(
+        [float(sum(int(b.labels.ne(-100).sum()) for b in micro)), float(sum(b.tokens for b in micro))]
+    )
     # [labels, tokens] over all processes: the loss's divisor, summed before any backward
     count, tokens = D.all_reduce_sum(dist, local.to(dist.device)).unbind()
     total = torch.zeros((), device=dist.device)
     run.module.train()
     for j, batch in enumerate(micro):
         batch = batch.to(dist.device)
-        with _no_sync(run.module, j < len(micro) - 1), run.autocast:
+        with D.gradient_sync(run.module, j == len(micro) - 1), run.autocast:
             loss = run.module(**batch.model_inputs(), num_items_in_batch=count).loss
         total += loss.detach().float()
         scaled = loss * dist.world  # DDP and FSDP average gradients over processes; we want their sum
@@ -381,9 +431,16 @@ def _loop(run: _Run, start: int) -> None:
             done = step + 1
             if done % settings.log_every == 0 or done == run.total_steps:
                 elapsed = time.perf_counter() - window_start
-                _log(run, {"step": done, "loss": float(summed[0]), "lr": lr,
-                           "tokens_per_s": round(float(window) / max(elapsed, 1e-9), 1),
-                           "epoch": round(done / run.batches.steps_per_epoch, 4)})
+                _log(
+                    run,
+                    {
+                        "step": done,
+                        "loss": float(summed[0]),
+                        "lr": lr,
+                        "tokens_per_s": round(float(window) / max(elapsed, 1e-9), 1),
+                        "epoch": round(done / run.batches.steps_per_epoch, 4),
+                    },
+                )
                 window.zero_()
                 window_start = time.perf_counter()
             if bar is not None:  # a host sync per step: only on a terminal
@@ -411,7 +468,9 @@ class _Bar:
     def __init__(self, total: int, start: int) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False)
+        self.bar = tqdm(
+            total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False
+        )
         self.t0, self.tokens = time.perf_counter(), 0
 
     def update(self, loss: float, lr: float, tokens: int) -> None:
@@ -436,57 +495,78 @@ def _log(run: _Run, entry: dict[str, Any]) -> None:
 
 
 def _evaluate(run: _Run, step: int) -> None:
-    """Loss over data.eval (every process its share), and with eval_generate, BLEU and ROUGE-L."""
+    """Loss over data.eval, and with eval_generate BLEU and ROUGE-L; every process takes its share.
+
+    It runs on the unwrapped model inside :func:`~seqweave.training.distributed.gathered`: every
+    weight whole on every rank, so that no forward is a collective and the ranks may run different
+    numbers of them (FSDP2 would otherwise all-gather in each, and generation stops at different
+    lengths on different ranks).
+    """
     assert run.eval_pairs is not None
     dist, settings = run.dist, run.settings
-    size = settings.eval_batch_size or settings.batch_size // (dist.world * settings.gradient_accumulation_steps)
-    pad = _token_ids(run.model)[2]
+    size = settings.eval_batch_size or settings.batch_size // (
+        dist.world * settings.gradient_accumulation_steps
+    )
+    pad = _source_pad(run.model, run.tokenizers)
     sums = torch.zeros(2, device=dist.device)
-    run.module.eval()
-    with torch.no_grad():
+    run.model.eval()
+    with D.gathered(run.module), torch.no_grad():
         for batch in eval_batches(run.eval_pairs, size, dist.rank, dist.world, pad):
             batch = batch.to(dist.device)
             with run.autocast:
-                out = run.module(**batch.model_inputs(), num_items_in_batch=1)  # the sum of the token losses
+                out = run.model(**batch.model_inputs(), num_items_in_batch=1)  # the sum of the token losses
             sums += torch.stack([out.loss.detach().float(), batch.labels.ne(-100).sum().float()])
+        predictions = _generate(run, size, pad) if settings.eval_generate else None
+    run.model.train()
     sums = D.all_reduce_sum(dist, sums)
     results: dict[str, float] = {"eval_loss": float(sums[0] / sums[1].clamp(min=1))}
-    if settings.eval_generate:
-        results.update(_generation_scores(run, size))
-    run.module.train()
+    if predictions is not None:
+        from .metrics import generation_metrics  # sacrebleu and rouge-score: the `train` extra
+
+        gathered = _gather(dist, predictions)
+        if dist.main:
+            by_index = {i: text for part in gathered for i, text in part.items()}
+            ordered = [by_index[i] for i in range(len(run.eval_pairs))]
+            results.update(generation_metrics(ordered, run.eval_pairs.targets))
     run.eval_results = {"step": step, **results}
     _log(run, {"step": step, **results})
 
 
-def _generation_scores(run: _Run, batch_size: int) -> dict[str, float]:
-    """Generate for every eval input and score against the targets.
-
-    Every process generates the whole eval set: with FSDP each generation step is a collective,
-    so the processes must take the same number of steps, which the same inputs guarantee.
-    """
-    from .metrics import generation_metrics  # sacrebleu and rouge-score: the `train` extra
-
-    pairs, (source_tok, target_tok) = run.eval_pairs, run.tokenizers
+def _generate(run: _Run, batch_size: int, pad: int) -> dict[int, str]:
+    """This process's share of the eval sources (every world-th by length), generated and decoded."""
+    pairs, target_tok = run.eval_pairs, run.tokenizers[1]
     assert pairs is not None
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"num_return_sequences": 1}  # one prediction per reference
     if run.settings.eval_max_new_tokens is not None:
         options["max_new_tokens"] = run.settings.eval_max_new_tokens
     if run.settings.eval_num_beams is not None:
         options["num_beams"] = run.settings.eval_num_beams
-    pad = _token_ids(run.model)[2]
-    predictions = []
-    generate = getattr(run.module, "generate", None) or run.model.generate
-    with torch.no_grad(), run.autocast:
-        for start in range(0, len(pairs), batch_size):
-            rows = pairs.sources[start : start + batch_size]
-            ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    mine = sorted(range(len(pairs)), key=lambda i: len(pairs.sources[i]))[run.dist.rank :: run.dist.world]
+    out: dict[int, str] = {}
+    with run.autocast:
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            ids = torch.full((len(chunk), max(len(pairs.sources[i]) for i in chunk)), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row)
-                mask[r, : len(row)] = 1
-            out = generate(ids.to(run.dist.device), attention_mask=mask.to(run.dist.device), **options)
-            predictions += [target_tok.decode(row) for row in out]
-    return generation_metrics(predictions, pairs.targets) if run.dist.main else {}
+            for r, i in enumerate(chunk):
+                ids[r, : len(pairs.sources[i])] = torch.tensor(pairs.sources[i])
+                mask[r, : len(pairs.sources[i])] = 1
+            generated = run.model.generate(
+                ids.to(run.dist.device), attention_mask=mask.to(run.dist.device), **options
+            )
+            out.update({i: target_tok.decode(row) for i, row in zip(chunk, generated, strict=True)})
+    return out
+
+
+def _gather(dist: D.Dist, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a collective)."""
+    if dist.world == 1:
+        return [obj]
+    import torch.distributed as tdist
+
+    out: list[Any] = [None] * dist.world
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -510,7 +590,8 @@ def _trainer_state(run: _Run, step: int) -> dict[str, Any]:
 
 
 def _save_checkpoint(run: _Run, step: int) -> None:
-    """``checkpoints/step-N``, one transaction: rank 0 stages it, every rank writes its part, rank 0 commits."""
+    """``checkpoints/step-N`` as one transaction: rank 0 stages it, every rank writes its part, rank 0
+    commits."""
     from safetensors.torch import save_file
 
     dist = run.dist
@@ -549,7 +630,8 @@ def _load_checkpoint(run: _Run, folder: Path) -> int:
     state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
     if state["batch_size"] != run.settings.batch_size or state["seed"] != run.settings.seed:
         raise ConfigError(
-            f"{folder}: was saved with train.batch_size={state['batch_size']} and train.seed={state['seed']}; "
+            f"{folder}: was saved with train.batch_size={state['batch_size']} and "
+            f"train.seed={state['seed']}; "
             "a resumed run must keep both (the data position depends on them)"
         )
     D.load_state(run.dist, folder / "state", run.module, run.optimizer)
