@@ -231,12 +231,13 @@ def test_docs_config_md_holds_the_generated_reference(capsys):
 
 
 def test_demo_runs_offline_and_learns(capsys):
-    code, out, err = run(capsys, "demo", "--steps", "150")
+    code, out, err = run(capsys, "demo", "--steps", "200")
     assert code == 0, err
-    loss = next(line for line in out.splitlines() if "training" in line)
+    loss = next(line for line in out.splitlines() if line.lstrip().startswith("training"))
     before, after = (float(x) for x in loss.split("loss ")[1].split(" (")[0].split(" -> "))
     assert after < before / 4
     assert out.count(" -> '") == 4  # generated text for four inputs
+    assert "exact match  " in out and "/64 held-out pairs" in out
 
 
 # ----------------------------------------------------------------------------------------

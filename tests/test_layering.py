@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["composer", "modelconfig"], 11),
     **dict.fromkeys(["summary", "tokenizer", "pipeline", "cli", "demo", "configdoc", "modules", "testing",
                      "testing.checks", "testing.helpers", "__main__", "",
-                     "training.data", "training.loop"], 12),
+                     "training.data", "training.loop", "training.metrics"], 12),
     **dict.fromkeys(["training.distributed"], 11),  # process group, DDP/FSDP2, DCP: needs only the composer
 }
 

@@ -306,7 +306,9 @@ def test_batch_larger_than_the_data_and_no_train_block(project, tmp_path, capsys
     assert main(["train", str(config), "-o", str(tmp_path / "run")]) == 2
     assert "train.batch_size: 128 is more than the 64 training pairs" in capsys.readouterr().err
     plain = tmp_path / "plain.yaml"
-    plain.write_text(demo_config_path().read_text())
+    untrained = yaml.safe_load(demo_config_path().read_text())
+    del untrained["train"]  # the demo's config has one (it trains through seqweave.train)
+    plain.write_text(yaml.safe_dump(untrained))
     with pytest.raises(sw.ConfigError, match="no train: block"):
         sw.train(plain, tmp_path / "run2")
     with pytest.raises(sw.ConfigError, match="fp16 needs CUDA"):

@@ -629,10 +629,10 @@ def schema(markdown: bool) -> None:
     "-o",
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the trained checkpoint here (default: a temporary folder, removed).",
+    help="Keep the run here (RUN_DIR: model/, metrics.jsonl, ...; default: a temporary folder, removed).",
 )
 def demo(steps: int | None, seed: int, output: Path | None) -> None:
-    """The main job on the embedded default, offline: build, fine-tune, save, reload, generate."""
+    """The main job on the embedded default, offline: seqweave.train, reload, generate, exact match."""
     from .demo import run_demo
 
     run_demo(steps=steps, seed=seed, output=output, echo=click.echo)

@@ -1,0 +1,35 @@
+"""benchmarks/train.py runs: its smallest case trains both libraries (seqweave through the trainer's step)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_quick_benchmark_prints_a_row_with_equal_losses(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # it imports its helpers from generate.py beside it
+    spec = importlib.util.spec_from_file_location("bench_train", BENCH / "train.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_train", bench)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(
+            ["--quick", "--device", "cpu", "--threads", "1", "--runs", "1", "--steps", "1", "--batch", "2"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "seqweave: the trainer's step" in out  # the trainer's code, not a loop of the benchmark's own
+    rows = [line for line in out.splitlines() if line.startswith("| bert2gpt2")]
+    assert len(rows) == 1, out
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1] == "2" and float(cells[3]) > 0 and float(cells[4]) > 0
+    assert re.fullmatch(r"\d+\.\d\dx", cells[5])
+    assert float(cells[-1]) <= 1e-4  # same weights and data: the first losses agree in float32
