@@ -49,3 +49,13 @@ def test_demo_trains_through_seqweave_train_and_keeps_the_run(tmp_path, monkeypa
     assert [(s, t) for s, t, _ in held_out] == demo_data()["eval"]
     assert report.exact_match == sum(got == want for _, want, got in held_out) / N_EVAL
     assert f"exact match  {round(report.exact_match * N_EVAL)}/{N_EVAL} held-out pairs" in "\n".join(lines)
+
+
+def test_demo_into_a_non_empty_folder_is_a_clean_error(tmp_path, capsys):
+    from seqweave.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not empty" in err and "--resume" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

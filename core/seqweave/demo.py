@@ -126,6 +126,8 @@ def _run(steps: int | None, seed: int, output: Path | None, echo: Callable[[str]
         f"({Path(cfg.train.data.train).name}, {Path(cfg.train.data.eval).name}, shipped in the package)"
     )
 
+    if output is not None and Path(output).is_dir() and any(Path(output).iterdir()):
+        raise sw.ConfigError(f"{output}: is not empty; the demo writes a new run: choose another folder")
     run_dir = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="seqweave-demo-"))
     try:
         t = time.perf_counter()
