@@ -335,6 +335,10 @@ def _fully_shard(model: EncoderDecoder, dist: Dist, precision: str) -> nn.Module
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # Logits are a view (F.linear on [b, t, d] flattens and views back, in transformers too); FSDP2
+    # warns that an in-place op on a view would skip its pre-backward hook. Nothing here does one,
+    # and copying [b, t, vocab] to silence it would cost memory every step.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(dist.device.type, (dist.world,))
     kwargs: dict[str, Any] = {"mesh": mesh}
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
