@@ -12,8 +12,8 @@ device each step as a trainer does.
 * transformers: a plain loop over ``EncoderDecoderModel`` (forward with ``labels``, backward,
   clipping, AdamW step, ``zero_grad(set_to_none=True)``).
 
-AdamW is the fused one on CUDA on both sides (the trainer's ``build_optimizer``; transformers'
-Trainer defaults to it too).
+AdamW is the fused one on both sides, on CUDA and the CPU (the trainer's ``build_optimizer``;
+transformers' Trainer defaults to ``adamw_torch_fused`` with torch >= 2.8).
 
 Dropout is off so that the two sides can be compared step for step: they start from the same
 weights and see the same data, so the losses of the first steps must agree (1e-4 relative in
@@ -199,7 +199,7 @@ def trainer_steps(model: sw.EncoderDecoder, batches: list[Batch], device: str, c
     )
     dist = D.setup("none", device)
     module = D.wrap(model, dist, "none", settings.precision)
-    optimizer = L.build_optimizer(module, settings, dist.device)  # fused on CUDA
+    optimizer = L.build_optimizer(module, settings, dist.device)  # fused
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: L.lr_factor(settings, s, len(batches)))
     run = L._Run(
         cfg=None,
@@ -295,9 +295,7 @@ def case(folder, tokens, sizes, batch_size, args, steps, autocast, tol) -> list[
     vocab = (hf.config.encoder.vocab_size, hf.config.decoder.vocab_size)
     n = CHECK_STEPS + args.runs * steps
     data = make_batches(n, batch_size, sizes, vocab, tokens["pad_token_id"])
-    hf_opt = torch.optim.AdamW(
-        param_groups(hf), lr=LR, fused=cuda
-    )  # as the trainer's (and transformers' Trainer's)
+    hf_opt = torch.optim.AdamW(param_groups(hf), lr=LR, fused=True)  # transformers' Trainer default (torch >= 2.8)
     hf.train()
     sw_step, sw_opt = trainer_steps(ours, data, args.device, cuda)
     steppers = {"hf": lambda i: plain_step(hf, hf_opt, data[i], args.device, autocast), "sw": sw_step}
