@@ -179,8 +179,8 @@ class _FixedBatches:
 def trainer_steps(model: sw.EncoderDecoder, batches: list[Batch], device: str, cuda: bool):
     """seqweave's side: the trainer's step function on ``model``; returns (step(i) -> loss, optimizer).
 
-    The trainer's own code from ``seqweave.training.loop`` (its ``_Run`` holds what a step needs;
-    ``train()`` makes one from a config and data files, here it is made from the loaded model).
+    The trainer's own code from ``seqweave.training.loop``: ``prepare_run`` wraps the model and makes
+    its (fused) optimizer and schedule, as ``train()`` does from a config; ``run_step`` is one step.
     """
     from seqweave.training import distributed as D
     from seqweave.training import loop as L
@@ -198,25 +198,8 @@ def trainer_steps(model: sw.EncoderDecoder, batches: list[Batch], device: str, c
         device=device,
     )
     dist = D.setup("none", device)
-    module = D.wrap(model, dist, "none", settings.precision)
-    optimizer = L.build_optimizer(module, settings, dist.device)  # fused
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: L.lr_factor(settings, s, len(batches)))
-    run = L._Run(
-        cfg=None,
-        settings=settings,
-        dist=dist,
-        model=model,
-        module=module,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=None,
-        batches=_FixedBatches(batches),
-        eval_pairs=None,
-        total_steps=len(batches),
-        output_dir=Path("unused"),
-        tokenizers=(None, None),
-    )
-    return (lambda i: L._step(run, i)[0]), optimizer
+    run = L.prepare_run(model, settings, dist, _FixedBatches(batches), len(batches))
+    return (lambda i: L.run_step(run, i)[0]), run.optimizer
 
 
 def static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:

@@ -46,7 +46,7 @@ from . import distributed as D
 from .config import TrainSettings
 from .data import Batches, Pairs, eval_batches, read_pairs, tokenize_pairs
 
-__all__ = ["TrainResult", "build_optimizer", "latest_checkpoint", "lr_factor", "train"]
+__all__ = ["TrainResult", "build_optimizer", "latest_checkpoint", "lr_factor", "prepare_run", "run_step", "train"]
 
 logger = logging.getLogger("seqweave")
 
@@ -209,7 +209,7 @@ def _set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
 class _Run:
     """Everything a step needs, made once by :func:`train`."""
 
-    cfg: CompositionConfig
+    cfg: CompositionConfig | None
     settings: TrainSettings
     dist: D.Dist
     model: EncoderDecoder  # unwrapped
@@ -220,7 +220,7 @@ class _Run:
     batches: Batches
     eval_pairs: Pairs | None
     total_steps: int
-    output_dir: Path
+    output_dir: Path | None
     tokenizers: tuple[Any, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
     eval_results: dict[str, float] | None = None
@@ -363,11 +363,31 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
     eval_pairs = _read(settings.data.eval, settings, model, tokenizers) if settings.data.eval else None
     batches = Batches(train_pairs, settings.batch_size, settings.seed, _source_pad(model, tokenizers))
     total = settings.max_steps or (settings.epochs or 0) * batches.steps_per_epoch
+    return prepare_run(model, settings, dist, batches, total, cfg=cfg, eval_pairs=eval_pairs,
+                       output_dir=output_dir, tokenizers=tokenizers)
+
+
+def prepare_run(
+    model: EncoderDecoder,
+    settings: TrainSettings,
+    dist: D.Dist,
+    batches: Any,
+    total_steps: int,
+    *,
+    cfg: CompositionConfig | None = None,
+    eval_pairs: Pairs | None = None,
+    output_dir: Path | None = None,
+    tokenizers: tuple[Any, Any] = (None, None),
+) -> _Run:
+    """What :func:`run_step` needs for ``model``: wrapped for ``settings.parallel``, its optimizer,
+    schedule and gradient scaler. :func:`train` makes one from a config and data files;
+    ``benchmarks/train.py`` from a loaded model and fixed batches (anything with
+    :meth:`~seqweave.training.data.Batches.micro_batches`)."""
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     module = D.wrap(model, dist, settings.parallel, settings.precision)
     optimizer = build_optimizer(module, settings, dist.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s, total_steps))
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
     return _Run(
         cfg=cfg,
@@ -380,13 +400,13 @@ def _setup(cfg: CompositionConfig, settings: TrainSettings, output_dir: Path, di
         scaler=scaler,
         batches=batches,
         eval_pairs=eval_pairs,
-        total_steps=total,
+        total_steps=total_steps,
         output_dir=output_dir,
         tokenizers=tokenizers,
     )
 
 
-def _step(run: _Run, step: int) -> torch.Tensor:
+def run_step(run: _Run, step: int) -> torch.Tensor:
     """One optimizer step; returns [loss, tokens] of the global batch, on the device (no host sync)."""
     dist, settings = run.dist, run.settings
     torch.manual_seed(_step_seed(settings.seed, step, dist.rank))  # dropout: the same on a resumed run
@@ -426,7 +446,7 @@ def _loop(run: _Run, start: int) -> None:
     try:
         for step in range(start, run.total_steps):
             lr = run.scheduler.get_last_lr()[0]
-            summed = _step(run, step)
+            summed = run_step(run, step)
             window += summed[1]
             done = step + 1
             if done % settings.log_every == 0 or done == run.total_steps:
