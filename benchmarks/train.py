@@ -20,9 +20,10 @@ weights and see the same data, so the losses of the first steps must agree (1e-4
 float32, 3e-2 in bf16) or the benchmark stops; the table shows the largest difference over
 every step. Timed runs alternate (transformers, seqweave, transformers, ...) so that drift in
 the machine's speed hits both sides alike; figures are medians over runs. Tokens are the
-unpadded source and target tokens of a step. Peak memory (CUDA only) is each side's own: the
+unpadded source and target tokens of a step. Peak memory on CUDA is each side's own: the
 peak allocated during its run less what the other side holds (weights and AdamW state), so
-both figures count weights, gradients, optimizer state and activations.
+both figures count weights, gradients, optimizer state and activations. On the CPU (Linux) each side
+runs alone in a fresh process and the figure is the rise of its peak RSS over the steps.
 
 Cases: BERT-base encoder + GPT-2-small decoder (random weights, cross-attention), source 128,
 target 64, batch 8 and 32. ``--quick`` (for the CPU): a 2-layer 128-wide bert2gpt2 with a
@@ -210,6 +211,66 @@ def static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> in
     return sum(t.numel() * t.element_size() for t in tensors if t.device.type == "cuda")
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def cpu_memory_supported() -> bool:
+    """Peak RSS can be reset (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    return Path("/proc/self/clear_refs").exists() and Path("/proc/self/status").exists()
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """One side alone in this process: print the rise of peak RSS (MiB) over its training steps.
+
+    The weights and the data are loaded first and not counted; what is counted is what a step
+    adds: gradients, AdamW state (made at the first step), activations and the allocator's slack.
+    """
+    import transformers
+
+    side, folder = args.memory_child
+    torch.set_num_threads(args.threads)
+    sizes = QUICK if args.quick else FULL
+    steps = CHECK_STEPS + (args.steps or 4)
+    batch_size = args.batch[0]
+    config = transformers.AutoConfig.from_pretrained(folder)  # the same batches as the timed runs
+    vocab = (config.encoder.vocab_size, config.decoder.vocab_size)
+    if side == "hf":
+        model = transformers.EncoderDecoderModel.from_pretrained(folder).train()
+        optimizer = torch.optim.AdamW(param_groups(model), lr=LR, fused=True)
+    else:
+        model = sw.EncoderDecoder.from_pretrained(folder)
+    data = make_batches(steps, batch_size, sizes, vocab, config.pad_token_id)
+    if side == "hf":
+        def step(i: int) -> torch.Tensor:
+            return plain_step(model, optimizer, data[i], "cpu", contextlib.nullcontext)
+    else:
+        step, _ = trainer_steps(model, data, "cpu", False)
+    base = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
+    for i in range(steps):
+        step(i)
+    print((_status_kib("VmHWM") - base) / 1024)
+
+
+def cpu_peaks(folder: Path, batch_size: int, args: argparse.Namespace) -> dict[str, float]:
+    """Each side's peak RSS rise over its steps, each in a fresh process (one allocator each)."""
+    import subprocess
+
+    out = {}
+    for side in ("hf", "sw"):
+        cmd = [sys.executable, __file__, "--memory-child", side, str(folder), "--batch", str(batch_size),
+               "--threads", str(args.threads)] + ["--quick"] * args.quick
+        if args.steps:
+            cmd += ["--steps", str(args.steps)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[side] = float(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,7 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 10, quick 4)")
     parser.add_argument("--batch", type=int, action="append", help="batch sizes (default: the case's)")
     parser.add_argument("--verbose", action="store_true", help="also print the losses of the first steps")
+    parser.add_argument("--memory-child", nargs=2, metavar=("SIDE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_child:
+        return memory_child(args)
 
     import transformers
 
@@ -264,8 +328,11 @@ def main(argv: list[str] | None = None) -> None:
             print(*case(folder, tokens, sizes, batch_size, args, steps, autocast, tol), sep="\n", flush=True)
             if cuda:
                 torch.cuda.empty_cache()  # the case's models are gone
-    if not cuda:
-        print("# peak memory is measured on CUDA only (one process holds both sides)")
+    if not cuda and cpu_memory_supported():
+        print("# CPU peak memory: the rise of peak RSS over the steps, each side alone in a fresh process "
+              "(gradients, AdamW state, activations; weights and data not counted)")
+    elif not cuda:
+        print("# peak memory: CUDA, or Linux's /proc for the CPU, only")
 
 
 def case(folder, tokens, sizes, batch_size, args, steps, autocast, tol) -> list[str]:
@@ -319,9 +386,10 @@ def case(folder, tokens, sizes, batch_size, args, steps, autocast, tol) -> list[
     n_tok = statistics.mean(b.tokens for b in data[CHECK_STEPS:])
     tps = {k: n_tok / (median_ms(v) / 1000) for k, v in times.items()}
     mem = {k: statistics.median(v) if v else float("nan") for k, v in peaks.items()}
-    mem_cells = (
-        f"{mem['hf']:.0f} | {mem['sw']:.0f} | {mem['sw'] / mem['hf']:.2f}x" if cuda else "n/a | n/a | n/a"
-    )
+    if not cuda and cpu_memory_supported():
+        mem = cpu_peaks(folder, batch_size, args)
+    measured = cuda or cpu_memory_supported()
+    mem_cells = f"{mem['hf']:.0f} | {mem['sw']:.0f} | {mem['sw'] / mem['hf']:.2f}x" if measured else "n/a | n/a | n/a"
     lines.append(
         f"| {sizes.name} | {batch_size} | {n_tok:.0f} | {tps['hf']:.0f} | {tps['sw']:.0f} | "
         f"{tps['sw'] / tps['hf']:.2f}x | {mem_cells} | {diff:.1e} |"

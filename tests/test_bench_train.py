@@ -32,4 +32,6 @@ def test_quick_benchmark_prints_a_row_with_equal_losses(capsys, monkeypatch):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[1] == "2" and float(cells[3]) > 0 and float(cells[4]) > 0
     assert re.fullmatch(r"\d+\.\d\dx", cells[5])
+    if bench.cpu_memory_supported():  # each side alone in a fresh process: a peak RSS rise, in MiB
+        assert float(cells[6]) > 0 and float(cells[7]) > 0 and re.fullmatch(r"\d+\.\d\dx", cells[8])
     assert float(cells[-1]) <= 1e-4  # same weights and data: the first losses agree in float32
