@@ -8,6 +8,8 @@ for both), the peak resident memory by the child (``VmHWM``; not ``ru_maxrss``, 
 child inherits from the parent that forked it, here one holding a model). Linux only. The composite is written
 once by transformers' ``save_pretrained`` and read by both.
 
+It also times what ``import seqweave`` adds to ``import torch`` (fresh processes, median).
+
     python benchmarks/cold_start.py [--runs 3]
 """
 
@@ -58,6 +60,21 @@ def run(library: str, folder: Path) -> tuple[float, int, str]:
     return wall, int(rss_kib) // 1024, ids
 
 
+IMPORT = """
+import time, torch
+t = time.perf_counter()
+import seqweave
+print(time.perf_counter() - t)
+"""
+
+
+def import_seconds() -> float:
+    """What ``import seqweave`` adds to ``import torch`` in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", IMPORT], capture_output=True, text=True, check=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    return float(done.stdout.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per library")
@@ -80,6 +97,9 @@ def main() -> None:
         print(f"| {lib} | {med[lib][0]:.2f} | {med[lib][1]} |")
     print(f"\nseqweave / transformers: wall {med['seqweave'][0] / med['transformers'][0]:.2f}x "
           f"(goal <= 0.6x), peak memory {med['seqweave'][1] / med['transformers'][1]:.2f}x (goal <= 1.0x)")
+    imports = sorted(import_seconds() for _ in range(max(args.runs, 5)))
+    print(f"import seqweave after import torch: median {statistics.median(imports):.3f} s "
+          f"(min {imports[0]:.3f}, max {imports[-1]:.3f}; goal <= 0.15 s)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.load import on_meta
 from ..registry import Architecture, Role
 from ..weights import WeightMap, load_module_weights
 
@@ -62,7 +63,7 @@ def load_hf_state_dict(
         AssertionError: the map needs a tensor the state dict lacks, or leaves one unused
             that no ``ignore`` pattern covers.
     """
-    with torch.device("meta"):
+    with on_meta():
         module = arch.build_module(config, role)
     wmap = arch.weight_map(config, role)
     sd = {k: v.detach().clone() for k, v in state_dict.items()}
