@@ -200,3 +200,29 @@ def test_fresh_reads_equal_the_mapped_tensors(tmp_path, dtype):
         assert got.data_ptr() != sd[name].data_ptr() or got.numel() == 0  # its own memory, not the map
     renamed = sd.renamed(lambda k: "x." + k)
     assert torch.equal(renamed.fresh("x.a"), tensors["a"])
+
+
+def test_loading_does_not_import_torch_dynamo(folder):
+    # normal_ on a meta tensor goes through torch._refs, whose first use imports torch._dynamo: about
+    # 1 s of a cold start. Building on meta skips torch.nn.init (checkpoint.load.on_meta).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, seqweave\n"
+        f"seqweave.EncoderDecoder.from_pretrained({str(folder)!r})\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_on_meta_skips_init_and_restores_it():
+    from seqweave.checkpoint.load import on_meta
+    from torch.nn import init
+
+    normal = init.normal_
+    with on_meta():
+        layer = torch.nn.Embedding(4, 3)
+        assert init.normal_ is not normal
+    assert init.normal_ is normal and layer.weight.is_meta
