@@ -160,8 +160,12 @@ def test_begin_returns_the_position_in_the_form_each_kind_reads():
     position = static.begin(1)
     assert isinstance(position, torch.Tensor) and int(position) == 2
     assert static.write_index.tolist() == [2]
-    mask = static.self_attention_mask(None)  # query at position 2 sees slots 0..2 of 4
-    assert mask.shape == (1, 1, 1, 4) and mask.flatten().tolist() == [True, True, True, False]
+    inf = float("inf")
+    mask = static.self_attention_mask(None)  # query at position 2 sees slots 0..2 of 4: additive, no padding
+    assert mask.shape == (1, 1, 1, 4) and mask.flatten().tolist() == [0.0, 0.0, 0.0, -inf]
+    assert static.self_attention_mask(None, torch.bfloat16).dtype == torch.bfloat16
+    padded = static.self_attention_mask(torch.tensor([[0, 1, 1]]))  # with padding: boolean
+    assert padded.flatten().tolist() == [False, True, True, False]
 
 
 def test_a_replay_advances_only_the_host_position():

@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import torch
 
 from .errors import ConfigError
-from .masks import buffer_mask
+from .masks import buffer_bias, buffer_mask
 
 __all__ = ["Cache", "DynamicCache", "LayerCache", "StaticCache"]
 
@@ -72,6 +72,11 @@ class LayerCache:
     def store_cross(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Keep the cross-attention keys/values [b, h, s, hd] computed from the source."""
         self.cross = (k, v)
+
+    def _zero_dead_sources(self, alive: torch.Tensor) -> None:
+        """Zero the cross-attention values of the sources with no token (``alive`` [b, 1, 1, 1] False)."""
+        if self.cross is not None:  # out of place: the values may be a view of the projection's output
+            self.cross = (self.cross[0], self.cross[1].masked_fill(~alive, 0.0))
 
     def _allocate(self, like: torch.Tensor, capacity: int) -> None:
         b, h, _, hd = like.shape
@@ -104,6 +109,18 @@ class _DynamicLayer(LayerCache):
 
 
 class _StaticLayer(LayerCache):
+    def store_cross(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Copy into the buffers of an earlier source of the same shape (a replayed graph reads those)."""
+        if self.cross is not None and self.cross[0].shape == k.shape and self.cross[0].dtype == k.dtype:
+            self.cross[0].copy_(k)
+            self.cross[1].copy_(v)
+        else:
+            self.cross = (k.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format))
+
+    def _zero_dead_sources(self, alive: torch.Tensor) -> None:
+        if self.cross is not None:  # in place: the buffers are the cache's own
+            self.cross[1].masked_fill_(~alive, 0.0)
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write at the device position; return the whole buffers [b, h, capacity, hd].
 
@@ -167,6 +184,7 @@ class Cache:
         self.length = 0
         self.layers = [self._layer_type(self) for _ in range(num_layers)]
         self._source_mask: torch.Tensor | None = None
+        self._source_bias: torch.Tensor | None = None
         self._has_source = False
         self._setup(device)
 
@@ -182,13 +200,43 @@ class Cache:
         return self._source_mask
 
     @property
+    def source_bias(self) -> torch.Tensor | None:
+        """The cross-attention mask as attention reads it once the cache holds the source: additive.
+
+        [b, 1, 1, s] in the keys' dtype, 0 for tokens and -inf for padding (None: no padding).
+        A source with no token at all attends to every position instead, and its cached
+        values are zero, so its attention output is the zero that :attr:`source_mask` gives
+        it. Every row then has a key, and attention needs no check per step (see
+        :meth:`~seqweave.layers.Attention._attend`); SDPA turns a boolean mask into exactly
+        this, so the results are the same bit for bit.
+        """
+        return self._source_bias
+
+    @property
     def has_source(self) -> bool:
         """Whether the cross-attention keys/values (and :attr:`source_mask`) are filled."""
         return self._has_source
 
     def set_source(self, source_mask: torch.Tensor | None) -> None:
-        """Record that the layers hold the source's keys/values, and keep its mask [b, 1, 1, s] (or None)."""
+        """Record that the layers hold the source's keys/values, and keep its mask [b, 1, 1, s] (or None).
+
+        Also makes :attr:`source_bias` (no host sync: it is a few kernels once per source).
+        """
         self._source_mask, self._has_source = source_mask, True
+        if source_mask is None:
+            self._source_bias = None
+            return
+        alive = source_mask.any(dim=-1, keepdim=True)  # [b, 1, 1, 1]
+        keys = next((layer.cross[0] for layer in self.layers if layer.cross is not None), None)
+        dtype = torch.float32 if keys is None else keys.dtype
+        bias = torch.zeros(source_mask.shape, dtype=dtype, device=source_mask.device)
+        bias.masked_fill_(~(source_mask | ~alive), -float("inf"))
+        for layer in self.layers:
+            layer._zero_dead_sources(alive)
+        self._source_bias = self._keep_bias(bias)
+
+    def _keep_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        return bias
 
     def begin(self, t: int) -> int | torch.Tensor:
         """Prepare a forward of ``t`` new positions; return where they start.
@@ -210,11 +258,11 @@ class Cache:
             index: [b*g] for each new row, the row it continues. Cross-attention keys/values
                 are per source and stay as they are.
         """
-        n = self.length
+        n, r = self.length, index.shape[0]  # r < rows when a decode graph pads the batch
         for layer in self.layers:
             if layer.k is not None:
-                layer.k[:, :, :n] = layer.k[:, :, :n].index_select(0, index)
-                layer.v[:, :, :n] = layer.v[:, :, :n].index_select(0, index)
+                layer.k[:r, :, :n] = layer.k[:r, :, :n].index_select(0, index)
+                layer.v[:r, :, :n] = layer.v[:r, :, :n].index_select(0, index)
 
 
 class DynamicCache(Cache):
@@ -230,8 +278,17 @@ class DynamicCache(Cache):
 class StaticCache(Cache):
     """Fixed-shape cache for CUDA graphs: the position also lives on the device, the whole buffer is read.
 
+    Its buffers (self-attention keys/values, the cross-attention keys/values and
+    :attr:`source_bias` of a source of the same shape) are written in place, never
+    replaced, so a CUDA graph that captured a step reads the same memory on every replay,
+    also after :meth:`reset` for the next ``generate`` call.
+
     Attributes:
         write_index: [t] the buffer positions the current forward writes (set by :meth:`begin`).
+        host_counts: whether :meth:`begin` and :meth:`advance` keep :attr:`length` (default). A
+            decode graph sets it False and counts the positions itself: a replay runs the
+            recorded kernels, never the Python, and a compiled step must not read a Python
+            counter that changes every step.
     """
 
     static = True
@@ -243,25 +300,50 @@ class StaticCache(Cache):
         self._position = torch.zeros((), dtype=torch.long, device=device)  # == length, on the device
         self._slots = torch.arange(self.capacity, device=device)
         self.write_index: torch.Tensor | None = None
+        self.host_counts = True
+
+    def reset(self) -> None:
+        """Empty the cache for a new source, keeping every buffer (and so every captured graph) valid."""
+        self.length = 0
+        self._position.zero_()
+        self._has_source = False
 
     def begin(self, t: int) -> torch.Tensor:
-        if self.length + t > self.capacity:
+        if self.host_counts and self.length + t > self.capacity:
             raise ConfigError(
                 f"the static cache holds {self.capacity} positions; {self.length} + {t} do not fit"
             )
         self.write_index = self._position + self._slots[:t]
         return self._position
 
-    def self_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Boolean mask [b or 1, 1, t, capacity] over the whole buffer for the current forward.
+    def self_attention_mask(
+        self, attention_mask: torch.Tensor | None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The mask over the whole buffer for the current forward: [b or 1, 1, t, capacity].
 
         See :func:`seqweave.masks.buffer_mask`; ``attention_mask`` is [b, <= capacity] or None.
+        Without one every query sees at least its own position, and the mask is additive
+        (:func:`seqweave.masks.buffer_bias`, in ``dtype``, the queries'): attention then needs
+        no check for rows with no key, and SDPA would have made the same floats from booleans.
         """
+        if attention_mask is None:
+            return buffer_bias(self.write_index, self._slots, dtype)
         return buffer_mask(self.write_index, self._slots, attention_mask)
 
     def advance(self, n: int) -> None:
-        self.length += n
+        if self.host_counts:
+            self.length += n
         self._position.add_(n)
+
+    def rewind(self, n: int) -> None:
+        """Move the position back by ``n`` (the keys/values written there stay, to be overwritten).
+
+        A decode graph's warm-up runs a step for real before the step is recorded; rewinding
+        makes the recorded step, replayed, write at the same position again.
+        """
+        if self.host_counts:
+            self.length -= n
+        self._position.sub_(n)
 
     def advance_after_replay(self, n: int = 1) -> None:
         """Move the Python position on by ``n``: a CUDA-graph replay has advanced the device one itself.
@@ -270,3 +352,9 @@ class StaticCache(Cache):
         ``add_``; each replay runs the recorded kernels only, so the host counter is moved here.
         """
         self.length += n
+
+    def _keep_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        old = self._source_bias
+        if old is not None and old.shape == bias.shape and old.dtype == bias.dtype:
+            return old.copy_(bias)
+        return bias

@@ -352,6 +352,7 @@ class EncoderDecoder(nn.Module):
         streamer: Callable[[torch.Tensor], None] | None = None,
         cuda_graph: bool | None = None,
         static_cache: bool | None = None,
+        compile: bool = False,
         generation_config: Any = None,
         decoder_input_ids: torch.Tensor | None = None,
         encoder_outputs: Any = None,
@@ -397,9 +398,14 @@ class EncoderDecoder(nn.Module):
             streamer: called with each step's new tokens [b * num_return_sequences] as
                 they are chosen (greedy search and sampling).
             cuda_graph: capture the decode step in a CUDA graph and replay it (default: on CUDA).
+                The graph is kept for later calls whose shapes fall in the same bucket
+                (docs/generation.md, "CUDA"); ``seqweave.generation.clear_graphs()`` frees them.
             static_cache: decode with a static cache (fixed shapes, device-side position);
-                the default is True exactly when ``cuda_graph`` is. On the CPU it is slower
-                and useful to test the code path the graph captures.
+                the default is True exactly when ``cuda_graph`` or ``compile`` is. On the CPU it
+                is slower and useful to test the code path the graph captures.
+            compile: compile the static decode step with ``torch.compile`` (inductor) before
+                capturing it: fewer, fused kernels per token, after a compilation of tens of
+                seconds on the first call of a bucket.
             labels: ignored, as transformers' ``generate`` ignores them
                 (``Seq2SeqTrainer(predict_with_generate=True)`` passes the whole batch).
             synced_gpus: transformers' flag to keep every rank stepping until all are done
@@ -422,7 +428,7 @@ class EncoderDecoder(nn.Module):
         if synced_gpus and torch.distributed.is_available() and torch.distributed.is_initialized():
             raise ConfigError("generate(): synced_gpus=True is not supported: each process generates on its own")
         return generation.generate(self, input_ids, attention_mask, generator=generator, streamer=streamer,
-                                   cuda_graph=cuda_graph, static_cache=static_cache,
+                                   cuda_graph=cuda_graph, static_cache=static_cache, compile=compile,
                                    generation_config=generation_config, decoder_input_ids=decoder_input_ids,
                                    encoder_outputs=encoder_outputs, token_type_ids=token_type_ids, **options)
 

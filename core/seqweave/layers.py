@@ -220,10 +220,10 @@ class Attention(nn.Module):
         source-major, so this is a view), and one attention call reads the source's
         keys/values once instead of a copy per row.
         """
-        if cache is not None and cache.cross is not None:
+        if source is None:
+            assert cache is not None and cache.cross is not None, "cross-attention needs a source or a filled cache"
             k, v = cache.cross
-        else:
-            assert source is not None, "cross-attention needs a source or a filled cache"
+        else:  # a new source (a static cache copies its keys/values into the buffers of the last one)
             k, v = (self._heads(t) for t in call(self.kv_proj, source).chunk(2, dim=-1))  # [b, h, s, hd]
             if cache is not None:
                 cache.store_cross(k, v)

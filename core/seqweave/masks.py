@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["buffer_mask", "causal_mask", "padding_mask"]
+__all__ = ["buffer_bias", "buffer_mask", "causal_mask", "padding_mask"]
 
 
 def causal_mask(t: int, past: int, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -55,3 +55,13 @@ def buffer_mask(
         padded[:, : attention_mask.shape[1]] = attention_mask
         keep = keep & padded.bool()[:, None, None, :]
     return keep
+
+
+def buffer_bias(positions: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`buffer_mask` without padding, as an additive mask: [1, 1, t, capacity], 0 or -inf in ``dtype``.
+
+    Every query sees its own slot, so no row is all -inf. Made once per forward and read by
+    every layer: SDPA would otherwise turn the boolean mask into these floats in every layer.
+    """
+    keep = slots[None, :] <= positions[:, None]  # [t, capacity]
+    return torch.full(keep.shape, -float("inf"), dtype=dtype, device=keep.device).masked_fill_(keep, 0.0)[None, None]

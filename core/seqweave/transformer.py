@@ -374,7 +374,7 @@ class TransformerDecoder(_Stack):
             x = call(self.embeddings, input_ids, past, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
         is_causal = False
         if cache is not None and cache.static:
-            mask = cache.self_attention_mask(attention_mask)
+            mask = cache.self_attention_mask(attention_mask, x.dtype)
         elif attention_mask is None and past == 0 and not output_attentions:
             mask = None
             is_causal = t > 1
@@ -382,15 +382,17 @@ class TransformerDecoder(_Stack):
             mask = None  # one new query sees every cached key
         else:
             mask = causal_mask(t, past, attention_mask, x.device)
+        source = encoder_hidden_states
         if cache is not None and cache.has_source:
-            source_mask = cache.source_mask  # made once per source, with the cross-attention keys/values
+            source_mask = cache.source_bias  # made once per source, with the cross-attention keys/values
+            source = None  # the layers read their keys/values from the cache
         else:
             source_mask = padding_mask(encoder_attention_mask)
         x, hidden, attns, cross = self._run(
             x,
             mask,
             is_causal=is_causal,
-            source=encoder_hidden_states,
+            source=source,
             source_mask=source_mask,
             cache=cache,
             output_attentions=output_attentions,

@@ -60,12 +60,27 @@ from .processors import (
     top_p,
 )
 from .search import argmax, beam_search, greedy_search, topk
-from .step import CudaGraphStep, DecodeStep
+from .step import (
+    BUCKET_MULTIPLE,
+    MAX_GRAPHS,
+    Bucket,
+    DecodeGraph,
+    DecodeStep,
+    GraphStep,
+    checkout,
+    clear_graphs,
+    release,
+    releasing,
+)
 
 __all__ = [
+    "BUCKET_MULTIPLE",
+    "MAX_GRAPHS",
     "RUNTIME_ARGUMENTS",
-    "CudaGraphStep",
+    "Bucket",
+    "DecodeGraph",
     "DecodeStep",
+    "GraphStep",
     "GenerateBeamEncoderDecoderOutput",
     "GenerateEncoderDecoderOutput",
     "Generated",
@@ -74,6 +89,7 @@ __all__ = [
     "argmax",
     "bad_words",
     "beam_search",
+    "clear_graphs",
     "config_options",
     "forced_token",
     "generate",
@@ -121,6 +137,11 @@ class _Prepared:
     processors: list[Processor]
     device: torch.device
     prompt: torch.Tensor | None  # [b, P] decoder_input_ids (the start token prepended), or None
+    graph: DecodeGraph | None  # the static path's graph, to release when the call ends
+
+    def release(self) -> None:
+        if self.graph is not None:
+            release(self.graph)
 
 
 def _prepare(
@@ -136,6 +157,8 @@ def _prepare(
     decoder_input_ids: torch.Tensor | None = None,
     encoder_outputs: Any = None,
     token_type_ids: torch.Tensor | None = None,
+    compile: bool = False,
+    return_scores: bool = False,
 ) -> _Prepared:
     decoder = model.decoder
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -199,7 +222,12 @@ def _prepare(
         raise ConfigError(f"generate(): cuda_graph=True needs the model on a CUDA device; it is on {device}")
     if cuda_graph and static_cache is False:
         raise ConfigError("generate(): cuda_graph=True needs static_cache=True (or None)")
-    static = cuda_graph or bool(static_cache)
+    if not isinstance(compile, bool):
+        raise ConfigError(f"generate(): compile must be True or False, got {compile!r}")
+    if compile and static_cache is False:
+        raise ConfigError("generate(): compile=True compiles the static decode step: it needs static_cache=True "
+                          "(or None)")
+    static = cuda_graph or bool(static_cache) or compile
     if static and not supports_static:
         raise ConfigError(
             f"generate(): static_cache/cuda_graph need a decoder with supports_static_cache = True; "
@@ -215,12 +243,26 @@ def _prepare(
         source = model.encode(input_ids, attention_mask, **extra)
     rows = b * (settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences)
     assert settings.max_length is not None, "resolved settings carry max_length"
-    cache = Cache(decoder.num_layers, settings.max_length, static=static, device=device)
-    step_type = CudaGraphStep if cuda_graph else DecodeStep  # looked up here, so tests can swap it
-    step = step_type(decoder, source.states, source.mask, cache)
     prompt_length = 1 if prompt is None else prompt.shape[1]
     procs = logits_processors(settings, prompt_length=prompt_length, device=device)
-    return _Prepared(settings, generator, step, cache, b, rows, procs, device, prompt)
+    graph = None
+    if static:  # the bucket's graph, kept across calls (see step.py)
+        # An output object holds the cache: that call's graph is its own. Greedy search picks its
+        # tokens inside the graph unless something needs each step's scores.
+        as_dict = settings.return_dict_in_generate and not return_scores
+        keep_graph = not as_dict
+        wants_scores = return_scores or (as_dict and (settings.output_scores or settings.output_logits))
+        greedy = (not wants_scores and settings.num_beams == 1 and not settings.do_sample and not procs)
+        eos = settings.eos_ids or []
+        bucket = Bucket.of("greedy" if greedy else "logits", b, rows // b, settings.max_length,
+                           source.states.shape[1], len(eos) if greedy else 0)
+        graph = checkout(decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
+        step: DecodeStep = GraphStep(decoder, source.states, source.mask, graph, rows)
+        cache = graph.cache
+    else:
+        cache = Cache(decoder.num_layers, settings.max_length)
+        step = DecodeStep(decoder, source.states, source.mask, cache)
+    return _Prepared(settings, generator, step, cache, b, rows, procs, device, prompt, graph)
 
 
 def vocab_of(part: Any) -> int | None:
@@ -324,6 +366,7 @@ def generate(
     return_scores: bool = False,
     cuda_graph: bool | None = None,
     static_cache: bool | None = None,
+    compile: bool = False,
     generation_config: Any = None,
     decoder_input_ids: torch.Tensor | None = None,
     encoder_outputs: Any = None,
@@ -337,6 +380,7 @@ def generate(
     (:data:`RUNTIME_ARGUMENTS`).
     ``static_cache=True`` decodes with a static cache (see :class:`~seqweave.Cache`) even
     without a CUDA graph: slower on the CPU, but the same code path the graph captures.
+    ``compile=True`` compiles that step with ``torch.compile`` (implies the static cache).
 
     Returns:
         [b * num_return_sequences, prompt + generated] token ids; a :class:`Generated` with
@@ -346,7 +390,17 @@ def generate(
     """
     p = _prepare(model, input_ids, attention_mask, options, cuda_graph, static_cache, generator,
                  generation_config=generation_config, decoder_input_ids=decoder_input_ids,
-                 encoder_outputs=encoder_outputs, token_type_ids=token_type_ids)
+                 encoder_outputs=encoder_outputs, token_type_ids=token_type_ids, compile=compile,
+                 return_scores=return_scores)
+    try:
+        return _generate(p, streamer, return_scores)
+    finally:
+        p.release()
+
+
+def _generate(
+    p: _Prepared, streamer: Callable[[torch.Tensor], None] | None, return_scores: bool
+) -> torch.Tensor | Generated | GenerateEncoderDecoderOutput | GenerateBeamEncoderDecoderOutput:
     s = p.settings
     as_dict = s.return_dict_in_generate and not return_scores
     step_scores: list[torch.Tensor] | None = [] if as_dict and s.output_scores else None
@@ -398,6 +452,7 @@ def generate_stream(
     generator: torch.Generator | None = None,
     cuda_graph: bool | None = None,
     static_cache: bool | None = None,
+    compile: bool = False,
     generation_config: Any = None,
     decoder_input_ids: torch.Tensor | None = None,
     encoder_outputs: Any = None,
@@ -414,15 +469,17 @@ def generate_stream(
     with torch.no_grad():
         p = _prepare(model, input_ids, attention_mask, options, cuda_graph, static_cache, generator,
                      generation_config=generation_config, decoder_input_ids=decoder_input_ids,
-                     encoder_outputs=encoder_outputs, token_type_ids=token_type_ids)
+                     encoder_outputs=encoder_outputs, token_type_ids=token_type_ids, compile=compile)
+    problem = None
     if p.settings.num_beams > 1:
-        raise ConfigError(
-            "generate_stream(): streaming works with greedy search and sampling, not num_beams > 1"
-        )
-    if p.settings.return_dict_in_generate:
-        raise ConfigError("generate_stream(): return_dict_in_generate does not apply: it yields tokens")
+        problem = "generate_stream(): streaming works with greedy search and sampling, not num_beams > 1"
+    elif p.settings.return_dict_in_generate:
+        problem = "generate_stream(): return_dict_in_generate does not apply: it yields tokens"
+    if problem is not None:
+        p.release()
+        raise ConfigError(problem)
     _, steps = _run(p, None)
-    return _no_grad_iter(steps)
+    return _no_grad_iter(releasing(p.graph, steps))
 
 
 def _no_grad_iter(steps: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:

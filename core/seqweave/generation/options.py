@@ -36,6 +36,7 @@ RUNTIME_ARGUMENTS = (
     "streamer",
     "cuda_graph",
     "static_cache",
+    "compile",
     "generation_config",
     "decoder_input_ids",
     "encoder_outputs",

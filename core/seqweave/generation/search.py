@@ -93,7 +93,18 @@ def greedy_search(
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     stop = _StopCheck(device)
     lagged = stop.lagged
+    # A graph step that picks greedy tokens itself (GraphStep.picks_tokens) runs every step after
+    # the first as one call: the decoder, argmax, padding of finished rows and their flags.
+    picks = getattr(step, "picks_tokens", False)
     for cur in range(prompt_length, length):
+        if picks and cur > prompt_length:
+            out.select(1, cur).copy_(step.next_tokens())  # type: ignore[attr-defined]
+            if lagged and stop.finished_before():
+                return
+            yield out[:, cur]
+            if eos is not None and stop.finished(step.unfinished):  # type: ignore[attr-defined]
+                return
+            continue
         stepped = step(out[:, cur - 1 : cur] if cur > prompt_length else out[:, :cur]).float()
         logits = stepped
         raw = logits.clone() if step_logits is not None else None
@@ -111,6 +122,8 @@ def greedy_search(
             tokens = torch.where(unfinished, tokens, pad)  # finished rows get padding
             unfinished &= (tokens != eos) if len(eos) == 1 else ~torch.isin(tokens, eos)
         out.select(1, cur).copy_(tokens)
+        if picks:
+            step.graph.prime(tokens, unfinished, eos_ids, pad_id if pad_id is not None else 0)  # type: ignore[attr-defined]
         if lagged and stop.finished_before():
             return  # lagged check: the previous step finished every row, so this one is discarded
         if step_scores is not None:

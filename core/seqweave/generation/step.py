@@ -1,13 +1,55 @@
-"""One decode step: the decoder on the newest token of every row, eagerly or replayed from a CUDA graph."""
+"""One decode step: the decoder on the newest token of every row, eagerly or replayed from a CUDA graph.
+
+:class:`DecodeStep` runs the decoder eagerly against any cache. :class:`GraphStep` runs it
+against a :class:`DecodeGraph`: the static buffers of one shape bucket, kept per decoder
+across ``generate`` calls, whose step is captured once in a CUDA graph on CUDA (and run
+eagerly over the same buffers on the CPU, which is how the tests check the logic).
+
+Buckets. A graph replays fixed shapes, so a call's shapes are padded up to a bucket: the
+sources to the next power of two, the decoder positions (``max_length``) and the source
+length to a multiple of :data:`BUCKET_MULTIPLE`. Padded source positions are masked out;
+padded rows decode padding and are dropped. The bucket is also keyed by what the step
+returns (``"logits"``, or ``"greedy"``: the token each row picks, chosen inside the graph,
+so a greedy step is one replay) and the number of rows decoded per source.
+
+Reuse. :func:`checkout` keeps up to :data:`MAX_GRAPHS` buckets per decoder (least recently
+used first out), in a table that does not keep the decoder alive and is emptied when the
+decoder's parameters move (``.to()``, a new dtype, resized embeddings): a graph reads the
+weights where they were when it was captured. In-place updates (an optimizer step,
+``load_state_dict``) keep the same memory, and a replay reads the new values. A graph in
+use by an unfinished call (a stream being read) is not shared: a second call then gets
+one of its own. :func:`clear_graphs` frees them.
+"""
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 
-from ..cache import Cache
+from ..cache import Cache, StaticCache
+from ..fast import argmax
 from ..protocols import Decoder
 
-__all__ = ["CudaGraphStep", "DecodeStep"]
+__all__ = [
+    "BUCKET_MULTIPLE",
+    "MAX_GRAPHS",
+    "Bucket",
+    "DecodeGraph",
+    "DecodeStep",
+    "GraphStep",
+    "checkout",
+    "clear_graphs",
+]
+
+#: Decoder positions and source lengths are padded up to a multiple of this.
+BUCKET_MULTIPLE = 64
+#: Buckets kept per decoder between calls (each holds a static cache for its shapes).
+MAX_GRAPHS = 4
 
 
 class DecodeStep:
@@ -45,49 +87,272 @@ class DecodeStep:
         return logits[:, -1]
 
 
-class CudaGraphStep(DecodeStep):
-    """:class:`DecodeStep` whose steps after the first two replay one captured CUDA graph.
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
 
-    Needs a static cache (:class:`~seqweave.Cache` with ``static=True``): the step then
-    reads its position from a device tensor and attends over the whole buffer, so the same
-    kernels with the same arguments serve every step. Step 0 runs eagerly (it fills the
-    cross-attention cache), step 1 runs eagerly on a side stream (it warms up the kernels
-    and the allocator, as graph capture requires), then the step is captured into a graph
-    with static token and logits buffers and replayed from then on.
+
+@dataclass(frozen=True)
+class Bucket:
+    """The shapes one decode graph serves.
+
+    Attributes:
+        kind: ``"logits"`` (the step returns the logits [rows, V]) or ``"greedy"`` (it also
+            picks each row's token, pads finished rows and updates the unfinished flags).
+        sources: source rows (a power of two).
+        per_source: decoder rows per source (beams, or sequences returned per source).
+        capacity: decoder positions (a multiple of :data:`BUCKET_MULTIPLE`).
+        source_length: source positions (a multiple of :data:`BUCKET_MULTIPLE`).
+        eos: greedy: how many eos ids the step checks (0 for none).
+    """
+
+    kind: Literal["logits", "greedy"]
+    sources: int
+    per_source: int
+    capacity: int
+    source_length: int
+    eos: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.sources * self.per_source
+
+    @classmethod
+    def of(
+        cls,
+        kind: Literal["logits", "greedy"],
+        sources: int,
+        per_source: int,
+        max_length: int,
+        source_length: int,
+        eos: int = 0,
+    ) -> Bucket:
+        """The bucket for a call: ``sources`` and its lengths padded up."""
+        padded = 1 << max(0, sources - 1).bit_length()
+        return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE),
+                   _round_up(source_length, BUCKET_MULTIPLE), eos)
+
+
+class DecodeGraph:
+    """One bucket's static cache, the step's input and output buffers, and (on CUDA) its captured graph.
+
+    :meth:`run` runs the step on :attr:`tokens` [rows, 1]. With ``cuda_graph`` (on CUDA)
+    the first run captures it (after a warm-up run, as capture requires) and every later
+    run, in this call or a later one, replays it; otherwise it runs eagerly. With ``compile=True`` the step is compiled with
+    ``torch.compile`` (inductor, whole graph) before it is captured: it fuses the norms,
+    residuals and elementwise work into fewer kernels.
     """
 
     def __init__(
-        self, decoder: Decoder, source: torch.Tensor, source_mask: torch.Tensor | None, cache: Cache
+        self, decoder: Decoder, bucket: Bucket, device: torch.device, *, cuda_graph: bool = True,
+        compile: bool = False,
     ) -> None:
-        assert cache.static, "CUDA graphs need a static cache"
-        super().__init__(decoder, source, source_mask, cache)
-        self.calls = 0
+        self.decoder = decoder
+        self.bucket = bucket
+        self.cuda_graph = cuda_graph and torch.device(device).type == "cuda"
+        self.compiled = compile
+        self.cache = StaticCache(decoder.num_layers, bucket.capacity, device=device)
+        self.cache.host_counts = False  # the graph counts positions (see StaticCache.host_counts)
+        rows = bucket.rows
+        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        # greedy: filled by prime() each call; the step reads and updates them
+        self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.eos = torch.full((bucket.eos,), -1, dtype=torch.long, device=device)
+        self.pad = torch.zeros((), dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.tokens: torch.Tensor | None = None
-        self.logits: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None
+        self.replays = 0
+        self.busy = False
+        self._fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+
+    def _step(self) -> torch.Tensor:
+        """The recorded step: the decoder on :attr:`tokens`; greedy also picks the next tokens."""
+        logits = self.decoder(self.tokens, cache=self.cache).logits[:, -1]
+        if self.bucket.kind == "logits":
+            return logits
+        # what greedy_search does with a step's logits, on every row at once
+        tokens = torch.where(self.unfinished, argmax(logits.float()), self.pad)
+        self.unfinished &= ~(tokens[:, None] == self.eos).any(dim=-1)
+        self.tokens.copy_(tokens[:, None])  # the next step's input
+        return tokens
+
+    def prime(self, tokens: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int) -> None:
+        """Greedy: load a call's state after its first step (rows past ``tokens``' are padding)."""
+        n = tokens.shape[0]
+        self.tokens[:n, 0].copy_(tokens)
+        self.tokens[n:] = pad
+        self.unfinished[:n].copy_(unfinished)
+        self.unfinished[n:] = False
+        if eos:
+            self.eos.copy_(torch.tensor(eos, dtype=torch.long))
+        self.pad.fill_(pad)
+
+    def run(self) -> torch.Tensor:
+        """One step on :attr:`tokens` (the cache one position on); the logits, or greedy's tokens [rows]."""
+        if not self.cuda_graph:
+            self.output = self._fn()
+        elif self.graph is None:
+            self._capture()
+        else:
+            self.graph.replay()
+            self.replays += 1
+        self.cache.length += 1
+        assert self.output is not None
+        return self.output
+
+    def _capture(self) -> None:
+        # Warm up on a side stream (this runs the step for real: Triton autotuning, cuBLAS
+        # workspaces, the allocator), put back what it changed, record the step, then replay
+        # it: the replay writes the same keys/values at the same position again.
+        saved = [t.clone() for t in (self.tokens, self.unfinished)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._fn()
+        torch.cuda.current_stream().wait_stream(side)
+        self.cache.rewind(1)
+        for t, s in zip((self.tokens, self.unfinished), saved, strict=True):
+            t.copy_(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.output = self._fn()
+        graph.replay()
+        self.graph = graph
+
+
+class GraphStep(DecodeStep):
+    """:class:`DecodeStep` over a :class:`DecodeGraph`: one call's rows and source padded into its bucket.
+
+    The first call (the decoder prompt) runs eagerly: it writes the source's cross-attention
+    keys/values and the prompt's keys/values into the graph's cache. Every later call runs
+    the graph's step (a replay on CUDA). Results are the first ``rows`` rows.
+    """
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        source: torch.Tensor,
+        source_mask: torch.Tensor | None,
+        graph: DecodeGraph,
+        rows: int,
+    ) -> None:
+        bucket = graph.bucket
+        b, s, d = source.shape
+        states = source.new_zeros(bucket.sources, bucket.source_length, d)
+        states[:b, :s] = source
+        # padded positions are masked; padded sources see all theirs (their rows are dropped)
+        mask = torch.ones(bucket.sources, bucket.source_length, dtype=torch.bool, device=source.device)
+        mask[:b, s:] = False
+        if source_mask is not None:
+            mask[:b, :s] = source_mask.bool()
+        graph.cache.reset()
+        super().__init__(decoder, states, mask, graph.cache)
+        self.graph = graph
+        self.rows = rows
+
+    @property
+    def picks_tokens(self) -> bool:
+        """Whether :meth:`next_tokens` is available: the graph picks greedy tokens itself."""
+        return self.graph.bucket.kind == "greedy"
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            return super().__call__(tokens)
-        if self.calls == 2:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                logits = super().__call__(tokens)
-            torch.cuda.current_stream().wait_stream(side)
-            return logits
-        if self.graph is None or self.tokens is None or self.logits is None:
-            self.tokens = tokens.clone()
-            self.graph = torch.cuda.CUDAGraph()
-            # Capturing runs the Python once (advancing the cache's Python counter) and
-            # records the kernels (writing at, and advancing, the device position) without
-            # running them; the replay below runs them, so both counters end one step on.
-            with torch.cuda.graph(self.graph):
-                self.logits = self.decoder(self.tokens, cache=self.cache).logits[:, -1]
-        else:
-            self.tokens.copy_(tokens)
-            self.cache.advance_after_replay()  # the replay advances the device position by itself
-        self.graph.replay()
-        return self.logits
+        graph, n = self.graph, self.rows
+        if self.source is not None:  # the prompt, eagerly, on the padded rows
+            padded = tokens.new_zeros(graph.bucket.rows, tokens.shape[1])
+            padded[:n] = tokens
+            logits = super().__call__(padded)
+            self.cache.length += tokens.shape[1]
+            return logits[:n]
+        graph.tokens[:n].copy_(tokens)
+        return graph.run()[:n]
 
+    def next_tokens(self) -> torch.Tensor:
+        """Greedy, after :meth:`DecodeGraph.prime`: one step, the rows' new tokens [rows] (pad when finished)."""
+        return self.graph.run()[: self.rows]
+
+    @property
+    def unfinished(self) -> torch.Tensor:
+        """Greedy: the rows still running [rows], as the graph keeps them."""
+        return self.graph.unfinished[: self.rows]
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.signature: tuple[Any, ...] | None = None
+        self.graphs: OrderedDict[tuple[Bucket, bool, bool], DecodeGraph] = OrderedDict()
+
+
+_STORES: weakref.WeakKeyDictionary[Any, _Store] = weakref.WeakKeyDictionary()
+
+
+def _signature(decoder: Decoder) -> tuple[Any, ...]:
+    """What a captured graph depends on: where every weight lives, its dtype, the training flag."""
+    tensors = [*decoder.parameters(), *decoder.buffers()]
+    return (
+        getattr(decoder, "training", False),
+        tuple((t.data_ptr(), t.dtype, t.device) for t in tensors),
+    )
+
+
+def checkout(
+    decoder: Decoder,
+    bucket: Bucket,
+    device: torch.device,
+    *,
+    cuda_graph: bool = True,
+    compile: bool = False,
+    keep: bool = True,
+) -> DecodeGraph:
+    """The decoder's graph for ``bucket`` (made if needed), marked busy until :func:`release`.
+
+    ``keep=False`` (or a kept graph busy with another call) gives a graph of the call's own.
+    """
+
+    def make() -> DecodeGraph:
+        return DecodeGraph(decoder, bucket, device, cuda_graph=cuda_graph, compile=compile)
+
+    if not keep:
+        return make()
+    store = _STORES.setdefault(decoder, _Store())
+    signature = _signature(decoder)
+    if store.signature != signature:  # the weights moved: every captured graph is stale
+        store.graphs.clear()
+        store.signature = signature
+    key = (bucket, cuda_graph, compile)
+    graph = store.graphs.get(key)
+    if graph is not None and graph.busy:
+        return make()
+    if graph is None:
+        graph = store.graphs[key] = make()
+        while len(store.graphs) > MAX_GRAPHS:
+            store.graphs.popitem(last=False)
+    store.graphs.move_to_end(key)
+    graph.busy = True
+    return graph
+
+
+def release(graph: DecodeGraph) -> None:
+    """Let later calls use ``graph`` again."""
+    graph.busy = False
+
+
+def kept_graphs(decoder: Decoder) -> list[DecodeGraph]:
+    """The graphs kept for ``decoder``, least recently used first."""
+    store = _STORES.get(decoder)
+    return [] if store is None else list(store.graphs.values())
+
+
+def clear_graphs(decoder: Decoder | None = None) -> None:
+    """Free the kept decode graphs (and their caches) of ``decoder``, or of every decoder."""
+    if decoder is None:
+        _STORES.clear()
+    else:
+        _STORES.pop(decoder, None)
+
+
+def releasing(graph: DecodeGraph | None, steps: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``steps``, then (also when abandoned or failing) :func:`release` ``graph``."""
+    try:
+        yield from steps
+    finally:
+        if graph is not None:
+            release(graph)
