@@ -274,6 +274,30 @@ def test_a_compiled_step_gives_the_same_tokens(model):
         torch._dynamo.reset()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kwargs", [{}, {"num_beams": 3}, {"repetition_penalty": 1.3}], ids=["greedy", "beam3", "processor"])
+def test_a_compiled_step_in_a_cuda_graph_matches_transformers(model, kwargs):
+    """compile=True on CUDA: inductor's kernels for the step, captured in our graph (float32: same tokens)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ids, mask = (t.cuda() for t in batch(model, 3, 7))
+    model.cuda()
+    model.hf.cuda()
+    torch._dynamo.reset()
+    try:
+        ours = model.generate(ids, mask, compile=True, max_new_tokens=MAX_NEW, **kwargs)
+        again = model.generate(ids.flip(0), mask.flip(0), compile=True, max_new_tokens=MAX_NEW, **kwargs)
+        (graph,) = graphs.kept_graphs(model.decoder)
+        assert graph.compiled and graph.graph is not None and graph.replays > 0
+        assert torch.equal(ours, reference(model, ids, mask, max_new_tokens=MAX_NEW, **kwargs))
+        assert torch.equal(again, reference(model, ids.flip(0), mask.flip(0), max_new_tokens=MAX_NEW, **kwargs))
+    finally:
+        torch._dynamo.reset()
+        graphs.clear_graphs()
+        model.cpu()
+        model.hf.cpu()
+
+
 def test_generation_exports_the_graph_api():
     for name in ("Bucket", "DecodeGraph", "GraphStep", "clear_graphs", "MAX_GRAPHS", "BUCKET_MULTIPLE"):
         assert hasattr(generation, name)

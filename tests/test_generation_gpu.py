@@ -6,12 +6,12 @@ Skipped without a CUDA device; ``benchmarks/gpu_check.sh`` runs these on a GPU m
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
 
 import pytest
 import seqweave as sw
 import torch
 from seqweave import generation
+from seqweave.generation.step import kept_graphs
 from test_generation import MAX_NEW, Pair, _resolve, assert_same, pair  # noqa: F401  (pair is a fixture)
 
 pytestmark = [
@@ -39,29 +39,42 @@ def cuda_pair(pair):  # noqa: F811
     pair.sw.to("cpu")
 
 
-class _Recording(generation.CudaGraphStep):
-    made: ClassVar[list[generation.CudaGraphStep]] = []
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _Recording.made.append(self)
+@pytest.fixture(autouse=True)
+def fresh_graphs():
+    generation.clear_graphs()
+    yield
+    generation.clear_graphs()
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_cuda_graph_matches_transformers_on_cuda(cuda_pair, case, monkeypatch):
+def test_cuda_graph_matches_transformers_on_cuda(cuda_pair, case):
     p = cuda_pair
     kwargs = _resolve(p, CASES[case])
-    _Recording.made.clear()
-    monkeypatch.setattr(generation, "CudaGraphStep", _Recording)
     ours = p.sw.generate(p.ids, p.mask, **kwargs)  # cuda_graph defaults to True on CUDA
-    assert len(_Recording.made) == 1
-    step = _Recording.made[0]
-    if ours.shape[1] > 3:  # steps 0 and 1 run eagerly, later ones replay the graph
-        assert step.graph is not None
+    (graph,) = kept_graphs(p.sw.decoder)
+    if ours.shape[1] > 2:  # the prompt runs eagerly, every later step replays the graph
+        assert graph.graph is not None and graph.cuda_graph
     with torch.no_grad():
         theirs = p.hf.generate(input_ids=p.ids, attention_mask=p.mask, **kwargs)
     assert ours.device.type == "cuda"
     assert_same(ours.cpu(), theirs.cpu())
+
+
+@pytest.mark.parametrize("case", ["greedy", "beam3"])
+def test_a_later_call_replays_the_graph_captured_by_the_first(cuda_pair, case):
+    """Other sources in the same bucket (fewer rows, shorter): no new capture, transformers' tokens."""
+    p = cuda_pair
+    kwargs = _resolve(p, CASES[case])
+    p.sw.generate(p.ids, p.mask, **kwargs)
+    (graph,) = kept_graphs(p.sw.decoder)
+    captured, replays = graph.graph, graph.replays
+    for rows, length in ((p.ids.shape[0], p.ids.shape[1]), (3, 5), (1, 7)):
+        ids, mask = p.ids[-rows:, :length], p.mask[-rows:, :length]
+        ours = p.sw.generate(ids, mask, **kwargs)
+        with torch.no_grad():
+            theirs = p.hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        assert_same(ours.cpu(), theirs.cpu())
+    assert kept_graphs(p.sw.decoder) == [graph] and graph.graph is captured and graph.replays > replays
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))

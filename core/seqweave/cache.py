@@ -308,6 +308,14 @@ class StaticCache(Cache):
         self._position.zero_()
         self._has_source = False
 
+    def source_written(self) -> None:
+        """Record that a replayed graph has written the source's keys/values and mask into the buffers.
+
+        The graph's capture ran :meth:`set_source` once, which made :attr:`source_mask` and
+        :attr:`source_bias` the buffers its replays write; a replay runs no Python.
+        """
+        self._has_source = True
+
     def begin(self, t: int) -> torch.Tensor:
         if self.host_counts and self.length + t > self.capacity:
             raise ConfigError(

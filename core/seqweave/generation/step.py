@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,17 +133,25 @@ class Bucket:
 
 
 class DecodeGraph:
-    """One bucket's static cache, the step's input and output buffers, and (on CUDA) its captured graph.
+    """One bucket's static cache, the step's input and output buffers, and (on CUDA) its captured graphs.
 
-    :meth:`run` runs the step on :attr:`tokens` [rows, 1]. With ``cuda_graph`` (on CUDA)
-    the first run captures it (after a warm-up run, as capture requires) and every later
-    run, in this call or a later one, replays it; otherwise it runs eagerly. With ``compile=True`` the step is compiled with
-    ``torch.compile`` (inductor, whole graph) before it is captured: it fuses the norms,
-    residuals and elementwise work into fewer kernels.
+    :meth:`run` runs the decode step on :attr:`tokens` [rows, 1]; :meth:`prefill` runs the
+    first step of a call: the decoder prompt of one token per row against :attr:`states`
+    (the padded encoder states), which writes the source's cross-attention keys/values into
+    the cache. With ``cuda_graph`` (on CUDA) the first run of each captures it (after a
+    warm-up run, as capture requires) and every later run, in this call or a later one,
+    replays it; otherwise they run eagerly. With ``compile=True`` the decode step is
+    compiled with ``torch.compile`` (inductor, whole graph) before it is captured: it fuses
+    the norms, residuals and elementwise work into fewer kernels.
     """
 
     def __init__(
-        self, decoder: Decoder, bucket: Bucket, device: torch.device, *, cuda_graph: bool = True,
+        self,
+        decoder: Decoder,
+        bucket: Bucket,
+        device: torch.device,
+        *,
+        cuda_graph: bool = True,
         compile: bool = False,
     ) -> None:
         self.decoder = decoder
@@ -154,15 +162,65 @@ class DecodeGraph:
         self.cache.host_counts = False  # the graph counts positions (see StaticCache.host_counts)
         rows = bucket.rows
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        # the source, padded (made at the first call, when its width and dtype are known)
+        self.states: torch.Tensor | None = None
+        self.source_mask = torch.ones(bucket.sources, bucket.source_length, dtype=torch.bool, device=device)
         # greedy: filled by prime() each call; the step reads and updates them
         self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.eos = torch.full((bucket.eos,), -1, dtype=torch.long, device=device)
         self.pad = torch.zeros((), dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.prefill_graph: torch.cuda.CUDAGraph | None = None
         self.output: torch.Tensor | None = None
+        self.prefill_output: torch.Tensor | None = None
         self.replays = 0
         self.busy = False
         self._fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+
+    def load_source(self, source: torch.Tensor, source_mask: torch.Tensor | None) -> None:
+        """Copy a call's encoder states [b, s, d] and mask [b, s] (or None) into the padded buffers."""
+        b, s, d = source.shape
+        bucket = self.bucket
+        if self.states is None or self.states.shape[-1] != d or self.states.dtype != source.dtype:
+            self.states = source.new_zeros(bucket.sources, bucket.source_length, d)
+        else:
+            self.states.zero_()
+        self.states[:b, :s] = source
+        # padded positions are masked; padded sources see all theirs (their rows are dropped)
+        self.source_mask.fill_(True)
+        self.source_mask[:b, s:] = False
+        if source_mask is not None:
+            self.source_mask[:b, :s] = source_mask.bool()
+
+    def _prefill(self) -> torch.Tensor:
+        """The recorded first step: the prompt token of every row, against the padded source."""
+        return self.decoder(
+            self.tokens, encoder_hidden_states=self.states, encoder_attention_mask=self.source_mask,
+            cache=self.cache,
+        ).logits[:, -1]
+
+    def prefill(self) -> torch.Tensor:
+        """The first step of a call (one prompt token per row in :attr:`tokens`); the logits [rows, V]."""
+        cache = self.cache
+        cache.reset()
+        if not self.cuda_graph:
+            out = self._prefill()
+        elif self.prefill_graph is None:
+            _warm_up(self._prefill)
+            cache.reset()  # record the same step from the same state, and replay it
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.prefill_output = self._prefill()
+            graph.replay()
+            self.prefill_graph = graph
+            out = self.prefill_output
+        else:
+            self.prefill_graph.replay()
+            cache.source_written()
+            out = self.prefill_output
+        cache.length = 1
+        assert out is not None
+        return out
 
     def _step(self) -> torch.Tensor:
         """The recorded step: the decoder on :attr:`tokens`; greedy also picks the next tokens."""
@@ -204,27 +262,35 @@ class DecodeGraph:
         # workspaces, the allocator), put back what it changed, record the step, then replay
         # it: the replay writes the same keys/values at the same position again.
         saved = [t.clone() for t in (self.tokens, self.unfinished)]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._fn()
-        torch.cuda.current_stream().wait_stream(side)
+        _warm_up(self._fn)
         self.cache.rewind(1)
         for t, s in zip((self.tokens, self.unfinished), saved, strict=True):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        pool = None if self.prefill_graph is None else self.prefill_graph.pool()
+        with torch.cuda.graph(graph, pool=pool):
             self.output = self._fn()
         graph.replay()
         self.graph = graph
 
 
+def _warm_up(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` once on a side stream, as CUDA-graph capture asks (lazy initialisation happens there)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+
 class GraphStep(DecodeStep):
     """:class:`DecodeStep` over a :class:`DecodeGraph`: one call's rows and source padded into its bucket.
 
-    The first call (the decoder prompt) runs eagerly: it writes the source's cross-attention
-    keys/values and the prompt's keys/values into the graph's cache. Every later call runs
-    the graph's step (a replay on CUDA). Results are the first ``rows`` rows.
+    The first call (the decoder prompt) writes the source's cross-attention keys/values and
+    the prompt's keys/values into the graph's cache: :meth:`DecodeGraph.prefill` for a
+    one-token prompt (a replay on CUDA), eagerly for a longer one (``decoder_input_ids``).
+    Every later call runs the graph's decode step (a replay on CUDA). Results are the first
+    ``rows`` rows.
     """
 
     def __init__(
@@ -235,17 +301,9 @@ class GraphStep(DecodeStep):
         graph: DecodeGraph,
         rows: int,
     ) -> None:
-        bucket = graph.bucket
-        b, s, d = source.shape
-        states = source.new_zeros(bucket.sources, bucket.source_length, d)
-        states[:b, :s] = source
-        # padded positions are masked; padded sources see all theirs (their rows are dropped)
-        mask = torch.ones(bucket.sources, bucket.source_length, dtype=torch.bool, device=source.device)
-        mask[:b, s:] = False
-        if source_mask is not None:
-            mask[:b, :s] = source_mask.bool()
-        graph.cache.reset()
-        super().__init__(decoder, states, mask, graph.cache)
+        graph.load_source(source, source_mask)
+        assert graph.states is not None
+        super().__init__(decoder, graph.states, graph.source_mask, graph.cache)
         self.graph = graph
         self.rows = rows
 
@@ -255,15 +313,21 @@ class GraphStep(DecodeStep):
         return self.graph.bucket.kind == "greedy"
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        graph, n = self.graph, self.rows
-        if self.source is not None:  # the prompt, eagerly, on the padded rows
-            padded = tokens.new_zeros(graph.bucket.rows, tokens.shape[1])
-            padded[:n] = tokens
-            logits = super().__call__(padded)
-            self.cache.length += tokens.shape[1]
-            return logits[:n]
-        graph.tokens[:n].copy_(tokens)
-        return graph.run()[:n]
+        graph, n, t = self.graph, self.rows, tokens.shape[1]
+        if self.source is None:
+            graph.tokens[:n].copy_(tokens)
+            return graph.run()[:n]
+        self.source = self.source_mask = None
+        if t == 1:
+            graph.tokens[:n].copy_(tokens)
+            return graph.prefill()[:n]
+        padded = tokens.new_zeros(graph.bucket.rows, t)  # a longer prompt, eagerly
+        padded[:n] = tokens
+        self.cache.reset()
+        logits = self.decoder(padded, encoder_hidden_states=graph.states, encoder_attention_mask=graph.source_mask,
+                              cache=self.cache).logits[:, -1]
+        self.cache.length = t
+        return logits[:n]
 
     def next_tokens(self) -> torch.Tensor:
         """Greedy, after :meth:`DecodeGraph.prime`: one step, the rows' new tokens [rows] (pad when finished)."""
