@@ -36,10 +36,13 @@ Figures per cell:
   tokens: the time of a call that generates nothing.
 
 A cell that fails prints ``FAILED: <reason>`` and the run goes on; past ``--budget-s`` seconds the
-remaining cells print ``skipped (budget)`` (a cell already started finishes). ``--profile`` also
-runs the PyTorch profiler over seqweave's default decode at batch 1 in the first dtype: the kernels
-of a 2-token call subtracted from those of a 12-token call give the kernels per decode step and
-the top 10 kernels by total GPU time (on the CPU: top-level aten ops and CPU time).
+remaining cells print ``skipped (budget)`` (a cell already started finishes; a column whose last
+warm-up took longer than the time left is skipped too). Rows print, and ``--json`` is rewritten, as
+they finish.
+
+``--profile`` runs the PyTorch profiler over seqweave's default decode, batch 1 greedy, in the first
+dtype: the kernels of a 2-token call subtracted from those of a 12-token call (both warm) give the
+kernels per decode step and the top 10 kernels by total GPU time (on the CPU: top-level aten ops).
 
     python benchmarks/gpu_decode.py                          # CUDA, bf16 and fp32, ~3-4 minutes
     python benchmarks/gpu_decode.py --dtypes bfloat16 --only "batch 1" --profile
@@ -70,8 +73,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from generate import build_composite, load_pair, timed
 
 CASES: list[tuple[str, int, dict[str, Any]]] = [
-    ("batch 1, greedy", 1, {}),
-    ("batch 64, greedy", 64, {}),
+    ("batch 1 greedy", 1, {}),
+    ("batch 64 greedy", 64, {}),
     ("batch 4 x beam 4", 4, {"num_beams": 4}),
 ]
 COLUMNS = {  # key: header; "hf_compile" only with --hf-compile
@@ -111,11 +114,18 @@ class Cell:
 
 @dataclass
 class Budget:
+    """The run's time limit, and what each column's warm-up cost last time (to skip one that cannot fit)."""
+
     seconds: float
     start: float = field(default_factory=time.perf_counter)
+    warmup_s: dict[str, float] = field(default_factory=dict)
 
     def left(self) -> float:
         return self.seconds - (time.perf_counter() - self.start)
+
+    def fits(self, column: str) -> bool:
+        """Time is left for this column's warm-up (compiling, capturing), as long as its last one took."""
+        return self.left() > self.warmup_s.get(column, 0.0)
 
 
 def failure(exc: BaseException) -> str:
@@ -134,11 +144,13 @@ def unknown_argument(exc: BaseException) -> bool:
 
 
 def encoder_config(tiny: bool) -> Any:
-    """BERT-base (random weights), or 2 layers 64 wide; the decoder is generate.py's GPT-2 of the same kind."""
+    """BERT-base (random weights) or 2 layers 64 wide; the decoder is generate.py's GPT-2 of that kind."""
     import transformers
 
     if tiny:
-        return transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+        return transformers.BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
+        )
     return transformers.BertConfig()
 
 
@@ -159,7 +171,9 @@ def hf_runner(hf: Any, ids: torch.Tensor, mask: torch.Tensor, kw: dict[str, Any]
     return lambda: hf.generate(input_ids=ids, attention_mask=mask, **kw, **extra)
 
 
-def sw_runner(model: Any, ids: torch.Tensor, mask: torch.Tensor, kw: dict[str, Any], compiled: bool) -> Callable:
+def sw_runner(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, kw: dict[str, Any], compiled: bool
+) -> Callable:
     from seqweave import ConfigError
 
     extra = {"compile": True} if compiled else {}
@@ -224,12 +238,14 @@ def measure_row(runners: dict[str, Callable], cells: dict[str, Cell], args, budg
     outs: dict[str, torch.Tensor] = {}
     live: dict[str, Callable] = {}
     for key, fn in runners.items():
-        cell = cells[key]
-        if budget.left() <= 0:
+        cell, column = cells[key], key.split("/")[0]
+        if not budget.fits(column):
             cell.note = "skipped (budget)"
             continue
+        start = time.perf_counter()
         try:
             outs[key] = first_calls(fn, cell, args.warmups, args.device)
+            budget.warmup_s[column] = time.perf_counter() - start
             cell.steps = outs[key].shape[1] - 1  # the decoder's start token is not a step
             live[key] = fn
         except NotAvailable:
@@ -260,7 +276,7 @@ def measure_row(runners: dict[str, Callable], cells: dict[str, Cell], args, budg
 
 
 def fixed_cost(models: dict[str, Any], columns: list[str], args, budget: Budget) -> dict[str, Cell]:
-    """seqweave's time per call beyond its steps: batch 1 greedy, s = 8 and n new tokens, extrapolated to 0."""
+    """seqweave's time per call beyond its steps: batch 1 greedy, s = 8 and n new tokens, taken to 0."""
     n = args.max_new_tokens
     s = 8 if n > 8 else max(1, n // 2)
     result: dict[str, Cell] = {}
@@ -285,7 +301,9 @@ def fixed_cost(models: dict[str, Any], columns: list[str], args, budget: Budget)
     return result
 
 
-def hf_compile_column(folder: Path, dtype: str, cases: list, refs: dict, args, budget: Budget) -> dict[str, Cell]:
+def hf_compile_column(
+    folder: Path, dtype: str, cases: list, refs: dict, args, budget: Budget
+) -> dict[str, Cell]:
     """transformers static cache + torch.compile(reduce-overhead), in a subprocess (it may segfault)."""
     cells = {name: Cell() for name, _, _ in cases}
     timeout = budget.left()
@@ -295,10 +313,28 @@ def hf_compile_column(folder: Path, dtype: str, cases: list, refs: dict, args, b
         return cells
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--hf-compile-worker", str(folder), "--json", str(out),
-               "--dtypes", dtype, "--device", args.device, "--only", ",".join(n for n, _, _ in cases),
-               "--repeats", str(args.repeats), "--warmups", str(args.warmups),
-               "--max-new-tokens", str(args.max_new_tokens), "--source-length", str(args.source_length)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--hf-compile-worker",
+            str(folder),
+            "--json",
+            str(out),
+            "--dtypes",
+            dtype,
+            "--device",
+            args.device,
+            "--only",
+            ",".join(n for n, _, _ in cases),
+            "--repeats",
+            str(args.repeats),
+            "--warmups",
+            str(args.warmups),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--source-length",
+            str(args.source_length),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
             reason = f"exit code {proc.returncode}: " + (proc.stderr.strip().splitlines() or [""])[-1]
@@ -321,7 +357,11 @@ def hf_compile_worker(args) -> None:
     import transformers
 
     dtype = getattr(torch, args.dtypes[0])
-    hf = transformers.EncoderDecoderModel.from_pretrained(args.hf_compile_worker, dtype=dtype).to(args.device).eval()
+    hf = (
+        transformers.EncoderDecoderModel.from_pretrained(args.hf_compile_worker, dtype=dtype)
+        .to(args.device)
+        .eval()
+    )
     hf.forward = torch.compile(hf.forward, mode="reduce-overhead")
     result: dict[str, Any] = {}
     out_dir = Path(args.json).parent
@@ -335,8 +375,12 @@ def hf_compile_worker(args) -> None:
                 out = first_calls(fn, cell, args.warmups, args.device)
                 cell.times = [timed(fn, args.device)[0] for _ in range(args.repeats)]
                 torch.save(out.cpu(), out_dir / f"tokens{i}.pt")
-                result[name] = {"times": cell.times, "steps": out.shape[1] - 1, "note": None,
-                                "tokens": f"tokens{i}.pt"}
+                result[name] = {
+                    "times": cell.times,
+                    "steps": out.shape[1] - 1,
+                    "note": None,
+                    "tokens": f"tokens{i}.pt",
+                }
             except Exception as exc:  # noqa: BLE001 (a FAILED cell, and the run goes on)
                 result[name] = {"times": [], "steps": None, "note": failure(exc), "tokens": None}
             Path(args.json).write_text(json.dumps(result))  # after each case: a later crash keeps these
@@ -355,7 +399,9 @@ def profile(models: dict[str, Any], args) -> dict[str, Any]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     tables, steps = [], []
     for n in (2, 12):
-        run = runners_for(models, ["sw"], 1, {}, argparse.Namespace(**{**vars(args), "max_new_tokens": n}))["sw"]
+        run = runners_for(models, ["sw"], 1, {}, argparse.Namespace(**{**vars(args), "max_new_tokens": n}))[
+            "sw"
+        ]
         run(), run()  # warm: graphs captured, caches allocated
         with torch_profile(activities=activities) as prof:
             out = run()
@@ -418,19 +464,30 @@ def header(columns: list[str]) -> list[str]:
 def row_text(name: str, cells: dict[str, Cell], columns: list[str]) -> str:
     vals = [name] + [ms_text(cells[c]) if c in cells else "" for c in columns]
     if "hf_static" in columns:
-        vals += [ratio_text(cells["hf_static"], cells[c]) if "hf_static" in cells and c in cells else ""
-                 for c in SEQWEAVE if c in columns]
-    vals += [("" if c not in cells or cells[c].equal is None else "yes" if cells[c].equal else "no")
-             for c in columns if c != REFERENCE]
-    vals += [(f"{cells[c].mib_first:.1f}" if c in cells and cells[c].mib_first is not None else "-")
-             for c in MEMORY if c in columns]
+        vals += [
+            ratio_text(cells["hf_static"], cells[c]) if "hf_static" in cells and c in cells else ""
+            for c in SEQWEAVE
+            if c in columns
+        ]
+    vals += [
+        ("" if c not in cells or cells[c].equal is None else "yes" if cells[c].equal else "no")
+        for c in columns
+        if c != REFERENCE
+    ]
+    vals += [
+        (f"{cells[c].mib_first:.1f}" if c in cells and cells[c].mib_first is not None else "-")
+        for c in MEMORY
+        if c in columns
+    ]
     return "| " + " | ".join(vals) + " |"
 
 
 def print_profile(result: dict[str, Any]) -> None:
-    print(f"\n# profile: seqweave default, batch 1 greedy, {result['dtype']}: "
-          f"{result['kernels_per_step']:.1f} {result['unit']} per decode step, "
-          f"{result['us_per_step']:.1f} us of their time per step (12-token call minus 2-token call)")
+    print(
+        f"\n# profile: seqweave default, batch 1 greedy, {result['dtype']}: "
+        f"{result['kernels_per_step']:.1f} {result['unit']} per decode step, "
+        f"{result['us_per_step']:.1f} us of their time per step (12-token call minus 2-token call)"
+    )
     print("| kernel | count | total us |\n|---|---|---|")
     for k in result["top10"]:
         print(f"| {k['name'][:120].replace('|', '/')} | {k['count']} | {k['total_us']:.1f} |")
@@ -447,19 +504,27 @@ def selected_cases(only: str | None) -> list[tuple[str, int, dict[str, Any]]]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated; the first also gets "
-                   "the fixed cost and the profile")
+    p.add_argument(
+        "--dtypes",
+        default="bfloat16,float32",
+        help="comma-separated; the first also gets the fixed cost and the profile",
+    )
     p.add_argument("--tiny", action="store_true", help="2-layer, 64-wide encoder and decoder (a smoke run)")
     p.add_argument("--only", default=None, help="comma-separated: the cases whose name contains one of these")
-    p.add_argument("--columns", default="hf_dynamic,hf_static,sw,sw_compile",
-                   help=f"comma-separated, of {', '.join(COLUMNS)}")
+    p.add_argument(
+        "--columns",
+        default="hf_dynamic,hf_static,sw,sw_compile",
+        help=f"comma-separated, of {', '.join(COLUMNS)}",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed calls per cell (the median is taken)")
     p.add_argument("--warmups", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--source-length", type=int, default=128)
     p.add_argument("--budget-s", type=float, default=220.0, help="skip the cells not started by then")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--hf-compile", action="store_true", help="add the tf static+compile column (a subprocess)")
+    p.add_argument(
+        "--hf-compile", action="store_true", help="add the tf static+compile column (a subprocess)"
+    )
     p.add_argument("--no-fixed-cost", action="store_true")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -474,7 +539,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.columns.append("hf_compile")
     unknown = sorted(set(args.columns) - set(COLUMNS))
     if unknown or REFERENCE not in args.columns:
-        p.error(f"--columns: unknown {unknown}; the list must include {REFERENCE}; known: {', '.join(COLUMNS)}")
+        p.error(
+            f"--columns: unknown {unknown}; the list must include {REFERENCE}; known: {', '.join(COLUMNS)}"
+        )
     return args
 
 
@@ -490,76 +557,108 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # fp32 means fp32: no TF32 matmuls on either side (bf16 is unaffected)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    cases = selected_cases(args.only)
-    columns = args.columns
     import transformers
 
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     model_name = "2-layer 64-wide BERT + GPT-2" if args.tiny else "BERT-base + GPT-2-small"
-    print(f"# {name}; torch {torch.__version__}, transformers {transformers.__version__}; {model_name}, "
-          f"source {args.source_length} tokens, {args.max_new_tokens} new tokens; ms per decode step, "
-          f"median of {args.repeats} alternating calls; budget {args.budget_s:.0f} s", flush=True)
-    results: dict[str, Any] = {"meta": {"device": name, "torch": torch.__version__,
-                                        "transformers": transformers.__version__, "model": model_name,
-                                        **{k: v for k, v in vars(args).items() if k != "hf_compile_worker"}},
-                               "tables": {}, "profile": None}
+    print(
+        f"# {name}; torch {torch.__version__}, transformers {transformers.__version__}; {model_name}, "
+        f"source {args.source_length} tokens, {args.max_new_tokens} new tokens; ms per decode step, "
+        f"median of {args.repeats} alternating calls; budget {args.budget_s:.0f} s",
+        flush=True,
+    )
+    results: dict[str, Any] = {
+        "meta": {
+            "device": name,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "model": model_name,
+            **{k: v for k, v in vars(args).items() if k != "hf_compile_worker"},
+        },
+        "tables": {},
+        "profile": None,
+    }
+    save = (
+        (lambda: Path(args.json).write_text(json.dumps(plain(results), indent=1)))
+        if args.json
+        else (lambda: None)
+    )
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         folder = Path(tmp) / "model"
         save_model(folder, args.tiny)
-        for di, dtype_name in enumerate(args.dtypes):
-            table: dict[str, dict[str, Cell]] = {}
-            results["tables"][dtype_name] = table
-            print(f"\n## {dtype_name}\n")
-            print("| " + " | ".join(header(columns)) + " |")
-            print("|" + "---|" * len(header(columns)), flush=True)
-            if budget.left() <= 0:
-                print(f"(skipped: over the {args.budget_s:.0f} s budget)", flush=True)
-                continue
-            try:
-                models = load_models(folder, getattr(torch, dtype_name), args.device, columns)
-            except Exception as exc:  # noqa: BLE001 (a FAILED cell, and the run goes on)
-                print(f"| all | {failure(exc)} |", flush=True)
-                continue
-            refs: dict[str, torch.Tensor] = {}
-            for case_name, batch, kw in cases:
-                cells = {c: Cell() for c in columns}
-                table[case_name] = cells
-                try:
-                    runners = runners_for(models, columns, batch, kw, args)
-                    refs[case_name] = measure_row(runners, cells, args, budget).get(REFERENCE)
-                except Exception as exc:  # noqa: BLE001 (e.g. out of memory making the inputs)
-                    for c in cells.values():
-                        c.note = c.note or failure(exc)
-                if "hf_compile" not in columns:
-                    print(row_text(case_name, cells, columns), flush=True)
-            if "hf_compile" in columns:
-                extra = hf_compile_column(folder, dtype_name, cases, refs, args, budget)
-                for case_name, cells in table.items():
-                    cells["hf_compile"] = extra[case_name]
-                    print(row_text(case_name, cells, columns), flush=True)
-            if di == 0 and not args.no_fixed_cost and any(c in columns for c in SEQWEAVE):
-                try:
-                    fixed = fixed_cost(models, columns, args, budget)
-                except Exception as exc:  # noqa: BLE001 (a FAILED cell, and the run goes on)
-                    fixed = {c: Cell(note=failure(exc)) for c in SEQWEAVE if c in columns}
-                table[FIXED_COST] = fixed
-                print(row_text(FIXED_COST, fixed, columns), flush=True)
-            if di == 0 and args.profile:
-                try:
-                    results["profile"] = {"dtype": dtype_name, **profile(models, args)}
-                    print_profile(results["profile"])
-                except Exception as exc:  # noqa: BLE001 (a FAILED cell, and the run goes on)
-                    results["profile"] = {"dtype": dtype_name, "note": failure(exc)}
-                    print(f"\n# profile: {failure(exc)}")
-            del models
+        for i, dtype_name in enumerate(args.dtypes):
+            results["tables"][dtype_name] = {}
+            run_dtype(folder, dtype_name, i == 0, args, budget, results, save)
             if cuda:
                 torch.cuda.empty_cache()
     print(f"\n# {time.perf_counter() - budget.start:.0f} s in all", flush=True)
-    plain = {**results, "tables": {d: {case: {c: {**asdict(cell), "ms_per_step": cell.ms} for c, cell in row.items()}
-                                       for case, row in t.items()} for d, t in results["tables"].items()}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(plain, indent=1))
-    return plain
+    save()
+    return plain(results)
+
+
+def run_dtype(
+    folder: Path, dtype_name: str, first: bool, args, budget: Budget, results: dict, save: Callable
+) -> None:
+    """One dtype's table, printed row by row; the first dtype also gets the fixed cost and the profile."""
+    columns, cases, table = args.columns, selected_cases(args.only), results["tables"][dtype_name]
+    print(f"\n## {dtype_name}\n")
+    print("| " + " | ".join(header(columns)) + " |")
+    print("|" + "---|" * len(header(columns)), flush=True)
+    if budget.left() <= 0:
+        print(f"(skipped: over the {args.budget_s:.0f} s budget)", flush=True)
+        return
+    try:
+        models = load_models(folder, getattr(torch, dtype_name), args.device, columns)
+    except Exception as exc:  # noqa: BLE001 (the next dtype may still load)
+        print(f"| all | {failure(exc)} |", flush=True)
+        return
+    refs: dict[str, torch.Tensor] = {}
+    for case_name, batch, kw in cases:
+        cells = table[case_name] = {c: Cell() for c in columns}
+        try:
+            runners = runners_for(models, columns, batch, kw, args)
+            refs[case_name] = measure_row(runners, cells, args, budget).get(REFERENCE)
+        except Exception as exc:  # noqa: BLE001 (e.g. out of memory making the inputs)
+            for c in cells.values():
+                c.note = c.note or failure(exc)
+        if "hf_compile" not in columns:  # else printed once that column is in
+            print(row_text(case_name, cells, columns), flush=True)
+        save()
+    if "hf_compile" in columns:
+        extra = hf_compile_column(folder, dtype_name, cases, refs, args, budget)
+        for case_name, cells in table.items():
+            cells["hf_compile"] = extra[case_name]
+            print(row_text(case_name, cells, columns), flush=True)
+    if first and not args.no_fixed_cost and any(c in columns for c in SEQWEAVE):
+        try:
+            fixed = fixed_cost(models, columns, args, budget)
+        except Exception as exc:  # noqa: BLE001 (a FAILED cell, and the run goes on)
+            fixed = {c: Cell(note=failure(exc)) for c in SEQWEAVE if c in columns}
+        table[FIXED_COST] = fixed
+        print(row_text(FIXED_COST, fixed, columns), flush=True)
+        save()
+    if first and args.profile:
+        try:
+            if budget.left() <= 0:
+                raise TimeoutError(f"skipped: over the {args.budget_s:.0f} s budget")
+            results["profile"] = {"dtype": dtype_name, **profile(models, args)}
+            print_profile(results["profile"])
+        except Exception as exc:  # noqa: BLE001 (the profile is optional)
+            results["profile"] = {"dtype": dtype_name, "note": failure(exc)}
+            print(f"\n# profile: {failure(exc)}", flush=True)
+        save()
+
+
+def plain(results: dict[str, Any]) -> dict[str, Any]:
+    """The results as JSON data: each cell's fields and its ms per step."""
+    tables = {
+        d: {
+            case: {c: {**asdict(cell), "ms_per_step": cell.ms} for c, cell in row.items()}
+            for case, row in t.items()
+        }
+        for d, t in results["tables"].items()
+    }
+    return {**results, "tables": tables}
 
 
 if __name__ == "__main__":

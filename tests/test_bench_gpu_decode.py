@@ -12,8 +12,21 @@ import pytest
 import torch
 from conftest import load_benchmark
 
-SMOKE = ["--device", "cpu", "--tiny", "--max-new-tokens", "4", "--source-length", "8",
-         "--repeats", "1", "--warmups", "1", "--threads", "1"]
+SMOKE = [
+    "--device",
+    "cpu",
+    "--tiny",
+    "--max-new-tokens",
+    "4",
+    "--source-length",
+    "8",
+    "--repeats",
+    "1",
+    "--warmups",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture
@@ -32,7 +45,9 @@ def table_rows(out: str, dtype: str) -> list[list[str]]:
 
 
 def test_smoke_prints_every_row_and_column(bench, capsys, tmp_path):
-    result = bench.main([*SMOKE, "--dtypes", "bfloat16,float32", "--profile", "--json", str(tmp_path / "r.json")])
+    result = bench.main(
+        [*SMOKE, "--dtypes", "bfloat16,float32", "--profile", "--json", str(tmp_path / "r.json")]
+    )
     out = capsys.readouterr().out
     columns = ["hf_dynamic", "hf_static", "sw", "sw_compile"]
     for dtype in ("bfloat16", "float32"):
@@ -63,8 +78,10 @@ def test_a_failing_column_and_a_spent_budget_do_not_end_the_run(bench, capsys, m
 
     def broken(model, ids, mask, kw, compiled):
         if compiled:
+
             def fail():
                 raise RuntimeError("CUDA error: an illegal memory access | was encountered")
+
             return fail
         return real(model, ids, mask, kw, compiled)
 
@@ -74,8 +91,31 @@ def test_a_failing_column_and_a_spent_budget_do_not_end_the_run(bench, capsys, m
     rows = table_rows(out, "float32")
     assert [r[0] for r in rows[1:]] == ["batch 4 x beam 4"]
     row = dict(zip(rows[0], rows[1]))
-    assert row["seqweave compile=True ms"] == "FAILED: RuntimeError: CUDA error: an illegal memory access / was encountered"
+    assert (
+        row["seqweave compile=True ms"]
+        == "FAILED: RuntimeError: CUDA error: an illegal memory access / was encountered"
+    )
     assert float(row["seqweave ms"]) > 0 and row["equal: seqweave"] == "yes"
 
     bench.main([*SMOKE, "--dtypes", "float32", "--budget-s", "0"])
     assert "skipped: over the 0 s budget" in capsys.readouterr().out
+
+
+def test_measure_row_steps_equality_and_budget(bench):
+    """Times divide by the steps generated; tokens compare with tf dynamic; a column whose warm-up
+    cannot fit in the time left is skipped, not started."""
+    args = bench.parse(["--device", "cpu", "--repeats", "3", "--warmups", "1"])
+    tokens = torch.tensor([[0, 5, 6, 7]])
+    runners = {
+        "hf_dynamic": lambda: tokens,
+        "sw": lambda: tokens.clone(),
+        "hf_static": lambda: tokens + 1,
+        "sw_compile": lambda: tokens,
+    }
+    cells = {c: bench.Cell() for c in runners}
+    budget = bench.Budget(60.0, warmup_s={"sw_compile": 3600.0})
+    bench.measure_row(runners, cells, args, budget)
+    assert cells["sw"].steps == 3 and len(cells["sw"].times) == 3 and cells["sw"].equal is True
+    assert cells["sw"].ms == pytest.approx(1000 * sorted(cells["sw"].times)[1] / 3)
+    assert cells["hf_static"].equal is False
+    assert cells["sw_compile"].note == "skipped (budget)" and cells["sw_compile"].ms is None
