@@ -95,12 +95,17 @@ def special_tokens(arch: str) -> dict[str, int]:
     return {"decoder_start_token_id": 101, "pad_token_id": 0, "eos_token_id": 102}
 
 
-def build_composite(folder: Path, decoder_arch: str, small: bool) -> None:
-    """Save a transformers EncoderDecoderModel: MiniLM (or a tiny random BERT) + a random decoder."""
+def build_composite(folder: Path, decoder_arch: str, small: bool, encoder_config: Any = None) -> None:
+    """Save a transformers EncoderDecoderModel: MiniLM (or a tiny random BERT) + a random decoder.
+
+    ``encoder_config`` (a transformers ``BertConfig``) replaces MiniLM by a random BERT of that size.
+    """
     import transformers
 
     torch.manual_seed(0)
-    if small:
+    if encoder_config is not None:
+        encoder = transformers.BertModel(encoder_config)
+    elif small:
         enc_cfg = transformers.BertConfig(
             hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
         )

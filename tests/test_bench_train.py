@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import torch
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 def test_quick_benchmark_prints_a_row_with_equal_losses(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # it imports its helpers from generate.py beside it
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH / "train.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_train", bench)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("train", monkeypatch)
     threads = torch.get_num_threads()
     try:
         bench.main(
