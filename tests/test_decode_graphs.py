@@ -64,12 +64,25 @@ def test_buckets_round_sources_to_powers_of_two_and_lengths_to_64(sources, max_l
     assert bucket.rows == 3 * bucket.sources
 
 
+def test_a_source_with_no_padding_gets_a_bucket_without_a_mask(model):
+    """No padding and a length of 64: no mask in cross-attention, the kernel transformers runs too."""
+    ids = batch(model, 2, 64)[0]
+    for mask in (None, torch.ones_like(ids)):
+        ours = model.generate(ids, mask, static_cache=True, max_new_tokens=4)
+        assert torch.equal(ours, model.generate(ids, max_new_tokens=4))
+    (graph,) = graphs.kept_graphs(model.decoder)
+    assert not graph.bucket.masked and graph.source_mask is None and graph.cache.source_bias is None
+    padded = model.generate(ids[:, :60], static_cache=True, max_new_tokens=4)  # 60 is padded to 64: masked
+    assert torch.equal(padded, model.generate(ids[:, :60], max_new_tokens=4))
+    assert [g.bucket.masked for g in graphs.kept_graphs(model.decoder)] == [False, True]
+
+
 def test_a_later_call_in_the_same_bucket_reuses_the_graph_and_its_buffers(model):
     ids, mask = batch(model, 3, 7)
     first = model.generate(ids, mask, static_cache=True, max_new_tokens=MAX_NEW)
     (graph,) = graphs.kept_graphs(model.decoder)
     buffers = [layer.k.data_ptr() for layer in graph.cache.layers]
-    assert graph.bucket == graphs.Bucket("greedy", 4, 1, 64, 64, 1) and not graph.busy
+    assert graph.bucket == graphs.Bucket("greedy", 4, 1, 64, 64, 1, masked=True) and not graph.busy
     # other shapes, same bucket: 4 sources instead of 3, a longer source, more new tokens
     ids2, mask2 = batch(model, 4, 11, seed=5)
     second = model.generate(ids2, mask2, static_cache=True, max_new_tokens=MAX_NEW + 4)

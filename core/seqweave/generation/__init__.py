@@ -255,7 +255,7 @@ def _prepare(
         greedy = (not wants_scores and settings.num_beams == 1 and not settings.do_sample and not procs)
         eos = settings.eos_ids or []
         bucket = Bucket.of("greedy" if greedy else "logits", b, rows // b, settings.max_length,
-                           source.states.shape[1], len(eos) if greedy else 0)
+                           source.states.shape[1], len(eos) if greedy else 0, padding=source.mask is not None)
         graph = checkout(decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
         step: DecodeStep = GraphStep(decoder, source.states, source.mask, graph, rows)
         cache = graph.cache

@@ -8,7 +8,9 @@ eagerly over the same buffers on the CPU, which is how the tests check the logic
 Buckets. A graph replays fixed shapes, so a call's shapes are padded up to a bucket: the
 sources to the next power of two, the decoder positions (``max_length``) and the source
 length to a multiple of :data:`BUCKET_MULTIPLE`. Padded source positions are masked out;
-padded rows decode padding and are dropped. The bucket is also keyed by what the step
+padded rows decode padding and are dropped. A source that needs no mask (no padding, and
+a length that is already a multiple) gets a graph without one: attention then runs the
+kernel it runs without a bucket (and transformers with it: the same tokens in bfloat16). The bucket is also keyed by what the step
 returns (``"logits"``, or ``"greedy"``: the token each row picks, chosen inside the graph,
 so a greedy step is one replay) and the number of rows decoded per source.
 
@@ -103,6 +105,7 @@ class Bucket:
         capacity: decoder positions (a multiple of :data:`BUCKET_MULTIPLE`).
         source_length: source positions (a multiple of :data:`BUCKET_MULTIPLE`).
         eos: greedy: how many eos ids the step checks (0 for none).
+        masked: whether cross-attention reads a source mask (False: no padding to mask).
     """
 
     kind: Literal["logits", "greedy"]
@@ -111,6 +114,7 @@ class Bucket:
     capacity: int
     source_length: int
     eos: int = 0
+    masked: bool = True
 
     @property
     def rows(self) -> int:
@@ -125,11 +129,13 @@ class Bucket:
         max_length: int,
         source_length: int,
         eos: int = 0,
+        padding: bool = True,
     ) -> Bucket:
-        """The bucket for a call: ``sources`` and its lengths padded up."""
+        """The bucket for a call: ``sources`` and its lengths padded up (``padding``: the source has some)."""
         padded = 1 << max(0, sources - 1).bit_length()
-        return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE),
-                   _round_up(source_length, BUCKET_MULTIPLE), eos)
+        length = _round_up(source_length, BUCKET_MULTIPLE)
+        return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE), length, eos,
+                   masked=padding or length != source_length)
 
 
 class DecodeGraph:
@@ -164,7 +170,9 @@ class DecodeGraph:
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
         # the source, padded (made at the first call, when its width and dtype are known)
         self.states: torch.Tensor | None = None
-        self.source_mask = torch.ones(bucket.sources, bucket.source_length, dtype=torch.bool, device=device)
+        self.source_mask = (
+            torch.ones(bucket.sources, bucket.source_length, dtype=torch.bool, device=device) if bucket.masked else None
+        )
         # greedy: filled by prime() each call; the step reads and updates them
         self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.eos = torch.full((bucket.eos,), -1, dtype=torch.long, device=device)
@@ -186,6 +194,9 @@ class DecodeGraph:
         else:
             self.states.zero_()
         self.states[:b, :s] = source
+        if self.source_mask is None:  # padded sources (zeros) need no mask either: their rows are dropped
+            assert source_mask is None and s == bucket.source_length, "an unmasked bucket got padding"
+            return
         # padded positions are masked; padded sources see all theirs (their rows are dropped)
         self.source_mask.fill_(True)
         self.source_mask[:b, s:] = False
@@ -349,12 +360,21 @@ _STORES: weakref.WeakKeyDictionary[Any, _Store] = weakref.WeakKeyDictionary()
 
 
 def _signature(decoder: Decoder) -> tuple[Any, ...]:
-    """What a captured graph depends on: where every weight lives, its dtype, the training flag."""
-    tensors = [*decoder.parameters(), *decoder.buffers()]
-    return (
-        getattr(decoder, "training", False),
-        tuple((t.data_ptr(), t.dtype, t.device) for t in tensors),
-    )
+    """What a captured graph depends on: where every weight lives, its dtype, the training flag.
+
+    Walks the module tree by hand: ``parameters()`` and ``buffers()`` (named, deduplicated
+    iterators) take 0.4 ms for GPT-2-small, a tenth of a ``generate`` call's fixed cost.
+    """
+    found: list[int] = []
+    stack = [decoder]
+    while stack:
+        module = stack.pop()
+        for group in (module._parameters, module._buffers):
+            found.extend(t.data_ptr() for t in group.values() if t is not None)
+        stack.extend(m for m in module._modules.values() if m is not None)
+    first = next(iter(decoder.parameters()), None)
+    where = None if first is None else (first.dtype, first.device)
+    return (getattr(decoder, "training", False), where, tuple(found))
 
 
 def checkout(
