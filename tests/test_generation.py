@@ -622,3 +622,121 @@ def test_stream_after_a_prefix_yields_the_columns_generate_returns(pair):
     assert torch.equal(torch.cat((prefix, torch.stack(columns, dim=1)), dim=1), full)
     with pytest.raises(sw.ConfigError, match="return_dict_in_generate"):
         pair.sw.generate_stream(pair.ids, return_dict_in_generate=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam search's lagged mode (CUDA's: no host sync per step), forced on the CPU
+
+
+LAGGED_CASES = {
+    **{f"beam_{k}": v for k, v in BEAM_CASES.items()},
+    "beam_sample": SAMPLE_CASES["beam_sample"],
+    "beam_sample_return2": {"do_sample": True, "num_beams": 3, "top_k": 0, "num_return_sequences": 2},
+    "output_beam": OUTPUT_CASES["beam"],
+    "output_beam_processors": OUTPUT_CASES["beam_processors"],
+    "prefix": {"num_beams": 3, "max_new_tokens": None, "max_length": 9, "decoder_input_ids": "prefix"},
+    "prefix_early": {"num_beams": 2, "early_stopping": True, "decoder_input_ids": "prefix"},
+    # eos: the tokens greedy search starts with: the search stops before max_length, a step is discarded
+    "stops_early": {"num_beams": 2, "early_stopping": True, "eos_token_id": "first"},
+    "stops": {"num_beams": 2, "eos_token_id": "first"},
+    "stops_never": {"num_beams": 2, "early_stopping": "never", "eos_token_id": "first"},
+    "stops_all": {"num_beams": 2, "early_stopping": True, "eos_token_id": "all"},
+}
+
+
+def _beam_search_counting(lagged: bool, seen: dict[str, int]):
+    """seqweave's beam_search forced to ``lagged``, counting its decode steps in ``seen["steps"]``
+    and the most it may run in ``seen["allowed"]``."""
+    from seqweave.generation import search
+
+    def run(step, cache, batch_size, settings, *args, **kwargs):
+        prompt = kwargs.get("prompt")
+        seen.update(steps=0, allowed=settings.max_length - (1 if prompt is None else prompt.shape[1]))
+
+        def counted(tokens: torch.Tensor) -> torch.Tensor:
+            seen["steps"] += 1
+            return step(tokens)
+
+        return search.beam_search(counted, cache, batch_size, settings, *args, lagged=lagged, **kwargs)
+
+    return run
+
+
+def test_lagged_beam_search_gives_exactly_what_immediate_mode_and_transformers_give(pair, monkeypatch):
+    """Lagged, the merge of finished hypotheses always runs and the stop is seen one step late:
+    that extra step must change nothing, in sequences, scores, beam indices or per-step outputs."""
+    import seqweave.generation as generation
+
+    for case, options in LAGGED_CASES.items():
+        kwargs = {**_resolve(pair, options), "return_dict_in_generate": True, "output_scores": True,
+                  "output_logits": True}
+        if kwargs.get("decoder_input_ids") == "prefix":
+            kwargs["decoder_input_ids"] = pair.greedy[:, :3]
+        if kwargs["eos_token_id"] == "first":
+            kwargs["eos_token_id"] = sorted(set(pair.greedy[:, 1:3].flatten().tolist()))
+        elif kwargs["eos_token_id"] == "all":
+            kwargs["eos_token_id"] = sorted(set(pair.greedy[:, 1:].flatten().tolist()))
+        ids, mask = pair.ids, pair.mask
+        outs, seen = {}, {}
+        for lagged in (False, True):
+            seen[lagged] = {}
+            monkeypatch.setattr(generation, "beam_search", _beam_search_counting(lagged, seen[lagged]))
+            outs[lagged] = pair.sw.generate(ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
+        monkeypatch.undo()
+        ours, immediate = outs[True], outs[False]
+        for name in ("sequences", "sequences_scores", "beam_indices"):
+            a, b = getattr(ours, name), getattr(immediate, name)
+            assert a.shape == b.shape and torch.equal(a, b), f"{case}: {name}\n{a}\n{b}"
+        for name in ("scores", "logits"):
+            a, b = getattr(ours, name), getattr(immediate, name)
+            assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), (case, name)
+        # lagged, a search that stops early decodes one more step (discarded); at max_length it cannot.
+        # (most pairs stop early in the "stops" cases; the next test is sure to discard a step)
+        early = seen[False]["steps"] < seen[False]["allowed"]
+        assert seen[True]["steps"] == seen[False]["steps"] + early, (case, seen)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            theirs = pair.hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        assert_same(ours.sequences, theirs.sequences)
+        assert_same(ours.beam_indices, theirs.beam_indices)
+        torch.testing.assert_close(ours.sequences_scores, theirs.sequences_scores, rtol=1e-5, atol=1e-5)
+        assert _assert_same_steps(ours.scores, theirs.scores) < 1e-5
+
+
+class _NoCache:
+    def reorder(self, index: torch.Tensor) -> None:
+        pass
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+@pytest.mark.parametrize("return_sequences", [1, 2])
+def test_lagged_beam_search_discards_the_step_after_the_stop(early_stopping, return_sequences):
+    """A decode step that favours the eos (7), then 3: both beams end at step 2 of 6, lagged
+    mode decodes step 3 and throws it away; nothing of it shows in the results."""
+    from seqweave.generation import search
+
+    scores = torch.tensor([-9.0, -9, -9, -1, -9, -9, -9, -0.5])  # [V]: eos best, 3 second
+    settings = sw.GenerationSettings(num_beams=2, num_return_sequences=return_sequences, max_length=7,
+                                     early_stopping=early_stopping, length_penalty=1.0,
+                                     decoder_start_token_id=0, pad_token_id=0, eos_token_id=7)
+    results, steps = {}, {}
+    for lagged in (False, True):
+        calls: list[int] = []
+
+        def step(tokens: torch.Tensor, calls=calls) -> torch.Tensor:
+            calls.append(tokens.shape[1])
+            # beam rows differ so that the candidates are not all tied
+            return scores.expand(tokens.shape[0], -1) - torch.arange(tokens.shape[0])[:, None] * 0.01
+
+        outputs: dict[str, list[torch.Tensor]] = {"step_scores": [], "step_logits": [], "beam_indices": []}
+        results[lagged] = search.beam_search(step, _NoCache(), 3, settings, [], torch.device("cpu"),
+                                             lagged=lagged, **outputs), outputs
+        steps[lagged] = len(calls)
+    assert steps == {False: 2, True: 3}
+    (sequences, beam_scores), outputs = results[True]
+    (expected, expected_scores), expected_outputs = results[False]
+    assert torch.equal(sequences, expected) and torch.equal(beam_scores, expected_scores)
+    assert sequences.shape[0] == 3 * return_sequences and sequences.shape[1] <= 3  # start, <= 2 tokens
+    for name, values in outputs.items():
+        assert len(values) == len(expected_outputs[name])
+        assert all(torch.equal(a, b) for a, b in zip(values, expected_outputs[name], strict=True)), name

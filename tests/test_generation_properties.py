@@ -182,6 +182,34 @@ def test_beam_scores_are_teacher_forced_log_probabilities(
 @given(
     setup=setups(),
     steps=st.integers(1, 8),
+    picks=st.lists(st.integers(0, 100), min_size=1, max_size=3),
+    beams=st.integers(2, 4),
+    length_penalty=st.sampled_from([1.0, 0.5, 2.0, -0.5]),
+    early_stopping=st.sampled_from([False, True, "never"]),
+    sample=st.booleans(),
+)
+def test_lagged_beam_search_equals_immediate(setup, steps, picks, beams, length_penalty, early_stopping, sample):
+    """CUDA's lagged beam search (merge always, stop seen a step late) gives exactly the immediate results."""
+    model, ids, mask, _ = setup
+    eos = sorted({eos_of(model, ids, mask, pick, steps) for pick in picks})
+    options = {"max_new_tokens": steps, "eos_token_id": eos, "num_beams": beams, "num_return_sequences": beams,
+               "length_penalty": length_penalty, "early_stopping": early_stopping, "do_sample": sample}
+    results = {}
+    for lagged in (False, True):
+        with torch.no_grad():
+            p = generation._prepare(model, ids, mask, options, None)
+            outputs: dict[str, list[torch.Tensor]] = {"step_scores": [], "step_logits": [], "beam_indices": []}
+            found = generation.beam_search(p.step, p.cache, p.batch_size, p.settings, p.processors, p.device,
+                                           generator=torch.Generator().manual_seed(3), lagged=lagged, **outputs)
+        results[lagged] = (*found, *(v for values in outputs.values() for v in values))
+    assert len(results[True]) == len(results[False])
+    assert all(torch.equal(a, b) for a, b in zip(results[True], results[False], strict=True))
+
+
+@SETTINGS
+@given(
+    setup=setups(),
+    steps=st.integers(1, 8),
     pick=st.integers(0, 100),
     mode=st.sampled_from(["greedy", "sample", "beam"]),
 )

@@ -29,20 +29,24 @@ class _StopCheck:
     wait for the device every step; instead the flag is copied to pinned memory without
     blocking and read one step later, so the device always has the next step queued.
     The step run after the last one is then thrown away (all its rows are padding).
+    ``lagged`` forces the mode (None: lagged on CUDA); lagged on the CPU, for tests, the flag
+    is a plain tensor read without an event.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.lagged = device.type == "cuda"
+    def __init__(self, device: torch.device, lagged: bool | None = None) -> None:
+        self.lagged = device.type == "cuda" if lagged is None else lagged
         if self.lagged:
-            self.host = torch.zeros((), dtype=torch.bool).pin_memory()
-            self.event = torch.cuda.Event()
+            cuda = device.type == "cuda"
+            self.host = torch.zeros((), dtype=torch.bool, pin_memory=cuda)
+            self.event = torch.cuda.Event() if cuda else None
             self.pending = False
 
     def finished_before(self) -> bool:
         """Lagged mode: whether the previous step had already finished every row."""
         if not self.lagged or not self.pending:
             return False
-        self.event.synchronize()
+        if self.event is not None:
+            self.event.synchronize()
         return bool(self.host)
 
     def finished(self, unfinished: torch.Tensor) -> bool:
@@ -50,7 +54,8 @@ class _StopCheck:
         if not self.lagged:
             return not bool(unfinished.any())
         self.host.copy_(~unfinished.any(), non_blocking=True)
-        self.event.record()
+        if self.event is not None:
+            self.event.record()
         self.pending = True
         return False
 
@@ -150,6 +155,7 @@ def beam_search(
     step_scores: list[torch.Tensor] | None = None,
     step_logits: list[torch.Tensor] | None = None,
     beam_indices: list[torch.Tensor] | None = None,
+    lagged: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Beam search, with transformers' vectorised ``_beam_search`` semantics step for step.
 
@@ -183,6 +189,10 @@ def beam_search(
             [b * num_return_sequences, generated] are appended (transformers' ``beam_indices``:
             at each step, the row ``source * num_beams + beam`` the token was chosen from;
             -1 after a hypothesis ended).
+        lagged: None: lagged on CUDA. Lagged, the host never waits for the device within a
+            step: the merge of finished hypotheses always runs, and the stop check is read one
+            step late (see :class:`_StopCheck`), the step run after the last one discarded;
+            the results are the same.
 
     Returns:
         The sequences [b * num_return_sequences, 1 + longest] (best first within a source)
@@ -222,21 +232,21 @@ def beam_search(
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
     top_n = torch.arange(keep, device=device) < n  # [K]: candidates that may become finished
     row_offset = torch.arange(b, device=device)[:, None] * n  # [b, 1]
-    any_finished = False
+    stop = _StopCheck(device, lagged)
+    lagged = stop.lagged
+    # Lagged, whether a merge found a finished hypothesis is not read back; worst_finished's
+    # torch.where gives -1e9 anyway while none is.
+    any_finished = lagged
 
     cur = prompt
     while True:
         inputs = running[:, :, cur - 1 : cur] if cur > prompt else running[:, :, :cur]
         logits = step(inputs.reshape(b * n, inputs.shape[-1])).float()
-        if step_logits is not None:
-            step_logits.append(logits.clone())
         log_probs = F.log_softmax(logits, dim=-1)
         if processors:
             history = running[:, :, :cur].reshape(b * n, cur)
             for process in processors:
                 log_probs = process(history, log_probs)
-        if step_scores is not None:
-            step_scores.append(log_probs.clone())
         vocab = log_probs.shape[-1]
         accumulated = (log_probs.view(b, n, vocab) + running_scores[:, :, None]).view(b, n * vocab)
 
@@ -269,14 +279,23 @@ def beam_search(
         if track:
             running_beams = candidate_beams.gather(1, chosen[:, :, None].expand(b, n, length - prompt))
         cache.reorder((parent.gather(1, chosen) + row_offset).view(-1))
+        if lagged and stop.finished_before():
+            # the previous step ended the search: this step is discarded before it touches the
+            # finished hypotheses (its running beams and cache order no longer matter)
+            break
+        if step_logits is not None:
+            step_logits.append(logits.clone())  # a CUDA graph's static buffer: the next replay overwrites it
+        if step_scores is not None:
+            step_scores.append(log_probs.clone())
 
         # Finished continuations among the top num_beams join the finished hypotheses if good enough.
-        # When none of them just finished the merge is skipped: every other candidate then scores
+        # When none of them just finished the merge can be skipped: every other candidate then scores
         # -1e9 or less (log-probabilities are <= 0), no better than an empty slot, and the first
         # finished hypothesis, at the latest at max_length, displaces whatever a tie let in.
+        # Lagged, it always runs: knowing would make the host wait for the device.
         just_finished = hits & top_n
         last = cur + 1 >= length  # max_length: every candidate "hits"
-        if last or bool(just_finished.any()):
+        if last or lagged or bool(just_finished.any()):
             done_scores = top_scores / ((cur + 1 - prompt) ** lp)
             full = finished.all(dim=-1, keepdim=True) & (es is True)
             done_scores += full.to(torch.float32) * -1.0e9
@@ -308,7 +327,8 @@ def beam_search(
             torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], -1.0e9) if any_finished else -1.0e9
         )
         improvable = improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
-        if not bool(improvable.any()) or (es is True and any_finished and bool(finished.all())):
+        going = improvable if es is not True else improvable.any() & ~finished.all()
+        if stop.finished(going):
             break
 
     r = s.num_return_sequences
