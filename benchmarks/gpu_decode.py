@@ -390,7 +390,7 @@ def hf_compile_worker(args) -> None:
 # The profile
 
 
-def profile(models: dict[str, Any], args) -> dict[str, Any]:
+def profile(models: dict[str, Any], args, column: str = "sw") -> dict[str, Any]:
     """Kernels per decode step and the top 10 by total time: a 12-token call minus a 2-token call."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -399,8 +399,8 @@ def profile(models: dict[str, Any], args) -> dict[str, Any]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     tables, steps = [], []
     for n in (2, 12):
-        run = runners_for(models, ["sw"], 1, {}, argparse.Namespace(**{**vars(args), "max_new_tokens": n}))[
-            "sw"
+        run = runners_for(models, [column], 1, {}, argparse.Namespace(**{**vars(args), "max_new_tokens": n}))[
+            column
         ]
         run(), run()  # warm: graphs captured, caches allocated
         with torch_profile(activities=activities) as prof:
@@ -427,6 +427,29 @@ def profile(models: dict[str, Any], args) -> dict[str, Any]:
         "unit": "CUDA kernels" if cuda else "top-level CPU ops",
         "top10": [{"name": n, "count": c, "total_us": us} for n, (c, us) in top],
     }
+
+
+def host_profile(models: dict[str, Any], args, calls: int = 20) -> list[dict[str, Any]]:
+    """Where the host time of a warm 1-token call goes (cProfile, by own time): the fixed cost's parts."""
+    import cProfile
+    import pstats
+
+    run = runners_for(models, ["sw"], 1, {}, argparse.Namespace(**{**vars(args), "max_new_tokens": 1}))["sw"]
+    run(), run()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        run()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
+    return [
+        {"function": f"{Path(f).name}:{line}({name})", "calls_per_call": nc / calls, "own_us_per_call": 1e6 * tt / calls,
+         "cumulative_us_per_call": 1e6 * ct / calls}
+        for (f, line, name), (_, nc, tt, ct, _) in top
+    ]
 
 
 def kernel_table(prof: Any, cuda: bool) -> dict[str, tuple[int, float]]:
@@ -482,9 +505,9 @@ def row_text(name: str, cells: dict[str, Cell], columns: list[str]) -> str:
     return "| " + " | ".join(vals) + " |"
 
 
-def print_profile(result: dict[str, Any]) -> None:
+def print_profile(result: dict[str, Any], what: str = "seqweave default") -> None:
     print(
-        f"\n# profile: seqweave default, batch 1 greedy, {result['dtype']}: "
+        f"\n# profile: {what}, batch 1 greedy, {result['dtype']}: "
         f"{result['kernels_per_step']:.1f} {result['unit']} per decode step, "
         f"{result['us_per_step']:.1f} us of their time per step (12-token call minus 2-token call)"
     )
@@ -648,6 +671,21 @@ def run_dtype(
         except Exception as exc:  # noqa: BLE001 (the profile is optional)
             results["profile"] = {"dtype": dtype_name, "note": failure(exc)}
             print(f"\n# profile: {failure(exc)}", flush=True)
+        if "sw_compile" in columns and models.get("sw_compile") is not None:
+            try:
+                results["profile_compile"] = {"dtype": dtype_name, **profile(models, args, "sw_compile")}
+                print_profile(results["profile_compile"], "seqweave compile=True")
+            except Exception as exc:  # noqa: BLE001
+                print(f"\n# profile, compile=True: {failure(exc)}", flush=True)
+        try:
+            results["host_profile"] = host_profile(models, args)
+            print("\n# host time of a warm 1-token call (seqweave default, batch 1), by own time")
+            print("| function | calls | own us | cumulative us |\n|---|---|---|---|")
+            for r in results["host_profile"]:
+                print(f"| {r['function']} | {r['calls_per_call']:.0f} | {r['own_us_per_call']:.0f} | "
+                      f"{r['cumulative_us_per_call']:.0f} |")
+        except Exception as exc:  # noqa: BLE001
+            print(f"\n# host profile: {failure(exc)}", flush=True)
         save()
 
 

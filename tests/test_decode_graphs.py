@@ -70,23 +70,23 @@ def test_a_source_with_no_padding_gets_a_bucket_without_a_mask(model):
     for mask in (None, torch.ones_like(ids)):
         ours = model.generate(ids, mask, static_cache=True, max_new_tokens=4)
         assert torch.equal(ours, model.generate(ids, max_new_tokens=4))
-    (graph,) = graphs.kept_graphs(model.decoder)
+    (graph,) = graphs.kept_graphs(model)
     assert not graph.bucket.masked and graph.source_mask is None and graph.cache.source_bias is None
     padded = model.generate(ids[:, :60], static_cache=True, max_new_tokens=4)  # 60 is padded to 64: masked
     assert torch.equal(padded, model.generate(ids[:, :60], max_new_tokens=4))
-    assert [g.bucket.masked for g in graphs.kept_graphs(model.decoder)] == [False, True]
+    assert [g.bucket.masked for g in graphs.kept_graphs(model)] == [False, True]
 
 
 def test_a_later_call_in_the_same_bucket_reuses_the_graph_and_its_buffers(model):
     ids, mask = batch(model, 3, 7)
     first = model.generate(ids, mask, static_cache=True, max_new_tokens=MAX_NEW)
-    (graph,) = graphs.kept_graphs(model.decoder)
+    (graph,) = graphs.kept_graphs(model)
     buffers = [layer.k.data_ptr() for layer in graph.cache.layers]
-    assert graph.bucket == graphs.Bucket("greedy", 4, 1, 64, 64, 1, masked=True) and not graph.busy
+    assert graph.bucket == graphs.Bucket("greedy", 4, 1, 64, 64, 1, masked=True, encodes=True) and not graph.busy
     # other shapes, same bucket: 4 sources instead of 3, a longer source, more new tokens
     ids2, mask2 = batch(model, 4, 11, seed=5)
     second = model.generate(ids2, mask2, static_cache=True, max_new_tokens=MAX_NEW + 4)
-    assert graphs.kept_graphs(model.decoder) == [graph]
+    assert graphs.kept_graphs(model) == [graph]
     assert [layer.k.data_ptr() for layer in graph.cache.layers] == buffers
     torch.testing.assert_close(first, reference(model, ids, mask, max_new_tokens=MAX_NEW), rtol=0, atol=0)
     torch.testing.assert_close(second, reference(model, ids2, mask2, max_new_tokens=MAX_NEW + 4), rtol=0, atol=0)
@@ -105,7 +105,7 @@ def test_the_bucket_follows_the_search(model, kwargs, kind, per_source):
     ids, mask = batch(model, 2, 7)
     generator = torch.Generator().manual_seed(3) if kwargs.get("do_sample") else None
     ours = model.generate(ids, mask, static_cache=True, max_new_tokens=MAX_NEW, generator=generator, **kwargs)
-    (graph,) = graphs.kept_graphs(model.decoder)
+    (graph,) = graphs.kept_graphs(model)
     assert (graph.bucket.kind, graph.bucket.per_source, graph.bucket.sources) == (kind, per_source, 2)
     if generator is not None:
         torch.manual_seed(3)
@@ -122,23 +122,76 @@ def test_padded_rows_and_positions_do_not_change_the_tokens(model):
             assert torch.equal(ours, dynamic), (rows, length, kwargs)
 
 
+def test_the_encoder_runs_in_the_first_step_only_when_generate_gets_ids_alone(model, monkeypatch):
+    ids, mask = batch(model, 3, 7)
+    expected = reference(model, ids, mask, max_new_tokens=MAX_NEW)
+    states = model.encode(ids, mask).states
+    runs = [
+        ({}, True),
+        ({"encoder_outputs": states}, False),
+        ({"token_type_ids": torch.zeros_like(ids)}, False),
+    ]
+    for kwargs, encodes in runs:
+        graphs.clear_graphs()
+        source = {} if "encoder_outputs" in kwargs else {"input_ids": ids}
+        ours = model.generate(attention_mask=mask, static_cache=True, max_new_tokens=MAX_NEW, **source, **kwargs)
+        assert torch.equal(ours, expected), kwargs
+        (graph,) = graphs.kept_graphs(model)
+        assert graph.bucket.encodes is encodes
+    monkeypatch.setattr(graphs, "ENCODE_IN_GRAPH", False)
+    graphs.clear_graphs()
+    assert torch.equal(model.generate(ids, mask, static_cache=True, max_new_tokens=MAX_NEW), expected)
+    assert not graphs.kept_graphs(model)[0].bucket.encodes
+
+
+def test_inputs_are_checked_on_every_call_of_a_graph_that_encodes(model):
+    ids, mask = batch(model, 2, 5)
+    model.generate(ids, mask, static_cache=True, max_new_tokens=2)
+    with pytest.raises(sw.ConfigError, match="input_ids holds ids outside"):
+        model.generate(ids + 1000, mask, static_cache=True, max_new_tokens=2)
+    with pytest.raises(sw.ConfigError, match="attention_mask must hold 1 for tokens"):
+        model.generate(ids, mask * 2, static_cache=True, max_new_tokens=2)
+    assert not graphs.kept_graphs(model)[0].busy
+
+
+def test_kept_graphs_live_and_die_with_the_model_and_are_never_copied(model, tmp_path):
+    import copy
+    import gc
+    import pickle
+    import weakref
+
+    ids, mask = batch(model, 2, 5)
+    model.generate(ids, mask, static_cache=True, max_new_tokens=2)
+    assert graphs.kept_graphs(model)
+    twin = copy.deepcopy(model)
+    assert graphs.kept_graphs(twin) == []
+    assert torch.equal(twin.generate(ids, mask, static_cache=True, max_new_tokens=2),
+                       model.generate(ids, mask, static_cache=True, max_new_tokens=2))
+    store = vars(twin)["_seqweave_decode_graphs"]  # how torch.save(model) would pickle it: empty
+    assert store.graphs and not pickle.loads(pickle.dumps(store)).graphs
+    alive = weakref.ref(twin)
+    del twin, store
+    gc.collect()
+    assert alive() is None  # the graphs (which refer to the model) do not keep it alive
+
+
 def test_the_least_recently_used_bucket_goes_first(model, monkeypatch):
     monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
     ids, mask = batch(model, 1, 5)
     for beams in (1, 2, 3, 2):
         model.generate(ids, mask, static_cache=True, max_new_tokens=4, num_beams=beams)
-    kept = [(g.bucket.kind, g.bucket.per_source) for g in graphs.kept_graphs(model.decoder)]
+    kept = [(g.bucket.kind, g.bucket.per_source) for g in graphs.kept_graphs(model)]
     assert kept == [("logits", 3), ("logits", 2)]
 
 
 def test_moved_weights_drop_the_kept_graphs(model):
     ids, mask = batch(model, 2, 5)
     expected = model.generate(ids, mask, static_cache=True, max_new_tokens=4)
-    (graph,) = graphs.kept_graphs(model.decoder)
+    (graph,) = graphs.kept_graphs(model)
     model.double()
     try:
         got = model.generate(ids, mask, static_cache=True, max_new_tokens=4)
-        (other,) = graphs.kept_graphs(model.decoder)
+        (other,) = graphs.kept_graphs(model)
         assert other is not graph
         assert other.cache.layers[0].k.dtype == torch.float64
         assert got.shape == expected.shape
@@ -149,14 +202,14 @@ def test_moved_weights_drop_the_kept_graphs(model):
 def test_in_place_weight_updates_keep_the_graph_and_are_read(model):
     ids, mask = batch(model, 2, 5)
     model.generate(ids, mask, static_cache=True, max_new_tokens=4)
-    (graph,) = graphs.kept_graphs(model.decoder)
+    (graph,) = graphs.kept_graphs(model)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         with torch.no_grad():
             for p in model.decoder.parameters():
                 p.mul_(1.5)
         changed = model.generate(ids, mask, static_cache=True, max_new_tokens=4)
-        assert graphs.kept_graphs(model.decoder) == [graph]
+        assert graphs.kept_graphs(model) == [graph]
         assert torch.equal(changed, model.generate(ids, mask, max_new_tokens=4))
     finally:
         model.load_state_dict(saved)
@@ -171,7 +224,7 @@ def test_interleaved_streams_get_their_own_graphs(model):
     for x, y in zip(a, b, strict=False):
         columns_a.append(x.clone())
         columns_b.append(y.clone())
-    (kept,) = graphs.kept_graphs(model.decoder)  # a's; b had one of its own
+    (kept,) = graphs.kept_graphs(model)  # a's; b had one of its own
     assert not kept.busy
     for columns in (columns_a, columns_b):
         assert torch.equal(torch.stack(columns, 1), expected[:, 1 : 1 + len(columns)])
@@ -181,7 +234,7 @@ def test_an_abandoned_or_failing_call_releases_its_graph(model):
     ids, mask = batch(model, 2, 6)
     stream = model.generate_stream(ids, mask, static_cache=True, max_new_tokens=MAX_NEW)
     next(stream)
-    (graph,) = graphs.kept_graphs(model.decoder)
+    (graph,) = graphs.kept_graphs(model)
     assert graph.busy
     stream.close()
     assert not graph.busy
@@ -194,13 +247,13 @@ def test_an_abandoned_or_failing_call_releases_its_graph(model):
     assert not graph.busy
     with pytest.raises(sw.ConfigError):
         model.generate_stream(ids, mask, static_cache=True, num_beams=2)
-    assert all(not g.busy for g in graphs.kept_graphs(model.decoder))
+    assert all(not g.busy for g in graphs.kept_graphs(model))
 
 
 def test_an_output_object_keeps_a_cache_no_later_call_overwrites(model):
     ids, mask = batch(model, 2, 6)
     out = model.generate(ids, mask, static_cache=True, max_new_tokens=4, return_dict_in_generate=True)
-    assert graphs.kept_graphs(model.decoder) == []
+    assert graphs.kept_graphs(model) == []
     keys = out.cache.layers[0].k.clone()
     model.generate(ids.flip(0), mask.flip(0), static_cache=True, max_new_tokens=4)
     assert torch.equal(out.cache.layers[0].k, keys)
@@ -251,7 +304,7 @@ def test_a_decode_step_runs_no_mask_fixups(model):
     """One static decode step: no per-layer check for rows with no key, no bool-to-float mask conversion."""
     ids, mask = batch(model, 2, 6)
     source = model.encode(ids, mask)
-    graph = graphs.checkout(model.decoder, graphs.Bucket.of("logits", 2, 1, 16, 6), torch.device("cpu"))
+    graph = graphs.checkout(model, model.decoder, graphs.Bucket.of("logits", 2, 1, 16, 6), torch.device("cpu"))
     step = graphs.GraphStep(model.decoder, source.states, source.mask, graph, rows=2)
     with torch.no_grad():
         step(torch.zeros(2, 1, dtype=torch.long))
@@ -282,7 +335,7 @@ def test_a_compiled_step_gives_the_same_tokens(model):
         for kwargs in ({}, {"num_beams": 2}):
             compiled = model.generate(ids, mask, compile=True, max_new_tokens=MAX_NEW, **kwargs)
             assert torch.equal(compiled, reference(model, ids, mask, max_new_tokens=MAX_NEW, **kwargs))
-            assert all(g.compiled for g in graphs.kept_graphs(model.decoder))
+            assert all(g.compiled for g in graphs.kept_graphs(model))
     finally:
         torch._dynamo.reset()
 
@@ -300,7 +353,7 @@ def test_a_compiled_step_in_a_cuda_graph_matches_transformers(model, kwargs):
     try:
         ours = model.generate(ids, mask, compile=True, max_new_tokens=MAX_NEW, **kwargs)
         again = model.generate(ids.flip(0), mask.flip(0), compile=True, max_new_tokens=MAX_NEW, **kwargs)
-        (graph,) = graphs.kept_graphs(model.decoder)
+        (graph,) = graphs.kept_graphs(model)
         assert graph.compiled and graph.graph is not None and graph.replays > 0
         assert torch.equal(ours, reference(model, ids, mask, max_new_tokens=MAX_NEW, **kwargs))
         assert torch.equal(again, reference(model, ids.flip(0), mask.flip(0), max_new_tokens=MAX_NEW, **kwargs))

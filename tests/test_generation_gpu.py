@@ -51,7 +51,7 @@ def test_cuda_graph_matches_transformers_on_cuda(cuda_pair, case):
     p = cuda_pair
     kwargs = _resolve(p, CASES[case])
     ours = p.sw.generate(p.ids, p.mask, **kwargs)  # cuda_graph defaults to True on CUDA
-    (graph,) = kept_graphs(p.sw.decoder)
+    (graph,) = kept_graphs(p.sw)
     if ours.shape[1] > 2:  # the prompt runs eagerly, every later step replays the graph
         assert graph.graph is not None and graph.cuda_graph
     with torch.no_grad():
@@ -66,7 +66,7 @@ def test_a_later_call_replays_the_graph_captured_by_the_first(cuda_pair, case):
     p = cuda_pair
     kwargs = _resolve(p, CASES[case])
     p.sw.generate(p.ids, p.mask, **kwargs)
-    (graph,) = kept_graphs(p.sw.decoder)
+    (graph,) = kept_graphs(p.sw)
     captured, replays = graph.graph, graph.replays
     for rows, length in ((p.ids.shape[0], p.ids.shape[1]), (3, 5), (3, 8)):  # 3 and 4 sources: one bucket
         ids, mask = p.ids[-rows:, :length], p.mask[-rows:, :length]
@@ -74,7 +74,7 @@ def test_a_later_call_replays_the_graph_captured_by_the_first(cuda_pair, case):
         with torch.no_grad():
             theirs = p.hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
         assert_same(ours.cpu(), theirs.cpu())
-    assert kept_graphs(p.sw.decoder) == [graph] and graph.graph is captured and graph.replays > replays
+    assert kept_graphs(p.sw) == [graph] and graph.graph is captured and graph.replays > replays
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))

@@ -60,6 +60,7 @@ from .processors import (
     top_p,
 )
 from .search import argmax, beam_search, greedy_search, topk
+from . import step as step_module
 from .step import (
     BUCKET_MULTIPLE,
     MAX_GRAPHS,
@@ -234,13 +235,23 @@ def _prepare(
             f"{type(decoder).__name__} does not declare it"
         )
 
-    # once per source, however many beams decode it
+    # once per source, however many beams decode it; on the static path the graph's first step
+    # runs the encoder (on the source ids padded to its bucket) when only ids are given
+    encodes = (static and step_module.ENCODE_IN_GRAPH and input_ids is not None and encoder_outputs is None
+               and token_type_ids is None)
     extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-    if encoder_outputs is not None:  # the states are all generation uses of an encoder output
-        states = _last_hidden_state(encoder_outputs).to(device)
-        source = model.encode(None, attention_mask, encoder_outputs=states, **extra)
+    if encodes:
+        assert input_ids is not None
+        check_tokens("input_ids", input_ids, vocab_of(getattr(model, "encoder", None)))  # what encode checks
+        check_mask("attention_mask", attention_mask, tuple(input_ids.shape))
+        ids_or_states, mask = input_ids, attention_mask
     else:
-        source = model.encode(input_ids, attention_mask, **extra)
+        if encoder_outputs is not None:  # the states are all generation uses of an encoder output
+            states = _last_hidden_state(encoder_outputs).to(device)
+            source = model.encode(None, attention_mask, encoder_outputs=states, **extra)
+        else:
+            source = model.encode(input_ids, attention_mask, **extra)
+        ids_or_states, mask = source.states, source.mask
     rows = b * (settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences)
     assert settings.max_length is not None, "resolved settings carry max_length"
     prompt_length = 1 if prompt is None else prompt.shape[1]
@@ -255,13 +266,14 @@ def _prepare(
         greedy = (not wants_scores and settings.num_beams == 1 and not settings.do_sample and not procs)
         eos = settings.eos_ids or []
         bucket = Bucket.of("greedy" if greedy else "logits", b, rows // b, settings.max_length,
-                           source.states.shape[1], len(eos) if greedy else 0, padding=source.mask is not None)
-        graph = checkout(decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
-        step: DecodeStep = GraphStep(decoder, source.states, source.mask, graph, rows)
+                           ids_or_states.shape[1], len(eos) if greedy else 0, padding=mask is not None,
+                           encodes=encodes)
+        graph = checkout(model, decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
+        step: DecodeStep = GraphStep(decoder, ids_or_states, mask, graph, rows)
         cache = graph.cache
     else:
         cache = Cache(decoder.num_layers, settings.max_length)
-        step = DecodeStep(decoder, source.states, source.mask, cache)
+        step = DecodeStep(decoder, ids_or_states, mask, cache)
     return _Prepared(settings, generator, step, cache, b, rows, procs, device, prompt, graph)
 
 
@@ -287,7 +299,7 @@ def check_tokens(name: str, ids: Any, vocab: int | None, *, ignore: int | None =
         return
     if ids.numel() == 0:
         raise ConfigError(f"{name} is empty (shape {list(ids.shape)}): a batch needs at least one token per row")
-    if vocab is None or torch.compiler.is_compiling():
+    if vocab is None or torch.compiler.is_compiling() or _capturing(ids):
         return
     outside = ids.lt(0) | ids.ge(vocab)
     if ignore is not None:
@@ -307,9 +319,16 @@ def check_mask(name: str, mask: Any, shape: tuple[int, ...] | None = None) -> No
         return
     if shape is not None and tuple(mask.shape) != tuple(shape):
         raise ConfigError(f"{name} has shape {list(mask.shape)}; the ids have {list(shape)}: they must match")
-    if mask.dtype != torch.bool and not torch.compiler.is_compiling() and (mask.ne(0) & mask.ne(1)).any():
+    if (mask.dtype != torch.bool and not torch.compiler.is_compiling() and not _capturing(mask)
+            and (mask.ne(0) & mask.ne(1)).any()):
         hint = " (an additive 0/-inf mask? pass (mask == 0).long() instead)" if mask.is_floating_point() else ""
         raise ConfigError(f"{name} must hold 1 for tokens and 0 for padding; this mask holds other values{hint}")
+
+
+def _capturing(tensor: torch.Tensor) -> bool:
+    """Whether a CUDA graph is being recorded: no check may read the device then (a decode graph's
+    capture runs ``model.encode``; generation checks each call's own inputs before it replays)."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _check_ids(name: str, ids: Any) -> None:

@@ -14,10 +14,10 @@ kernel it runs without a bucket (and transformers with it: the same tokens in bf
 returns (``"logits"``, or ``"greedy"``: the token each row picks, chosen inside the graph,
 so a greedy step is one replay) and the number of rows decoded per source.
 
-Reuse. :func:`checkout` keeps up to :data:`MAX_GRAPHS` buckets per decoder (least recently
-used first out), in a table that does not keep the decoder alive and is emptied when the
-decoder's parameters move (``.to()``, a new dtype, resized embeddings): a graph reads the
-weights where they were when it was captured. In-place updates (an optimizer step,
+Reuse. :func:`checkout` keeps up to :data:`MAX_GRAPHS` buckets per model (least recently
+used first out), in the model's ``__dict__`` (collected with it; a copy or a pickle of
+the model starts with none), emptied when the model's parameters move (``.to()``, a new
+dtype, resized embeddings): a graph reads the weights where they were when it was captured. In-place updates (an optimizer step,
 ``load_state_dict``) keep the same memory, and a replay reads the new values. A graph in
 use by an unfinished call (a stream being read) is not shared: a second call then gets
 one of its own. :func:`clear_graphs` frees them.
@@ -25,6 +25,7 @@ one of its own. :func:`clear_graphs` frees them.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -50,8 +51,12 @@ __all__ = [
 
 #: Decoder positions and source lengths are padded up to a multiple of this.
 BUCKET_MULTIPLE = 64
-#: Buckets kept per decoder between calls (each holds a static cache for its shapes).
+#: Buckets kept per model between calls (each holds a static cache for its shapes).
 MAX_GRAPHS = 4
+#: Whether a call's first step also runs the encoder, on the source ids padded to the bucket
+#: (when generate gets ids alone: no ``encoder_outputs``, no ``token_type_ids``). On CUDA that
+#: makes the encoder part of the captured first step: one replay instead of ~150 launches.
+ENCODE_IN_GRAPH = True
 
 
 class DecodeStep:
@@ -106,6 +111,7 @@ class Bucket:
         source_length: source positions (a multiple of :data:`BUCKET_MULTIPLE`).
         eos: greedy: how many eos ids the step checks (0 for none).
         masked: whether cross-attention reads a source mask (False: no padding to mask).
+        encodes: whether the graph's first step also runs the encoder (on the padded source ids).
     """
 
     kind: Literal["logits", "greedy"]
@@ -115,6 +121,7 @@ class Bucket:
     source_length: int
     eos: int = 0
     masked: bool = True
+    encodes: bool = False
 
     @property
     def rows(self) -> int:
@@ -130,12 +137,13 @@ class Bucket:
         source_length: int,
         eos: int = 0,
         padding: bool = True,
+        encodes: bool = False,
     ) -> Bucket:
         """The bucket for a call: ``sources`` and its lengths padded up (``padding``: the source has some)."""
         padded = 1 << max(0, sources - 1).bit_length()
         length = _round_up(source_length, BUCKET_MULTIPLE)
         return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE), length, eos,
-                   masked=padding or length != source_length)
+                   masked=padding or length != source_length, encodes=encodes)
 
 
 class DecodeGraph:
@@ -159,8 +167,10 @@ class DecodeGraph:
         *,
         cuda_graph: bool = True,
         compile: bool = False,
+        model: Any = None,
     ) -> None:
         self.decoder = decoder
+        self.model = model  # what encodes the source ids, when the bucket encodes
         self.bucket = bucket
         self.cuda_graph = cuda_graph and torch.device(device).type == "cuda"
         self.compiled = compile
@@ -168,17 +178,20 @@ class DecodeGraph:
         self.cache.host_counts = False  # the graph counts positions (see StaticCache.host_counts)
         rows = bucket.rows
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        # the source, padded (made at the first call, when its width and dtype are known)
+        # the source, padded: its encoder states (made at the first call, when their width and
+        # dtype are known), or its ids and their mask when the graph runs the encoder
         self.states: torch.Tensor | None = None
-        self.source_mask = (
-            torch.ones(bucket.sources, bucket.source_length, dtype=torch.bool, device=device) if bucket.masked else None
-        )
+        shape = (bucket.sources, bucket.source_length)
+        self.source_mask = torch.ones(shape, dtype=torch.bool, device=device) if bucket.masked else None
+        self.ids = torch.zeros(shape, dtype=torch.long, device=device) if bucket.encodes else None
+        self.ids_mask = torch.zeros(shape, dtype=torch.long, device=device) if bucket.encodes and bucket.masked else None
         # greedy: filled by prime() each call; the step reads and updates them
         self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.eos = torch.full((bucket.eos,), -1, dtype=torch.long, device=device)
         self.pad = torch.zeros((), dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.prefill_graph: torch.cuda.CUDAGraph | None = None
+        self.cuda_graph_prefill = True  # False once recording the first step failed
         self.output: torch.Tensor | None = None
         self.prefill_output: torch.Tensor | None = None
         self.replays = 0
@@ -186,14 +199,26 @@ class DecodeGraph:
         self._fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
 
     def load_source(self, source: torch.Tensor, source_mask: torch.Tensor | None) -> None:
-        """Copy a call's encoder states [b, s, d] and mask [b, s] (or None) into the padded buffers."""
-        b, s, d = source.shape
+        """Copy a call's encoder states [b, s, d] (or source ids [b, s]) and mask [b, s] (or None) in.
+
+        Into the padded buffers: the states, or (a bucket that encodes) the ids and their mask.
+        """
         bucket = self.bucket
-        if self.states is None or self.states.shape[-1] != d or self.states.dtype != source.dtype:
-            self.states = source.new_zeros(bucket.sources, bucket.source_length, d)
+        b, s = source.shape[:2]
+        if bucket.encodes:
+            assert self.ids is not None
+            self.ids.zero_()
+            self.ids[:b, :s] = source
+            if self.ids_mask is not None:  # padded positions and sources: 0
+                self.ids_mask.zero_()
+                self.ids_mask[:b, :s] = 1 if source_mask is None else source_mask
         else:
-            self.states.zero_()
-        self.states[:b, :s] = source
+            d = source.shape[-1]
+            if self.states is None or self.states.shape[-1] != d or self.states.dtype != source.dtype:
+                self.states = source.new_zeros(bucket.sources, bucket.source_length, d)
+            else:
+                self.states.zero_()
+            self.states[:b, :s] = source
         if self.source_mask is None:  # padded sources (zeros) need no mask either: their rows are dropped
             assert source_mask is None and s == bucket.source_length, "an unmasked bucket got padding"
             return
@@ -203,10 +228,17 @@ class DecodeGraph:
         if source_mask is not None:
             self.source_mask[:b, :s] = source_mask.bool()
 
+    def encoded(self) -> torch.Tensor:
+        """The padded encoder states: :attr:`states`, or (a bucket that encodes) the encoder's output."""
+        if self.bucket.encodes:
+            return self.model.encode(self.ids, self.ids_mask).states
+        assert self.states is not None
+        return self.states
+
     def _prefill(self) -> torch.Tensor:
         """The recorded first step: the prompt token of every row, against the padded source."""
         return self.decoder(
-            self.tokens, encoder_hidden_states=self.states, encoder_attention_mask=self.source_mask,
+            self.tokens, encoder_hidden_states=self.encoded(), encoder_attention_mask=self.source_mask,
             cache=self.cache,
         ).logits[:, -1]
 
@@ -214,17 +246,25 @@ class DecodeGraph:
         """The first step of a call (one prompt token per row in :attr:`tokens`); the logits [rows, V]."""
         cache = self.cache
         cache.reset()
-        if not self.cuda_graph:
+        if not (self.cuda_graph and self.cuda_graph_prefill):
             out = self._prefill()
         elif self.prefill_graph is None:
             _warm_up(self._prefill)
             cache.reset()  # record the same step from the same state, and replay it
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.prefill_output = self._prefill()
-            graph.replay()
-            self.prefill_graph = graph
-            out = self.prefill_output
+            try:
+                with torch.cuda.graph(graph):
+                    self.prefill_output = self._prefill()
+            except RuntimeError as e:  # a part reads the device while it runs (a host sync): eager then
+                warnings.warn(f"the first decoding step cannot be recorded in a CUDA graph ({e}); it runs eagerly",
+                              stacklevel=2)
+                self.cuda_graph_prefill = False
+                cache.reset()
+                out = self._prefill()
+            else:
+                graph.replay()
+                self.prefill_graph = graph
+                out = self.prefill_output
         else:
             self.prefill_graph.replay()
             cache.source_written()
@@ -313,8 +353,7 @@ class GraphStep(DecodeStep):
         rows: int,
     ) -> None:
         graph.load_source(source, source_mask)
-        assert graph.states is not None
-        super().__init__(decoder, graph.states, graph.source_mask, graph.cache)
+        super().__init__(decoder, source, graph.source_mask, graph.cache)
         self.graph = graph
         self.rows = rows
 
@@ -335,7 +374,7 @@ class GraphStep(DecodeStep):
         padded = tokens.new_zeros(graph.bucket.rows, t)  # a longer prompt, eagerly
         padded[:n] = tokens
         self.cache.reset()
-        logits = self.decoder(padded, encoder_hidden_states=graph.states, encoder_attention_mask=graph.source_mask,
+        logits = self.decoder(padded, encoder_hidden_states=graph.encoded(), encoder_attention_mask=graph.source_mask,
                               cache=self.cache).logits[:, -1]
         self.cache.length = t
         return logits[:n]
@@ -351,33 +390,43 @@ class GraphStep(DecodeStep):
 
 
 class _Store:
+    """An owner's kept graphs (in its ``__dict__``: collected with it, never copied or pickled)."""
+
     def __init__(self) -> None:
         self.signature: tuple[Any, ...] | None = None
         self.graphs: OrderedDict[tuple[Bucket, bool, bool], DecodeGraph] = OrderedDict()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Store:
+        return _Store()  # a copy of the model captures its own graphs
 
-_STORES: weakref.WeakKeyDictionary[Any, _Store] = weakref.WeakKeyDictionary()
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return _Store, ()
 
 
-def _signature(decoder: Decoder) -> tuple[Any, ...]:
+_ATTRIBUTE = "_seqweave_decode_graphs"
+_OWNERS: weakref.WeakSet[Any] = weakref.WeakSet()  # for clear_graphs()
+
+
+def _signature(owner: Any) -> tuple[Any, ...]:
     """What a captured graph depends on: where every weight lives, its dtype, the training flag.
 
     Walks the module tree by hand: ``parameters()`` and ``buffers()`` (named, deduplicated
     iterators) take 0.4 ms for GPT-2-small, a tenth of a ``generate`` call's fixed cost.
     """
     found: list[int] = []
-    stack = [decoder]
+    stack = [owner]
     while stack:
         module = stack.pop()
-        for group in (module._parameters, module._buffers):
+        for group in (getattr(module, "_parameters", {}), getattr(module, "_buffers", {})):
             found.extend(t.data_ptr() for t in group.values() if t is not None)
-        stack.extend(m for m in module._modules.values() if m is not None)
-    first = next(iter(decoder.parameters()), None)
+        stack.extend(m for m in getattr(module, "_modules", {}).values() if m is not None)
+    first = next(iter(owner.parameters()), None)
     where = None if first is None else (first.dtype, first.device)
-    return (getattr(decoder, "training", False), where, tuple(found))
+    return (getattr(owner, "training", False), where, tuple(found))
 
 
 def checkout(
+    owner: Any,
     decoder: Decoder,
     bucket: Bucket,
     device: torch.device,
@@ -386,18 +435,20 @@ def checkout(
     compile: bool = False,
     keep: bool = True,
 ) -> DecodeGraph:
-    """The decoder's graph for ``bucket`` (made if needed), marked busy until :func:`release`.
+    """``owner``'s graph for ``bucket`` (made if needed), marked busy until :func:`release`.
 
-    ``keep=False`` (or a kept graph busy with another call) gives a graph of the call's own.
+    ``owner`` is the model (whose ``encode`` a bucket that encodes runs) or the decoder
+    itself; its weights are the ones a captured graph reads. ``keep=False`` (or a kept graph
+    busy with another call) gives a graph of the call's own.
     """
 
     def make() -> DecodeGraph:
-        return DecodeGraph(decoder, bucket, device, cuda_graph=cuda_graph, compile=compile)
+        return DecodeGraph(decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, model=owner)
 
-    if not keep:
+    store = _store(owner) if keep else None
+    if store is None:
         return make()
-    store = _STORES.setdefault(decoder, _Store())
-    signature = _signature(decoder)
+    signature = _signature(owner)
     if store.signature != signature:  # the weights moved: every captured graph is stale
         store.graphs.clear()
         store.signature = signature
@@ -414,23 +465,35 @@ def checkout(
     return graph
 
 
+def _store(owner: Any, make: bool = True) -> _Store | None:
+    state = getattr(owner, "__dict__", None)
+    if state is None:
+        return None
+    store = state.get(_ATTRIBUTE)
+    if store is None and make:
+        store = state[_ATTRIBUTE] = _Store()
+        _OWNERS.add(owner)
+    return store
+
+
 def release(graph: DecodeGraph) -> None:
     """Let later calls use ``graph`` again."""
     graph.busy = False
 
 
-def kept_graphs(decoder: Decoder) -> list[DecodeGraph]:
-    """The graphs kept for ``decoder``, least recently used first."""
-    store = _STORES.get(decoder)
+def kept_graphs(owner: Any) -> list[DecodeGraph]:
+    """The graphs kept for ``owner`` (a model, or a decoder generating alone), least recently used first."""
+    store = _store(owner, make=False)
     return [] if store is None else list(store.graphs.values())
 
 
-def clear_graphs(decoder: Decoder | None = None) -> None:
-    """Free the kept decode graphs (and their caches) of ``decoder``, or of every decoder."""
-    if decoder is None:
-        _STORES.clear()
-    else:
-        _STORES.pop(decoder, None)
+def clear_graphs(owner: Any = None) -> None:
+    """Free the kept decode graphs (and their caches) of a model, or of every model."""
+    for one in [owner] if owner is not None else list(_OWNERS):
+        store = _store(one, make=False)
+        if store is not None:
+            store.graphs.clear()
+            store.signature = None
 
 
 def releasing(graph: DecodeGraph | None, steps: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
