@@ -172,11 +172,11 @@ def hf_runner(hf: Any, ids: torch.Tensor, mask: torch.Tensor, kw: dict[str, Any]
 
 
 def sw_runner(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, kw: dict[str, Any], compiled: bool
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, kw: dict[str, Any], compiled: bool | str
 ) -> Callable:
     from seqweave import ConfigError
 
-    extra = {"compile": True} if compiled else {}
+    extra = {"compile": compiled} if compiled else {}
 
     def run() -> torch.Tensor:
         try:
@@ -206,7 +206,7 @@ def runners_for(models: dict[str, Any], columns: list[str], batch: int, kw: dict
         "hf_dynamic": lambda: hf_runner(models["hf"], ids, mask, kw, static=False),
         "hf_static": lambda: hf_runner(models["hf"], ids, mask, kw, static=True),
         "sw": lambda: sw_runner(models["sw"], ids, mask, kw, compiled=False),
-        "sw_compile": lambda: sw_runner(models.get("sw_compile"), ids, mask, kw, compiled=True),
+        "sw_compile": lambda: sw_runner(models.get("sw_compile"), ids, mask, kw, compiled=args.compile_mode or True),
     }
     return {c: make[c]() for c in columns if c in make}
 
@@ -553,6 +553,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-fixed-cost", action="store_true")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--compile-mode", default=None,
+                   help="the seqweave compile=True column passes this mode instead (max-autotune-no-cudagraphs)")
     p.add_argument("--hf-compile-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.dtypes = [d for d in args.dtypes.split(",") if d]
@@ -589,7 +591,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"# {name}; torch {torch.__version__}, transformers {transformers.__version__}; {model_name}, "
         f"source {args.source_length} tokens, {args.max_new_tokens} new tokens; ms per decode step, "
-        f"median of {args.repeats} alternating calls; budget {args.budget_s:.0f} s",
+        f"median of {args.repeats} alternating calls; budget {args.budget_s:.0f} s"
+        + (f"; the compile=True column passes compile={args.compile_mode!r}" if args.compile_mode else ""),
         flush=True,
     )
     results: dict[str, Any] = {

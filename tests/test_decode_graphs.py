@@ -77,6 +77,15 @@ def test_a_source_with_no_padding_gets_a_bucket_without_a_mask(model):
     assert [g.bucket.masked for g in graphs.kept_graphs(model)] == [False, True]
 
 
+def test_a_bucket_that_encodes_pads_ids_only_as_far_as_the_encoder_allows():
+    of = graphs.Bucket.of
+    assert of("logits", 1, 1, 9, 9, encodes=True, source_padding=(1, 512)).source_length == 64
+    assert of("logits", 1, 1, 9, 9, encodes=True, source_padding=(1, 512)).source_pad == 1
+    assert of("logits", 1, 1, 9, 9, encodes=True, source_padding=(0, 20)).source_length == 20  # the table's end
+    assert of("logits", 1, 1, 9, 9, encodes=True).source_length == 9  # an encoder that does not say: exact
+    assert not of("logits", 1, 1, 9, 9, padding=False, encodes=True).masked
+
+
 def test_a_later_call_in_the_same_bucket_reuses_the_graph_and_its_buffers(model):
     ids, mask = batch(model, 3, 7)
     first = model.generate(ids, mask, static_cache=True, max_new_tokens=MAX_NEW)
@@ -322,8 +331,9 @@ def test_compile_needs_the_static_path(model):
     ids, mask = batch(model, 1, 4)
     with pytest.raises(sw.ConfigError, match="compile=True"):
         model.generate(ids, mask, compile=True, static_cache=False)
-    with pytest.raises(sw.ConfigError, match="compile must be True or False"):
-        model.generate(ids, mask, compile="yes")
+    for bad in ("yes", "reduce-overhead", "max-autotune", 1):
+        with pytest.raises(sw.ConfigError, match="compile must be True, False or a torch.compile mode"):
+            model.generate(ids, mask, compile=bad)
 
 
 @pytest.mark.slow

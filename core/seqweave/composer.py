@@ -352,7 +352,7 @@ class EncoderDecoder(nn.Module):
         streamer: Callable[[torch.Tensor], None] | None = None,
         cuda_graph: bool | None = None,
         static_cache: bool | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         generation_config: Any = None,
         decoder_input_ids: torch.Tensor | None = None,
         encoder_outputs: Any = None,
@@ -405,7 +405,9 @@ class EncoderDecoder(nn.Module):
                 is slower and useful to test the code path the graph captures.
             compile: compile the static decode step with ``torch.compile`` (inductor) before
                 capturing it: fewer, fused kernels per token, after a compilation of tens of
-                seconds on the first call of a bucket.
+                seconds on the first call of a bucket. A mode name
+                (``"max-autotune-no-cudagraphs"``: autotuned matrix products, minutes to compile)
+                is passed on; the modes with CUDA graphs are refused, generation records its own.
             labels: ignored, as transformers' ``generate`` ignores them
                 (``Seq2SeqTrainer(predict_with_generate=True)`` passes the whole batch).
             synced_gpus: transformers' flag to keep every rank stepping until all are done

@@ -158,7 +158,7 @@ def _prepare(
     decoder_input_ids: torch.Tensor | None = None,
     encoder_outputs: Any = None,
     token_type_ids: torch.Tensor | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     return_scores: bool = False,
 ) -> _Prepared:
     decoder = model.decoder
@@ -223,8 +223,10 @@ def _prepare(
         raise ConfigError(f"generate(): cuda_graph=True needs the model on a CUDA device; it is on {device}")
     if cuda_graph and static_cache is False:
         raise ConfigError("generate(): cuda_graph=True needs static_cache=True (or None)")
-    if not isinstance(compile, bool):
-        raise ConfigError(f"generate(): compile must be True or False, got {compile!r}")
+    if not isinstance(compile, bool) and compile not in step_module.COMPILE_MODES:
+        modes = ", ".join(repr(m) for m in step_module.COMPILE_MODES)
+        raise ConfigError(f"generate(): compile must be True, False or a torch.compile mode without CUDA graphs "
+                          f"({modes}: generation records its own), got {compile!r}")
     if compile and static_cache is False:
         raise ConfigError("generate(): compile=True compiles the static decode step: it needs static_cache=True "
                           "(or None)")
@@ -267,7 +269,7 @@ def _prepare(
         eos = settings.eos_ids or []
         bucket = Bucket.of("greedy" if greedy else "logits", b, rows // b, settings.max_length,
                            ids_or_states.shape[1], len(eos) if greedy else 0, padding=mask is not None,
-                           encodes=encodes)
+                           encodes=encodes, source_padding=step_module.source_padding(model) if encodes else None)
         graph = checkout(model, decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
         step: DecodeStep = GraphStep(decoder, ids_or_states, mask, graph, rows)
         cache = graph.cache
@@ -385,7 +387,7 @@ def generate(
     return_scores: bool = False,
     cuda_graph: bool | None = None,
     static_cache: bool | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     generation_config: Any = None,
     decoder_input_ids: torch.Tensor | None = None,
     encoder_outputs: Any = None,
@@ -399,7 +401,8 @@ def generate(
     (:data:`RUNTIME_ARGUMENTS`).
     ``static_cache=True`` decodes with a static cache (see :class:`~seqweave.Cache`) even
     without a CUDA graph: slower on the CPU, but the same code path the graph captures.
-    ``compile=True`` compiles that step with ``torch.compile`` (implies the static cache).
+    ``compile=True`` compiles that step with ``torch.compile`` (implies the static cache); a mode
+    name (``"max-autotune-no-cudagraphs"``) is passed to it.
 
     Returns:
         [b * num_return_sequences, prompt + generated] token ids; a :class:`Generated` with
@@ -471,7 +474,7 @@ def generate_stream(
     generator: torch.Generator | None = None,
     cuda_graph: bool | None = None,
     static_cache: bool | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     generation_config: Any = None,
     decoder_input_ids: torch.Tensor | None = None,
     encoder_outputs: Any = None,

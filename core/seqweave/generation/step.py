@@ -57,6 +57,9 @@ MAX_GRAPHS = 4
 #: (when generate gets ids alone: no ``encoder_outputs``, no ``token_type_ids``). On CUDA that
 #: makes the encoder part of the captured first step: one replay instead of ~150 launches.
 ENCODE_IN_GRAPH = True
+#: The ``torch.compile`` modes ``compile=`` takes besides True (``"default"``): the ones that
+#: leave CUDA graphs to the caller, since a decode graph records its own.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 class DecodeStep:
@@ -112,6 +115,7 @@ class Bucket:
         eos: greedy: how many eos ids the step checks (0 for none).
         masked: whether cross-attention reads a source mask (False: no padding to mask).
         encodes: whether the graph's first step also runs the encoder (on the padded source ids).
+        source_pad: the id padded source positions get when the graph encodes (the encoder's pad id).
     """
 
     kind: Literal["logits", "greedy"]
@@ -122,6 +126,7 @@ class Bucket:
     eos: int = 0
     masked: bool = True
     encodes: bool = False
+    source_pad: int = 0
 
     @property
     def rows(self) -> int:
@@ -138,12 +143,21 @@ class Bucket:
         eos: int = 0,
         padding: bool = True,
         encodes: bool = False,
+        source_padding: tuple[int, int] | None = None,
     ) -> Bucket:
-        """The bucket for a call: ``sources`` and its lengths padded up (``padding``: the source has some)."""
+        """The bucket for a call: ``sources`` and its lengths padded up (``padding``: the source has some).
+
+        A bucket that ``encodes`` pads the source ids only with ``source_padding``, (the
+        encoder's pad id, the longest source its positions take): without it (an encoder that
+        does not say) the source length is the call's own.
+        """
         padded = 1 << max(0, sources - 1).bit_length()
-        length = _round_up(source_length, BUCKET_MULTIPLE)
+        length, pad = _round_up(source_length, BUCKET_MULTIPLE), 0
+        if encodes:
+            pad, longest = source_padding if source_padding is not None else (0, source_length)
+            length = max(source_length, min(length, longest))
         return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE), length, eos,
-                   masked=padding or length != source_length, encodes=encodes)
+                   masked=padding or length != source_length, encodes=encodes, source_pad=pad)
 
 
 class DecodeGraph:
@@ -166,7 +180,7 @@ class DecodeGraph:
         device: torch.device,
         *,
         cuda_graph: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
         model: Any = None,
     ) -> None:
         self.decoder = decoder
@@ -196,7 +210,8 @@ class DecodeGraph:
         self.prefill_output: torch.Tensor | None = None
         self.replays = 0
         self.busy = False
-        self._fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+        mode = compile if isinstance(compile, str) else None
+        self._fn = torch.compile(self._step, fullgraph=True, dynamic=False, mode=mode) if compile else self._step
 
     def load_source(self, source: torch.Tensor, source_mask: torch.Tensor | None) -> None:
         """Copy a call's encoder states [b, s, d] (or source ids [b, s]) and mask [b, s] (or None) in.
@@ -207,7 +222,7 @@ class DecodeGraph:
         b, s = source.shape[:2]
         if bucket.encodes:
             assert self.ids is not None
-            self.ids.zero_()
+            self.ids.fill_(bucket.source_pad)
             self.ids[:b, :s] = source
             if self.ids_mask is not None:  # padded positions and sources: 0
                 self.ids_mask.zero_()
@@ -325,6 +340,22 @@ class DecodeGraph:
         self.graph = graph
 
 
+def source_padding(model: Any) -> tuple[int, int] | None:
+    """(pad id, longest source) of ``model.encoder`` when its embeddings say (seqweave's do), else None.
+
+    Padded source positions need the encoder's pad id (RoBERTa counts positions over the
+    tokens that are not padding) and must stay within its position table.
+    """
+    embeddings = getattr(getattr(model, "encoder", None), "embeddings", None)
+    longest = getattr(embeddings, "max_length", None)
+    if not isinstance(longest, int):
+        return None
+    pad = getattr(embeddings, "padding_idx", None)
+    if pad is None and getattr(embeddings, "position_scheme", "absolute") != "absolute":
+        return None
+    return (0 if pad is None else int(pad)), longest
+
+
 def _warm_up(fn: Callable[[], Any]) -> None:
     """Run ``fn`` once on a side stream, as CUDA-graph capture asks (lazy initialisation happens there)."""
     side = torch.cuda.Stream()
@@ -394,7 +425,7 @@ class _Store:
 
     def __init__(self) -> None:
         self.signature: tuple[Any, ...] | None = None
-        self.graphs: OrderedDict[tuple[Bucket, bool, bool], DecodeGraph] = OrderedDict()
+        self.graphs: OrderedDict[tuple[Bucket, bool, bool | str], DecodeGraph] = OrderedDict()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Store:
         return _Store()  # a copy of the model captures its own graphs
@@ -432,7 +463,7 @@ def checkout(
     device: torch.device,
     *,
     cuda_graph: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
     keep: bool = True,
 ) -> DecodeGraph:
     """``owner``'s graph for ``bucket`` (made if needed), marked busy until :func:`release`.
