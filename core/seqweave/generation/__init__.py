@@ -10,8 +10,9 @@ The package, read in this order:
    -> scores``, chosen and ordered by :func:`logits_processors` exactly as transformers
    orders them.
 3. :mod:`.step`: :class:`DecodeStep` runs the decoder for the newest token of every row
-   against the cache; :class:`CudaGraphStep` captures that step once in a CUDA graph and
-   replays it.
+   against the cache; :class:`GraphStep` runs it over a :class:`DecodeGraph`, the static
+   buffers of a shape bucket kept per model across calls, whose first step and decode
+   step are recorded once in CUDA graphs and replayed.
 4. :mod:`.search`: :func:`greedy_search` (greedy and sampling, one step per ``yield``) and
    :func:`beam_search` (transformers' vectorised ``_beam_search``, step for step).
 5. :mod:`.outputs`: what ``return_dict_in_generate=True`` returns, transformers' output
