@@ -239,6 +239,18 @@ def test_interleaved_streams_get_their_own_graphs(model):
         assert torch.equal(torch.stack(columns, 1), expected[:, 1 : 1 + len(columns)])
 
 
+def test_threads_generating_with_one_model_get_the_tokens_of_one_thread(model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids, mask = batch(model, 2, 6)
+    expected = model.generate(ids, mask, max_new_tokens=MAX_NEW)
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: model.generate(ids, mask, static_cache=True, max_new_tokens=MAX_NEW),
+                             range(8)))
+    assert all(torch.equal(out, expected) for out in outs)
+    assert all(not g.busy for g in graphs.kept_graphs(model))
+
+
 def test_an_abandoned_or_failing_call_releases_its_graph(model):
     ids, mask = batch(model, 2, 6)
     stream = model.generate_stream(ids, mask, static_cache=True, max_new_tokens=MAX_NEW)

@@ -1,30 +1,34 @@
 """One decode step: the decoder on the newest token of every row, eagerly or replayed from a CUDA graph.
 
 :class:`DecodeStep` runs the decoder eagerly against any cache. :class:`GraphStep` runs it
-against a :class:`DecodeGraph`: the static buffers of one shape bucket, kept per decoder
-across ``generate`` calls, whose step is captured once in a CUDA graph on CUDA (and run
-eagerly over the same buffers on the CPU, which is how the tests check the logic).
+against a :class:`DecodeGraph`: the static buffers of one shape bucket, kept per model
+across ``generate`` calls, whose first step (the encoder, the cross-attention keys/values
+and the start token) and decode step are each recorded once in a CUDA graph on CUDA, and
+run eagerly over the same buffers elsewhere (which is how the CPU tests check the logic).
 
 Buckets. A graph replays fixed shapes, so a call's shapes are padded up to a bucket: the
 sources to the next power of two, the decoder positions (``max_length``) and the source
 length to a multiple of :data:`BUCKET_MULTIPLE`. Padded source positions are masked out;
 padded rows decode padding and are dropped. A source that needs no mask (no padding, and
-a length that is already a multiple) gets a graph without one: attention then runs the
-kernel it runs without a bucket (and transformers with it: the same tokens in bfloat16). The bucket is also keyed by what the step
-returns (``"logits"``, or ``"greedy"``: the token each row picks, chosen inside the graph,
-so a greedy step is one replay) and the number of rows decoded per source.
+a length that is already a multiple) gets a graph without one, so attention runs the
+kernel it runs without a bucket. The bucket is also keyed by what the step returns
+(``"logits"``, or ``"greedy"``: the token each row picks, chosen inside the graph, so a
+greedy step is one replay), the number of rows decoded per source and whether the first
+step runs the encoder.
 
 Reuse. :func:`checkout` keeps up to :data:`MAX_GRAPHS` buckets per model (least recently
 used first out), in the model's ``__dict__`` (collected with it; a copy or a pickle of
 the model starts with none), emptied when the model's parameters move (``.to()``, a new
-dtype, resized embeddings): a graph reads the weights where they were when it was captured. In-place updates (an optimizer step,
-``load_state_dict``) keep the same memory, and a replay reads the new values. A graph in
-use by an unfinished call (a stream being read) is not shared: a second call then gets
-one of its own. :func:`clear_graphs` frees them.
+dtype, resized embeddings): a graph reads the weights where they were when it was
+captured. In-place updates (an optimizer step, ``load_state_dict``) keep the same memory,
+and a replay reads the new values. A graph in use by an unfinished call (a stream being
+read) is not shared: a second call then gets one of its own. :func:`clear_graphs` frees
+them. docs/generation.md ("On a GPU") has the measurements.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -40,6 +44,8 @@ from ..protocols import Decoder
 
 __all__ = [
     "BUCKET_MULTIPLE",
+    "COMPILE_MODES",
+    "ENCODE_IN_GRAPH",
     "MAX_GRAPHS",
     "Bucket",
     "DecodeGraph",
@@ -47,6 +53,10 @@ __all__ = [
     "GraphStep",
     "checkout",
     "clear_graphs",
+    "kept_graphs",
+    "release",
+    "releasing",
+    "source_padding",
 ]
 
 #: Decoder positions and source lengths are padded up to a multiple of this.
@@ -435,6 +445,7 @@ class _Store:
 
 
 _ATTRIBUTE = "_seqweave_decode_graphs"
+_LOCK = threading.Lock()
 _OWNERS: weakref.WeakSet[Any] = weakref.WeakSet()  # for clear_graphs()
 
 
@@ -476,24 +487,27 @@ def checkout(
     def make() -> DecodeGraph:
         return DecodeGraph(decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, model=owner)
 
-    store = _store(owner) if keep else None
-    if store is None:
+    if not keep:
         return make()
     signature = _signature(owner)
-    if store.signature != signature:  # the weights moved: every captured graph is stale
-        store.graphs.clear()
-        store.signature = signature
-    key = (bucket, cuda_graph, compile)
-    graph = store.graphs.get(key)
-    if graph is not None and graph.busy:
-        return make()
-    if graph is None:
-        graph = store.graphs[key] = make()
-        while len(store.graphs) > MAX_GRAPHS:
-            store.graphs.popitem(last=False)
-    store.graphs.move_to_end(key)
-    graph.busy = True
-    return graph
+    with _LOCK:  # two threads generating with one model never share a graph
+        store = _store(owner)
+        if store is None:
+            return make()
+        if store.signature != signature:  # the weights moved: every captured graph is stale
+            store.graphs.clear()
+            store.signature = signature
+        key = (bucket, cuda_graph, compile)
+        graph = store.graphs.get(key)
+        if graph is not None and graph.busy:
+            return make()
+        if graph is None:
+            graph = store.graphs[key] = make()
+            while len(store.graphs) > MAX_GRAPHS:
+                store.graphs.popitem(last=False)
+        store.graphs.move_to_end(key)
+        graph.busy = True
+        return graph
 
 
 def _store(owner: Any, make: bool = True) -> _Store | None:
