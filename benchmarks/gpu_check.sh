@@ -3,7 +3,8 @@
 #   tests   every test marked `gpu`: the CUDA-graph decode step (kept across calls, compiled or not)
 #           vs transformers on CUDA, vs the same static step without a graph, vs the CPU; streaming,
 #           sampling and bfloat16 on CUDA; finite bf16 gradients with fully masked rows per SDPA
-#           backend. Generation parity on CUDA runs on three pairings (all of them on the CPU).
+#           backend. Generation parity on CUDA runs on the 8 pairings matching bert2gpt2, roberta2roberta
+#           or bert2bert (all of them on the CPU).
 #   decode  issue 12's table (benchmarks/gpu_decode.py): transformers dynamic / static cache vs
 #           seqweave and seqweave compile=True, bf16 and fp32, ms per step, tokens equal, memory,
 #           fixed cost per call, and a profile of one decode step.
