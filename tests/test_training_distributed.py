@@ -21,6 +21,7 @@ import pytest
 import seqweave as sw
 import torch
 from seqweave.training import distributed as D
+from test_training import reversal_pairs
 
 STEPS = 6  # optimizer steps in every run
 SAVE_AT = 3  # the workers save a checkpoint after this many steps
@@ -348,21 +349,6 @@ def test_inside_gathered_each_rank_generates_on_its_own(two):
 # The same through the command line: torchrun -m seqweave train ... train.parallel=ddp|fsdp
 
 
-def _pairs(n: int, seed: int) -> list[dict[str, str]]:
-    import random
-
-    from seqweave.demo import demo_config_path
-
-    vocab = (demo_config_path().parent / "demo_tokenizer" / "vocab.txt").read_text().split()
-    words = [w for w in vocab if not w.startswith("[")]
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        picked = rng.sample(words, rng.randint(2, 4))
-        out.append({"source": " ".join(picked), "target": " ".join(reversed(picked))})
-    return out
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """The demo's bert2bert (dropout 0) with a train: block, and its data: a config file in a folder."""
@@ -370,7 +356,7 @@ def project(tmp_path_factory) -> Path:
     from seqweave.demo import demo_config_path
 
     folder = tmp_path_factory.mktemp("project")
-    for name, rows in (("train.jsonl", _pairs(48, 0)), ("eval.jsonl", _pairs(6, 1))):
+    for name, rows in (("train.jsonl", reversal_pairs(48, 0)), ("eval.jsonl", reversal_pairs(6, 1))):
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = yaml.safe_load(demo_config_path().read_text())
     cfg["tokenizer"] = str(demo_config_path().parent / "demo_tokenizer")

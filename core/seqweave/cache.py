@@ -354,10 +354,11 @@ class StaticCache(Cache):
         self._position.sub_(n)
 
     def advance_after_replay(self, n: int = 1) -> None:
-        """Move the Python position on by ``n``: a CUDA-graph replay has advanced the device one itself.
+        """Move the Python position on by ``n``: the device one was advanced without it.
 
-        Capturing ran the Python once (one :meth:`advance`) and recorded the device-side
-        ``add_``; each replay runs the recorded kernels only, so the host counter is moved here.
+        A CUDA-graph replay runs the recorded kernels (the device-side ``add_`` among them)
+        and no Python; with :attr:`host_counts` False, :meth:`advance` leaves the Python
+        position to the caller. Either way the host counter is moved here.
         """
         self.length += n
 

@@ -65,7 +65,7 @@ BUCKET_MULTIPLE = 64
 MAX_GRAPHS = 4
 #: Whether a call's first step also runs the encoder, on the source ids padded to the bucket
 #: (when generate gets ids alone: no ``encoder_outputs``, no ``token_type_ids``). On CUDA that
-#: makes the encoder part of the captured first step: one replay instead of ~150 launches.
+#: makes the encoder part of the recorded first step: one replay instead of its eager launches.
 ENCODE_IN_GRAPH = True
 #: The ``torch.compile`` modes ``compile=`` takes besides True (``"default"``): the ones that
 #: leave CUDA graphs to the caller, since a decode graph records its own.
@@ -294,7 +294,7 @@ class DecodeGraph:
             self.prefill_graph.replay()
             cache.source_written()
             out = self.prefill_output
-        cache.length = 1
+        cache.advance_after_replay(1)  # reset() put it at 0
         assert out is not None
         return out
 
@@ -329,7 +329,7 @@ class DecodeGraph:
         else:
             self.graph.replay()
             self.replays += 1
-        self.cache.length += 1
+        self.cache.advance_after_replay()
         assert self.output is not None
         return self.output
 
@@ -417,7 +417,7 @@ class GraphStep(DecodeStep):
         self.cache.reset()
         logits = self.decoder(padded, encoder_hidden_states=graph.encoded(), encoder_attention_mask=graph.source_mask,
                               cache=self.cache).logits[:, -1]
-        self.cache.length = t
+        self.cache.advance_after_replay(t)  # reset() put it at 0
         return logits[:n]
 
     def next_tokens(self) -> torch.Tensor:
@@ -453,7 +453,8 @@ def _signature(owner: Any) -> tuple[Any, ...]:
     """What a captured graph depends on: where every weight lives, its dtype, the training flag.
 
     Walks the module tree by hand: ``parameters()`` and ``buffers()`` (named, deduplicated
-    iterators) take 0.4 ms for GPT-2-small, a tenth of a ``generate`` call's fixed cost.
+    iterators) took 0.43 ms for a GPT-2-small decoder alone, the walk 0.17 ms (0.30 ms for
+    BERT-base + GPT-2-small), measured on a 2-core CPU.
     """
     found: list[int] = []
     stack = [owner]
