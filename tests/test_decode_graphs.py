@@ -153,9 +153,22 @@ def test_the_encoder_runs_in_the_first_step_only_when_generate_gets_ids_alone(mo
     assert not graphs.kept_graphs(model)[0].bucket.encodes
 
 
-def test_inputs_are_checked_on_every_call_of_a_graph_that_encodes(model):
+def test_inputs_are_checked_on_every_call_of_a_graph_that_encodes(model, monkeypatch):
+    """A replay runs no Python, so generate checks the inputs before it, not model.encode inside it."""
+    from seqweave.outputs import Encoded
+
     ids, mask = batch(model, 2, 5)
     model.generate(ids, mask, static_cache=True, max_new_tokens=2)
+    (graph,) = graphs.kept_graphs(model)
+    assert model.enc_to_dec_proj is None
+
+    class Replaying:  # encodes as the recorded first step does: no check runs
+        def encode(self, ids, mask):
+            return Encoded(model.encoder(ids.clamp(max=model.encoder.embeddings.tokens.num_embeddings - 1),
+                                         mask.clamp(max=1) if mask is not None else None).last_hidden_state,
+                           mask, None)
+
+    monkeypatch.setattr(graph, "model", Replaying())
     with pytest.raises(sw.ConfigError, match="input_ids holds ids outside"):
         model.generate(ids + 1000, mask, static_cache=True, max_new_tokens=2)
     with pytest.raises(sw.ConfigError, match="attention_mask must hold 1 for tokens"):
