@@ -40,12 +40,34 @@ def test_blockwise_argmax_equals_torch_argmax(size):
     assert torch.equal(fast.argmax(batch), batch.argmax(dim=-1))
 
 
-def test_blockwise_topk_keeps_ties_as_values():
+@pytest.mark.parametrize("where", ["inside", "boundary"])
+def test_blockwise_topk_gives_torch_order_for_ties(where):
+    """Equal scores (common in bfloat16) come back in torch.topk's order, not the blocks' order.
+
+    Beam search's token choice depends on that order, so anything else makes beams part
+    from transformers' (it did, on bfloat16 models on the CPU).
+    """
     scores = torch.zeros(2, 256 * 64)
-    scores[:, 1000:1010] = 1.0
-    values, indices = fast.topk(scores, 4)
-    assert torch.equal(values, torch.ones(2, 4))
-    assert all(1000 <= i < 1010 for i in indices.flatten().tolist())
+    scores[:, 1000:1010] = 1.0  # ten equal values over one block
+    scores[:, 9000] = 1.0  # and one more in another block
+    k = 4 if where == "inside" else 11  # "boundary": the k-th and (k+1)-th scores are equal
+    if where == "boundary":
+        scores[:, 5000:5010] = 2.0
+    values, indices = fast.topk(scores, k)
+    expected = torch.topk(scores, k)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(indices, expected.indices)
+
+
+def test_blockwise_topk_matches_torch_on_bfloat16_log_probs():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):  # bfloat16 logits upcast, as beam search scores them: many exact ties
+        logits = (torch.randn(4, 50257, generator=g) * 3).to(torch.bfloat16).float()
+        scores = (logits.log_softmax(-1).view(1, -1)) if trial % 2 else logits.log_softmax(-1)[:1]
+        values, indices = fast.topk(scores.contiguous(), 8)
+        expected = torch.topk(scores, 8)
+        assert torch.equal(values, expected.values), trial
+        assert torch.equal(indices, expected.indices), trial
 
 
 needs_onednn = pytest.mark.skipif(not ONEDNN_LINEAR, reason="this PyTorch build has no oneDNN linear")

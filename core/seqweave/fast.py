@@ -168,24 +168,30 @@ def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     Beam search asks every step for the ``2 * num_beams`` best of ``num_beams * V`` scores
     (200 000 for 4 beams of GPT-2), and ``torch.topk`` on the CPU scans about 1.6 ns an
     element (0.3 ms there). The maximum of each block of 256 is a vectorised reduction;
-    the ``k`` blocks with the largest maxima hold the ``k`` largest elements (a block
+    the ``k + 1`` blocks with the largest maxima hold the ``k + 1`` largest elements (a block
     holding the j-th largest has a maximum at least that large, and fewer than j blocks
-    have a larger one), so only they are searched. Same values and indices, sorted; equal
-    values may come in another order, as ``torch.topk`` does not fix that order either.
+    have a larger one), so only they are searched.
+
+    The result is ``torch.topk``'s, indices included: when the ``k + 1`` largest values are
+    distinct the answer is unique, and when they are not (equal scores are common in
+    bfloat16, whose logits take few values) the order ``torch.topk`` gives equal values
+    decides which token a beam gets, so the whole row goes to ``torch.topk``.
     Plain ``torch.topk`` off the CPU, for small ``N`` and under ``torch.compile``.
     """
     rows, size = scores.shape
     blocks = size // _BLOCK
-    if scores.device.type != "cpu" or blocks < 8 * k or not scores.is_contiguous() or compiling():
+    if scores.device.type != "cpu" or blocks < 8 * (k + 1) or not scores.is_contiguous() or compiling():
         return torch.topk(scores, k)
     n = blocks * _BLOCK
     maxima = scores.as_strided((rows, blocks, _BLOCK), (size, _BLOCK, 1)).amax(dim=-1)  # [r, blocks]
-    starts = maxima.topk(k).indices * _BLOCK  # [r, k]
-    cols = (starts[:, :, None] + torch.arange(_BLOCK, device=scores.device)).view(rows, k * _BLOCK)
+    starts = maxima.topk(k + 1).indices * _BLOCK  # [r, k + 1]
+    cols = (starts[:, :, None] + torch.arange(_BLOCK, device=scores.device)).view(rows, (k + 1) * _BLOCK)
     if n < size:  # the last partial block is always searched
         cols = torch.cat((cols, torch.arange(n, size, device=scores.device).expand(rows, size - n)), dim=1)
-    values, where = scores.gather(1, cols).topk(k)
-    return values, cols.gather(1, where)
+    values, where = scores.gather(1, cols).topk(k + 1)
+    if bool((values[:, 1:] == values[:, :-1]).any() or values.isnan().any()):  # ties (or NaN): torch's order
+        return torch.topk(scores, k)
+    return values[:, :k], cols.gather(1, where[:, :k])
 
 
 def argmax(scores: torch.Tensor) -> torch.Tensor:
