@@ -2,8 +2,8 @@
 
 Self-attention keys/values live in per-layer buffers allocated once and written in
 place at an explicit position counter, :attr:`Cache.length` (never guessed from the
-data); cross-attention keys/values are computed once per source sequence and kept as
-they are, together with the source padding mask.
+data); cross-attention keys/values are computed once per source sequence and kept,
+together with the source padding mask.
 
 The cache owns its state: the decoder and its layers read it, and change it only
 through its methods, in this order per forward call:
@@ -17,11 +17,11 @@ through its methods, in this order per forward call:
 Beam search reorders the rows with :meth:`Cache.reorder`; a CUDA-graph replay, which
 advances the device position by itself, reports it with :meth:`StaticCache.advance_after_replay`.
 
-Rows and sources: the self-attention buffers have one row per decoded sequence
-(``b * g`` rows when each of ``b`` sources is decoded ``g`` times, as beam search does),
-the cross-attention keys/values one row per *source* (``b``). :class:`~seqweave.layers.Attention`
-folds the ``g`` sequences of a source into the query length of one attention call, so
-the source side is never copied per beam.
+Rows and sources: every buffer has one row per decoded sequence (``b * g`` rows when
+each of ``b`` sources is decoded ``g`` times, as beam search does). The ``g`` rows of a
+source hold equal copies of its cross-attention keys/values (projected once, copied once:
+see :meth:`~seqweave.layers.Attention._cross`), so reordering beams, which only moves
+rows within a source, never touches them.
 
 Two kinds, one interface (``Cache(num_layers, capacity, static=...)`` makes either):
 
@@ -56,7 +56,7 @@ class LayerCache:
 
     Attributes (read them; they change only through the methods):
         k, v: the self-attention buffers [b*g, h, capacity, hd], None until the first write.
-        cross: the cross-attention keys and values ([b, h, s, hd], [b, h, s, hd]), None until stored.
+        cross: the cross-attention keys and values ([b*g, h, s, hd] each), None until stored.
     """
 
     def __init__(self, owner: Cache) -> None:
@@ -255,8 +255,8 @@ class Cache:
         """Reorder the rows of the self-attention buffers in place (beam search).
 
         Args:
-            index: [b*g] for each new row, the row it continues. Cross-attention keys/values
-                are per source and stay as they are.
+            index: [b*g] for each new row, the row it continues (a row of the same source).
+                Cross-attention keys/values are equal across a source's rows and stay as they are.
         """
         n, r = self.length, index.shape[0]  # r < rows when a decode graph pads the batch
         for layer in self.layers:

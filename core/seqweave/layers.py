@@ -107,7 +107,7 @@ class Attention(nn.Module):
     """Multi-head attention for self-attention (fused ``qkv``) or cross-attention (``q`` + fused ``kv``).
 
     One ``forward`` serves self-attention, cached self-attention and cross-attention
-    whose keys/values are computed once per source and kept in the cache.
+    whose keys/values are projected once per source and kept in the cache.
 
     Args:
         dim: model width ``d``.
@@ -169,14 +169,13 @@ class Attention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attend from ``x`` [b, t, d] to itself or to ``source`` [b_src, s, d_src].
+        """Attend from ``x`` [b, t, d] to itself or to ``source`` [b (or b / g), s, d_src].
 
         Args:
-            x: the queries' input. For cross-attention ``b`` may be a multiple ``g * b_src``
-                of the source rows: rows ``i*g ... i*g + g-1`` all attend to source ``i``.
+            x: the queries' input.
             mask: broadcastable to [b, h, t, s]: boolean (True = attend) or additive float; or None.
-            source: the sequence cross-attention attends to; may be None when the
-                cache already holds its keys/values.
+            source: the sequence cross-attention attends to, [b, s, d_src] or [b / g, s, d_src]
+                (see :meth:`_cross`); may be None when the cache already holds its keys/values.
             cache: this layer's cache; self-attention writes the new keys/values into it
                 in place, cross-attention reads (or fills) the per-source keys/values.
             is_causal: let SDPA apply a causal mask itself (only with ``mask=None``).
@@ -213,33 +212,33 @@ class Attention(nn.Module):
         cache: LayerCache | None,
         need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Cross-attention from ``x`` [b*g, t, d] to a source of b rows.
+        """Cross-attention from ``x`` [b, t, d] to a source of b rows, or of ``b / g`` rows each decoded g times.
 
-        When each source is decoded ``g`` times (beams, several samples), the ``g`` query rows
-        of a source are folded into its query length, ``[b*g, t, d] -> [b, g*t, d]`` (rows are
-        source-major, so this is a view), and one attention call reads the source's
-        keys/values once instead of a copy per row.
+        A source decoded g times (beams, several samples: rows ``i*g ... i*g + g-1`` decode
+        source ``i``) has its keys/values projected once and then copied per row, once (into
+        the cache when there is one). Attention then runs on transformers' shapes, one query
+        row against one copy, and its results are the same bit for bit. The g queries folded
+        into one call against a single copy would read less memory, but SDPA rounds that call
+        differently, and in bfloat16 that changed beam search's tokens.
         """
+        b, t, _ = x.shape
         if source is None:
             assert cache is not None and cache.cross is not None, "cross-attention needs a source or a filled cache"
             k, v = cache.cross
         else:  # a new source (a static cache copies its keys/values into the buffers of the last one)
-            k, v = (self._heads(t) for t in call(self.kv_proj, source).chunk(2, dim=-1))  # [b, h, s, hd]
+            k, v = (self._heads(t) for t in call(self.kv_proj, source).chunk(2, dim=-1))  # [b_src, h, s, hd]
+            if k.shape[0] != b:
+                assert b % k.shape[0] == 0, f"{b} decoder rows cannot share {k.shape[0]} sources"
+                g = b // k.shape[0]
+                k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
             if cache is not None:
                 cache.store_cross(k, v)
-        rows, t, d = x.shape
-        b = k.shape[0]
-        assert rows % b == 0, f"{rows} decoder rows cannot share {b} sources"
-        g = rows // b
-        if g * t == 1:  # one query per source: [b, 1, d] is laid out as [b, h, 1, hd]
+        if t == 1:  # one query: [b, 1, d] is laid out as [b, h, 1, hd]
             q = call(self.q_proj, x).view(b, self.num_heads, 1, self.head_dim)
         else:
-            q = self._heads(call(self.q_proj, x).view(b, g * t, d))  # [b, h, g*t, hd]
+            q = self._heads(call(self.q_proj, x))  # [b, h, t, hd]
         out, weights = self._attend(q, k, v, mask, False, need_weights)
-        if weights is not None and g > 1:  # [b, h, g*t, s] -> [b*g, h, t, s]
-            weights = weights.view(b, self.num_heads, g, t, -1).transpose(1, 2).reshape(rows, self.num_heads, t, -1)
-        out = self._merge(out, b, g * t)  # [b, g*t, d]
-        return call(self.out_proj, out.view(rows, t, d)), weights
+        return call(self.out_proj, self._merge(out, b, t)), weights
 
     def _attend(
         self,
@@ -384,7 +383,7 @@ class TransformerLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Return the layer output [b, t, d] and the self- and cross-attention probabilities (or None).
 
-        ``source`` [b_src, s, d_src] may have fewer rows than ``x``: see :class:`Attention`.
+        ``source`` [b_src, s, d_src] may have fewer rows than ``x``: see :meth:`Attention._cross`.
         """
         # Spelled out block by block (no helper taking closures): this runs once per layer per
         # generated token, and on a small model the Python time is most of a decode step.

@@ -358,8 +358,9 @@ class TransformerDecoder(_Stack):
             input_ids: target tokens; with a cache, only the new ones.
             attention_mask: [b, past + t], 1 for tokens and 0 for padding, or None.
             encoder_hidden_states: [b_src, s, d_src], where ``b`` is a multiple ``g * b_src``
-                (rows ``i*g ... i*g + g-1`` decode source ``i``, e.g. its beams); may be None
-                when the cache holds the cross-attention keys/values.
+                (rows ``i*g ... i*g + g-1`` decode source ``i``, e.g. its beams; see
+                :class:`~seqweave.layers.Attention`); may be None when the cache holds the
+                cross-attention keys/values.
             encoder_attention_mask: [b_src, s] source padding mask, or None. With a cache it
                 is read once, when the cross-attention keys/values are made, and kept there.
             cache: continue from (and write to) this cache.
@@ -388,6 +389,8 @@ class TransformerDecoder(_Stack):
             source = None  # the layers read their keys/values from the cache
         else:
             source_mask = padding_mask(encoder_attention_mask)
+            if source_mask is not None and source_mask.shape[0] != x.shape[0]:  # g rows per source
+                source_mask = source_mask.repeat_interleave(x.shape[0] // source_mask.shape[0], dim=0)
         x, hidden, attns, cross = self._run(
             x,
             mask,

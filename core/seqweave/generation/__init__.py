@@ -24,9 +24,9 @@ Semantics follow transformers 5.24's ``GenerationMixin.generate`` for an encoder
 model (DESIGN.md section 7): the output starts with the decoder start token, finished rows
 are padded, generation stops when every row is done, and beam search keeps transformers'
 scoring and early-stop heuristic. What differs is the cost: the encoder runs once per
-source and its output and cross-attention keys/values are shared by all beams (or
-samples) of that source; the self-attention cache is preallocated and reordered in place;
-the output is one preallocated buffer.
+source and its cross-attention keys/values are projected once (then copied to the rows of
+its beams or samples, as transformers computes on); the self-attention cache is
+preallocated and reordered in place; the output is one preallocated buffer.
 
 Shapes: ``b`` sources, ``g`` rows decoded per source (beams or returned sequences),
 ``B = b * g`` decoder rows (source-major: rows ``i*g ... i*g + g-1`` belong to source ``i``),
