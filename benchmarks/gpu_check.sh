@@ -11,7 +11,8 @@
 #   train   `seqweave train` under torchrun with FSDP2 and bf16 (the demo's task, generation in
 #           evaluation).
 #   bench   the older benchmarks on CUDA: benchmarks/generate.py (quick) and benchmarks/train.py.
-# DECODE_ARGS replaces the decode section's flags (default: --profile --repeats 3 --budget-s 270).
+# DECODE_ARGS replaces the decode section's flags (default: --profile --profile-cases batch --repeats 3
+# --budget-s 270: a profile of every case, batch 64 and beam search included).
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (from anywhere; uses the python on PATH; OUT_DIR gets
 #        decode.json and the logs, default a temporary folder). About 8 minutes with every section.
 set -uo pipefail
@@ -42,7 +43,7 @@ for section in $sections; do
     decode)
         echo "== issue 12: decode on the GPU (benchmarks/gpu_decode.py)"
         # shellcheck disable=SC2086  # DECODE_ARGS is a list of flags
-        timeout 330 "$py" benchmarks/gpu_decode.py ${DECODE_ARGS:---profile --repeats 3 --budget-s 270} \
+        timeout 330 "$py" benchmarks/gpu_decode.py ${DECODE_ARGS:---profile --profile-cases batch --repeats 3 --budget-s 270} \
             --json "$out/decode.json" \
             2>&1 | grep -v "Loading\|Writing" | tee "$out/decode.log" || status=1
         ;;

@@ -40,9 +40,10 @@ remaining cells print ``skipped (budget)`` (a cell already started finishes; a c
 warm-up took longer than the time left is skipped too). Rows print, and ``--json`` is rewritten, as
 they finish.
 
-``--profile`` runs the PyTorch profiler over seqweave's default decode, batch 1 greedy, in the first
-dtype: the kernels of a 2-token call subtracted from those of a 12-token call (both warm) give the
-kernels per decode step and the top 10 kernels by total GPU time (on the CPU: top-level aten ops).
+``--profile`` runs the PyTorch profiler over seqweave's decode (default and ``compile=True``), batch 1
+greedy (``--profile-cases`` picks others), in the first dtype: the kernels of a 2-token call
+subtracted from those of a 12-token call (both warm) give the kernels per decode step and the top 10
+kernels by total GPU time (on the CPU: top-level aten ops).
 
     python benchmarks/gpu_decode.py                          # CUDA, bf16 and fp32, ~3-4 minutes
     python benchmarks/gpu_decode.py --dtypes bfloat16 --only "batch 1" --profile
@@ -390,8 +391,14 @@ def hf_compile_worker(args) -> None:
 # The profile
 
 
-def profile(models: dict[str, Any], args, column: str = "sw") -> dict[str, Any]:
-    """Kernels per decode step and the top 10 by total time: a 12-token call minus a 2-token call."""
+def profile(
+    models: dict[str, Any], args, column: str = "sw", case: tuple[str, int, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Kernels per decode step and the top 10 by total time: a 12-token call minus a 2-token call.
+
+    ``case``: one of :data:`CASES` (default: the first, batch 1 greedy).
+    """
+    case_name, batch, kw = case or CASES[0]
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -399,7 +406,7 @@ def profile(models: dict[str, Any], args, column: str = "sw") -> dict[str, Any]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     tables, steps = [], []
     for n in (2, 12):
-        run = runners_for(models, [column], 1, {}, argparse.Namespace(**{**vars(args), "max_new_tokens": n}))[
+        run = runners_for(models, [column], batch, kw, argparse.Namespace(**{**vars(args), "max_new_tokens": n}))[
             column
         ]
         run(), run()  # warm: graphs captured, caches allocated
@@ -421,6 +428,7 @@ def profile(models: dict[str, Any], args, column: str = "sw") -> dict[str, Any]:
     total_us = sum(us for _, us in diff.values())
     top = sorted(diff.items(), key=lambda kv: -kv[1][1])[:10]
     return {
+        "case": case_name,
         "decode_steps": per_step,
         "kernels_per_step": total_count / per_step,
         "us_per_step": total_us / per_step,
@@ -507,7 +515,7 @@ def row_text(name: str, cells: dict[str, Cell], columns: list[str]) -> str:
 
 def print_profile(result: dict[str, Any], what: str = "seqweave default") -> None:
     print(
-        f"\n# profile: {what}, batch 1 greedy, {result['dtype']}: "
+        f"\n# profile: {what}, {result.get('case', CASES[0][0])}, {result['dtype']}: "
         f"{result['kernels_per_step']:.1f} {result['unit']} per decode step, "
         f"{result['us_per_step']:.1f} us of their time per step (12-token call minus 2-token call)"
     )
@@ -552,6 +560,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-fixed-cost", action="store_true")
     p.add_argument("--profile", action="store_true")
+    p.add_argument(
+        "--profile-cases",
+        default=CASES[0][0],
+        help="comma-separated: with --profile, profile the cases whose name contains one of these "
+        f"(default {CASES[0][0]!r}; 'batch' gives every case)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--compile-mode", default=None,
                    help="the seqweave compile=True column passes this mode instead (max-autotune-no-cudagraphs)")
@@ -666,20 +680,20 @@ def run_dtype(
         print(row_text(FIXED_COST, fixed, columns), flush=True)
         save()
     if first and args.profile:
-        try:
-            if budget.left() <= 0:
-                raise TimeoutError(f"skipped: over the {args.budget_s:.0f} s budget")
-            results["profile"] = {"dtype": dtype_name, **profile(models, args)}
-            print_profile(results["profile"])
-        except Exception as exc:  # noqa: BLE001 (the profile is optional)
-            results["profile"] = {"dtype": dtype_name, "note": failure(exc)}
-            print(f"\n# profile: {failure(exc)}", flush=True)
-        if "sw_compile" in columns and models.get("sw_compile") is not None:
-            try:
-                results["profile_compile"] = {"dtype": dtype_name, **profile(models, args, "sw_compile")}
-                print_profile(results["profile_compile"], "seqweave compile=True")
-            except Exception as exc:  # noqa: BLE001
-                print(f"\n# profile, compile=True: {failure(exc)}", flush=True)
+        for n, case in enumerate(selected_cases(args.profile_cases)):
+            key = "" if n == 0 else f" {case[0]}"  # the first keeps the key "profile"
+            for column, what in (("sw", "seqweave default"), ("sw_compile", "seqweave compile=True")):
+                if column != "sw" and (column not in columns or models.get(column) is None):
+                    continue
+                name = ("profile" if column == "sw" else "profile_compile") + key
+                try:
+                    if budget.left() <= 0:
+                        raise TimeoutError(f"skipped: over the {args.budget_s:.0f} s budget")
+                    results[name] = {"dtype": dtype_name, **profile(models, args, column, case)}
+                    print_profile(results[name], what)
+                except Exception as exc:  # noqa: BLE001 (the profile is optional)
+                    results[name] = {"dtype": dtype_name, "case": case[0], "note": failure(exc)}
+                    print(f"\n# profile, {what}, {case[0]}: {failure(exc)}", flush=True)
         try:
             results["host_profile"] = host_profile(models, args)
             print("\n# host time of a warm 1-token call (seqweave default, batch 1), by own time")

@@ -119,3 +119,17 @@ def test_measure_row_steps_equality_and_budget(bench):
     assert cells["sw"].ms == pytest.approx(1000 * sorted(cells["sw"].times)[1] / 3)
     assert cells["hf_static"].equal is False
     assert cells["sw_compile"].note == "skipped (budget)" and cells["sw_compile"].ms is None
+
+
+def test_profile_cases_profile_the_batched_and_beam_steps_too(bench, capsys):
+    """--profile-cases: the batch-64 and beam steps get a profile of their own (the first keeps "profile")."""
+    result = bench.main(
+        [*SMOKE, "--dtypes", "float32", "--only", "batch 1", "--no-fixed-cost", "--columns", "hf_dynamic,sw",
+         "--profile", "--profile-cases", "batch 1,beam"]
+    )
+    out = capsys.readouterr().out
+    assert "# profile: seqweave default, batch 1 greedy, float32" in out
+    assert "# profile: seqweave default, batch 4 x beam 4, float32" in out
+    assert result["profile"]["case"] == "batch 1 greedy"
+    beam = result["profile batch 4 x beam 4"]
+    assert beam["case"] == "batch 4 x beam 4" and beam["kernels_per_step"] > result["profile"]["kernels_per_step"]
