@@ -479,24 +479,32 @@ def test_output_scores_and_logits_match_transformers(pair, case):
     assert worst == 0.0, worst
 
 
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("decoder", ["gpt2", "bert"])
-def test_bfloat16_beam_search_matches_transformers_bit_for_bit(decoder, tmp_path):
+def test_bfloat16_beam_search_matches_transformers_bit_for_bit(decoder, device, tmp_path):
     """bfloat16 logits take few values, so beam candidates often score exactly the same.
 
     Which of two equal candidates a beam takes is then decided by ``torch.topk``'s order, and
     a logit one rounding away from transformers' swaps beams. Both happened: the CPU's
     block-wise top-k gave equal scores in its own order, and beams reading one shared copy of
     the source's keys/values made SDPA round differently. A vocabulary of 8192 makes beam
-    search take the block-wise top-k path (4 beams x 8192 scores).
+    search take the block-wise top-k path (4 beams x 8192 scores). On CUDA (benchmarks/gpu_check.sh)
+    the same check runs on the GPU's kernels, where the H200 run saw bfloat16 beams part.
     """
     hf = hf_composite(tmp_path, "bert", decoder, decoder_overrides={"vocab_size": 8192}, seed=3)
-    hf = hf.to(torch.bfloat16)
-    model = sw.EncoderDecoder.from_pretrained(tmp_path).to(torch.bfloat16)
+    hf = hf.to(device, torch.bfloat16)
+    model = sw.EncoderDecoder.from_pretrained(tmp_path).to(device, torch.bfloat16)
     kwargs = {"max_new_tokens": 24, "num_beams": 4, "num_return_sequences": 2, "return_dict_in_generate": True,
               "output_logits": True, "no_repeat_ngram_size": 0}
     ties = 0
     for seed in range(4):
-        ids, mask = source_batch(hf.config.encoder.vocab_size, 0, seed=seed, shape=(3, 12))
+        ids, mask = (t.to(device) for t in source_batch(hf.config.encoder.vocab_size, 0, seed=seed, shape=(3, 12)))
         with torch.no_grad():
             theirs = hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
         ours = model.generate(ids, mask, **kwargs)
