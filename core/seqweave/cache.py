@@ -48,7 +48,12 @@ import torch
 from .errors import ConfigError
 from .masks import buffer_bias, buffer_mask
 
-__all__ = ["Cache", "DynamicCache", "LayerCache", "StaticCache"]
+__all__ = ["Cache", "DynamicCache", "LayerCache", "StaticCache", "per_row"]
+
+
+def per_row(x: torch.Tensor, g: int) -> torch.Tensor:
+    """[b, ...] -> [b * g, ...]: each row repeated g times in a row (``repeat_interleave``), one copy kernel."""
+    return x.unsqueeze(1).expand(x.shape[0], g, *x.shape[1:]).reshape(x.shape[0] * g, *x.shape[1:])
 
 
 class LayerCache:
@@ -69,9 +74,13 @@ class LayerCache:
         """Write ``k``, ``v`` [b, h, t, hd] at the cache position; return the keys/values to attend to."""
         raise NotImplementedError
 
-    def store_cross(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep the cross-attention keys/values [b, h, s, hd] computed from the source."""
-        self.cross = (k, v)
+    def store_cross(self, k: torch.Tensor, v: torch.Tensor, per_source: int = 1) -> None:
+        """Keep the cross-attention keys/values [b, h, s, hd] computed from the source.
+
+        ``per_source`` > 1: each of the b sources is decoded that many times (beams), and
+        each of its rows gets a copy: :attr:`cross` is then [b * per_source, h, s, hd].
+        """
+        self.cross = (k, v) if per_source == 1 else (per_row(k, per_source), per_row(v, per_source))
 
     def _zero_dead_sources(self, alive: torch.Tensor) -> None:
         """Zero the cross-attention values of the sources with no token (``alive`` [b, 1, 1, 1] False)."""
@@ -109,13 +118,15 @@ class _DynamicLayer(LayerCache):
 
 
 class _StaticLayer(LayerCache):
-    def store_cross(self, k: torch.Tensor, v: torch.Tensor) -> None:
+    def store_cross(self, k: torch.Tensor, v: torch.Tensor, per_source: int = 1) -> None:
         """Copy into the buffers of an earlier source of the same shape (a replayed graph reads those)."""
-        if self.cross is not None and self.cross[0].shape == k.shape and self.cross[0].dtype == k.dtype:
-            self.cross[0].copy_(k)
-            self.cross[1].copy_(v)
-        else:
-            self.cross = (k.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format))
+        b, h, s, hd = k.shape
+        shape = (b * per_source, h, s, hd)
+        if self.cross is None or self.cross[0].shape != shape or self.cross[0].dtype != k.dtype:
+            self.cross = (k.new_empty(shape), v.new_empty(shape))
+        # one broadcasting copy per tensor writes every row's copy, with no temporary
+        self.cross[0].view(b, per_source, h, s, hd).copy_(k.unsqueeze(1))
+        self.cross[1].view(b, per_source, h, s, hd).copy_(v.unsqueeze(1))
 
     def _zero_dead_sources(self, alive: torch.Tensor) -> None:
         if self.cross is not None:  # in place: the buffers are the cache's own

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import per_row
 from .errors import ConfigError
 from .fast import Linear, call
 from .masks import causal_mask
@@ -227,12 +228,12 @@ class Attention(nn.Module):
             k, v = cache.cross
         else:  # a new source (a static cache copies its keys/values into the buffers of the last one)
             k, v = (self._heads(t) for t in call(self.kv_proj, source).chunk(2, dim=-1))  # [b_src, h, s, hd]
-            if k.shape[0] != b:
-                assert b % k.shape[0] == 0, f"{b} decoder rows cannot share {k.shape[0]} sources"
-                g = b // k.shape[0]
-                k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
+            assert b % k.shape[0] == 0, f"{b} decoder rows cannot share {k.shape[0]} sources"
             if cache is not None:
-                cache.store_cross(k, v)
+                cache.store_cross(k, v, b // k.shape[0])
+                k, v = cache.cross
+            elif k.shape[0] != b:
+                k, v = per_row(k, b // k.shape[0]), per_row(v, b // k.shape[0])
         if t == 1:  # one query: [b, 1, d] is laid out as [b, h, 1, hd]
             q = call(self.q_proj, x).view(b, self.num_heads, 1, self.head_dim)
         else:
