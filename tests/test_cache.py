@@ -120,6 +120,78 @@ def test_reorder_permutes_rows_in_place():
     assert cache.layers[0].v[:, 0, 0, 0].tolist() == [-2.0, -2.0, -0.0]
 
 
+def _filled(static: bool, rows: int = 5, layers: int = 3, n: int = 3, capacity: int = 6, heads=None):
+    """A cache whose layer i, row j, position p holds 100 i + 10 j + p (values: minus that)."""
+    cache = sw.Cache(layers, capacity=capacity, static=static)
+    for p in range(n):
+        cache.begin(1)
+        for i, layer in enumerate(cache.layers):
+            h = (heads or [2] * layers)[i]
+            k = (100.0 * i + 10 * torch.arange(rows) + p).view(rows, 1, 1, 1).expand(rows, h, 1, 4).contiguous()
+            layer.append(k, -k)
+        cache.advance(1)
+    return cache
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_every_layers_keys_and_values_are_views_of_one_buffer(static):
+    cache = _filled(static)
+    joint = cache._joint
+    assert joint.shape == (3, 2, 5, 2, 6, 4)
+    for i, layer in enumerate(cache.layers):
+        assert layer._joint is joint and layer.k.is_contiguous() and layer.v.is_contiguous()
+        assert layer.k.data_ptr() == joint[i, 0].data_ptr() and layer.v.data_ptr() == joint[i, 1].data_ptr()
+    twin = __import__("copy").deepcopy(cache)  # a copy keeps its layers views of its own buffer
+    assert twin.layers[1].k.data_ptr() == twin._joint[1, 0].data_ptr() != cache.layers[1].k.data_ptr()
+
+
+@pytest.mark.parametrize("joint", [False, True], ids=["per-layer (CPU)", "joint (CUDA)"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_reorder_gives_each_row_its_parents_keys_and_values(static, joint, monkeypatch):
+    """Both ways of reordering (the joint gathers CUDA uses, the CPU's per-layer ones) move the same data.
+
+    Rows past the index (a decode graph's padded rows) and positions past the length stay.
+    """
+    from seqweave import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "REORDER_LAYERS", 2)  # 3 layers: a gather of 2 and one of 1
+    monkeypatch.setattr(cache_module, "_JOINT_REORDER_ON_CPU", joint)
+    cache = _filled(static)
+    before = [(layer.k.clone(), layer.v.clone()) for layer in cache.layers]
+    index = torch.tensor([1, 1, 0, 3])  # 4 of the 5 rows: row 4 is padding
+    cache.reorder(index)
+    for (k, v), layer in zip(before, cache.layers, strict=True):
+        expected_k, expected_v = k.clone(), v.clone()
+        expected_k[:4, :, :3] = k[index, :, :3]
+        expected_v[:4, :, :3] = v[index, :, :3]
+        assert torch.equal(layer.k, expected_k) and torch.equal(layer.v, expected_v)
+    identity = [(layer.k.clone(), layer.v.clone()) for layer in cache.layers]
+    cache.reorder(torch.arange(5))
+    assert all(torch.equal(layer.k, k) and torch.equal(layer.v, v) for (k, v), layer in zip(identity, cache.layers))
+
+
+def test_a_growing_cache_moves_every_layer_to_one_new_buffer():
+    cache = _filled(False, n=3, capacity=3)
+    old = cache._joint
+    _ = [layer.append(torch.ones(5, 2, 1, 4), torch.ones(5, 2, 1, 4)) for layer in cache.layers]
+    cache.advance(1)
+    assert cache._joint is not old and cache._joint.shape[4] == 6
+    assert all(layer._joint is cache._joint for layer in cache.layers)
+    assert cache.layers[2].k[3, 0, :4, 0].tolist() == [230.0, 231.0, 232.0, 1.0]
+
+
+@pytest.mark.parametrize("joint", [False, True], ids=["per-layer (CPU)", "joint (CUDA)"])
+def test_a_layer_of_another_shape_gets_buffers_of_its_own(joint, monkeypatch):
+    from seqweave import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_JOINT_REORDER_ON_CPU", joint)
+    cache = _filled(False, heads=[2, 3, 2])  # layer 1 has 3 heads
+    assert cache.layers[1]._joint is None and cache.layers[2]._joint is cache._joint
+    cache.reorder(torch.tensor([4, 3, 2, 1, 0]))
+    assert cache.layers[1].k[:, 2, 1, 0].tolist() == [141.0, 131.0, 121.0, 111.0, 101.0]
+    assert cache.layers[2].v[:, 0, 2, 0].tolist() == [-242.0, -232.0, -222.0, -212.0, -202.0]
+
+
 def test_dynamic_cache_grows_past_its_capacity():
     cache = sw.Cache(1, capacity=2)
     for i in range(5):

@@ -709,7 +709,12 @@ def _beam_search_counting(lagged: bool, seen: dict[str, int]):
 
 def test_lagged_beam_search_gives_exactly_what_immediate_mode_and_transformers_give(pair, monkeypatch):
     """Lagged, the merge of finished hypotheses always runs and the stop is seen one step late:
-    that extra step must change nothing, in sequences, scores, beam indices or per-step outputs."""
+    that extra step must change nothing, in sequences, scores, beam indices or per-step outputs.
+
+    The lagged runs are CUDA's way on the CPU: they also reorder the cache as CUDA does (one
+    gather over a few layers at a time), the immediate ones as the CPU does (layer by layer).
+    """
+    import seqweave.cache as cache_module
     import seqweave.generation as generation
 
     for case, options in LAGGED_CASES.items():
@@ -726,6 +731,7 @@ def test_lagged_beam_search_gives_exactly_what_immediate_mode_and_transformers_g
         for lagged in (False, True):
             seen[lagged] = {}
             monkeypatch.setattr(generation, "beam_search", _beam_search_counting(lagged, seen[lagged]))
+            monkeypatch.setattr(cache_module, "_JOINT_REORDER_ON_CPU", lagged)
             outs[lagged] = pair.sw.generate(ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
         monkeypatch.undo()
         ours, immediate = outs[True], outs[False]
