@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import seqweave as sw
 import torch
@@ -141,7 +143,7 @@ def test_every_layers_keys_and_values_are_views_of_one_buffer(static):
     for i, layer in enumerate(cache.layers):
         assert layer._joint is joint and layer.k.is_contiguous() and layer.v.is_contiguous()
         assert layer.k.data_ptr() == joint[i, 0].data_ptr() and layer.v.data_ptr() == joint[i, 1].data_ptr()
-    twin = __import__("copy").deepcopy(cache)  # a copy keeps its layers views of its own buffer
+    twin = copy.deepcopy(cache)  # a copy keeps its layers views of its own buffer
     assert twin.layers[1].k.data_ptr() == twin._joint[1, 0].data_ptr() != cache.layers[1].k.data_ptr()
 
 
@@ -269,8 +271,6 @@ def test_source_state_changes_only_through_methods():
 
 
 def test_a_cache_can_be_copied():
-    import copy
-
     cache = sw.Cache(1, 4, static=True)
     cache.begin(1)
     cache.layers[0].append(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))

@@ -48,16 +48,11 @@ import torch
 from .errors import ConfigError
 from .masks import buffer_bias, buffer_mask
 
-__all__ = ["REORDER_LAYERS", "Cache", "DynamicCache", "LayerCache", "StaticCache", "per_row"]
+__all__ = ["REORDER_LAYERS", "Cache", "DynamicCache", "LayerCache", "StaticCache"]
 
 #: Layers per gather in :meth:`Cache.reorder`: its temporary is at most this many layers' keys/values.
 REORDER_LAYERS = 4
 _JOINT_REORDER_ON_CPU = False  # tests set it: the reorder CUDA runs, on the CPU
-
-
-def per_row(x: torch.Tensor, g: int) -> torch.Tensor:
-    """[b, ...] -> [b * g, ...]: each row repeated g times in a row (``repeat_interleave``), one copy kernel."""
-    return x.unsqueeze(1).expand(x.shape[0], g, *x.shape[1:]).reshape(x.shape[0] * g, *x.shape[1:])
 
 
 class LayerCache:
@@ -88,7 +83,7 @@ class LayerCache:
         ``per_source`` > 1: each of the b sources is decoded that many times (beams), and
         each of its rows gets a copy: :attr:`cross` is then [b * per_source, h, s, hd].
         """
-        self.cross = (k, v) if per_source == 1 else (per_row(k, per_source), per_row(v, per_source))
+        self.cross = (k, v) if per_source == 1 else (k.repeat_interleave(per_source, 0), v.repeat_interleave(per_source, 0))
 
     def _zero_dead_sources(self, alive: torch.Tensor) -> None:
         """Zero the cross-attention values of the sources with no token (``alive`` [b, 1, 1, 1] False)."""
@@ -313,12 +308,12 @@ class Cache:
         """
         b, h, _, hd = like.shape
         joint = self._joint
-        if joint is not None and joint.shape[4] == capacity:
-            same = joint.shape[2:] == (b, h, capacity, hd) and joint.dtype == like.dtype and joint.device == like.device
-            return joint if same else None
-        if joint is not None and joint.shape[2:4] + joint.shape[5:] != (b, h, hd):
-            return None  # a differently shaped layer growing: its own buffers
-        self._joint = like.new_zeros(len(self.layers), 2, b, h, capacity, hd)
+        if joint is not None:
+            if joint.shape[2:4] + joint.shape[5:] != (b, h, hd) or (joint.dtype, joint.device) != (like.dtype, like.device):
+                return None  # a layer unlike the others: buffers of its own
+            if joint.shape[4] == capacity:
+                return joint
+        self._joint = like.new_zeros(len(self.layers), 2, b, h, capacity, hd)  # the first layer, or growth
         return self._joint
 
 

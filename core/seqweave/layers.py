@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import per_row
 from .errors import ConfigError
 from .fast import Linear, call
 from .masks import causal_mask
@@ -233,7 +232,7 @@ class Attention(nn.Module):
                 cache.store_cross(k, v, b // k.shape[0])
                 k, v = cache.cross
             elif k.shape[0] != b:
-                k, v = per_row(k, b // k.shape[0]), per_row(v, b // k.shape[0])
+                k, v = k.repeat_interleave(b // k.shape[0], 0), v.repeat_interleave(b // k.shape[0], 0)
         if t == 1:  # one query: [b, 1, d] is laid out as [b, h, 1, hd]
             q = call(self.q_proj, x).view(b, self.num_heads, 1, self.head_dim)
         else:
