@@ -7,7 +7,9 @@ Sources are random token ids (fixed seed, no padding), ``--source-length`` long 
 generates up to ``--max-new-tokens`` (128). The decoder's eos / pad id is GPT-2's 50256, so a row
 may stop early: times are divided by the steps actually generated (output length - 1).
 
-Rows (cases): batch 1 greedy; batch 64 greedy; batch 4 x beam 4.
+Rows (cases): batch 1 greedy; batch 64 greedy; batch 4 x beam 4; batch 1 sampling (no top-k, the
+global generator seeded with 0 before every call of every column, so the draws, hence the tokens,
+can be compared).
 
 Columns, per dtype (bf16, then fp32 with TF32 matmuls off):
 
@@ -77,6 +79,7 @@ CASES: list[tuple[str, int, dict[str, Any]]] = [
     ("batch 1 greedy", 1, {}),
     ("batch 64 greedy", 64, {}),
     ("batch 4 x beam 4", 4, {"num_beams": 4}),
+    ("batch 1 sampling", 1, {"do_sample": True, "top_k": 0}),
 ]
 COLUMNS = {  # key: header; "hf_compile" only with --hf-compile
     "hf_dynamic": "tf dynamic",
@@ -209,7 +212,18 @@ def runners_for(models: dict[str, Any], columns: list[str], batch: int, kw: dict
         "sw": lambda: sw_runner(models["sw"], ids, mask, kw, compiled=False),
         "sw_compile": lambda: sw_runner(models.get("sw_compile"), ids, mask, kw, compiled=args.compile_mode or True),
     }
-    return {c: make[c]() for c in columns if c in make}
+    runners = {c: make[c]() for c in columns if c in make}
+    if kw.get("do_sample"):  # every column draws from the global generator, seeded alike before each call
+        runners = {c: seeded(fn) for c, fn in runners.items()}
+    return runners
+
+
+def seeded(fn: Callable) -> Callable:
+    def run() -> torch.Tensor:
+        torch.manual_seed(0)
+        return fn()
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------

@@ -107,7 +107,9 @@ def test_a_later_call_in_the_same_bucket_reuses_the_graph_and_its_buffers(model)
         ({}, "greedy", 1),
         ({"repetition_penalty": 1.3}, "logits", 1),  # a processor: tokens picked outside the step
         ({"num_beams": 3}, "logits", 3),
-        ({"do_sample": True, "num_return_sequences": 2, "top_k": 0}, "logits", 2),
+        ({"do_sample": True, "num_return_sequences": 2, "top_k": 0}, "sample", 2),
+        ({"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9}, "sample", 1),  # warpers: in the step
+        ({"do_sample": True, "top_k": 0, "repetition_penalty": 1.2}, "logits", 1),  # reads the tokens so far
     ],
 )
 def test_the_bucket_follows_the_search(model, kwargs, kind, per_source):
@@ -363,12 +365,14 @@ def test_compile_needs_the_static_path(model):
 
 @pytest.mark.slow
 def test_a_compiled_step_gives_the_same_tokens(model):
-    """compile=True on the CPU (inductor's C++ backend): the compiled static step, greedy and beams."""
+    """compile=True on the CPU (inductor's C++ backend): the compiled static step, greedy, sampling and beams."""
     torch._dynamo.reset()
     ids, mask = batch(model, 2, 6)
     try:
-        for kwargs in ({}, {"num_beams": 2}):
-            compiled = model.generate(ids, mask, compile=True, max_new_tokens=MAX_NEW, **kwargs)
+        for kwargs in ({}, {"do_sample": True, "top_k": 4, "temperature": 0.8}, {"num_beams": 2}):
+            generator = torch.Generator().manual_seed(5)
+            compiled = model.generate(ids, mask, compile=True, max_new_tokens=MAX_NEW, generator=generator, **kwargs)
+            torch.manual_seed(5)
             assert torch.equal(compiled, reference(model, ids, mask, max_new_tokens=MAX_NEW, **kwargs))
             assert all(g.compiled for g in graphs.kept_graphs(model))
     finally:

@@ -16,6 +16,8 @@ import pytest
 import seqweave as sw
 import torch
 from conftest import DECODERS, ENCODERS, DelegatingDecoder, hf_composite, source_batch
+from seqweave.generation import search
+from seqweave.generation import step as graphs
 
 PAIRS = [(e, d) for e in ENCODERS for d in DECODERS]
 MAX_NEW = 10
@@ -195,6 +197,44 @@ def test_static_cache_gives_the_same_tokens(pair):
         assert_same(pair.sw.generate(pair.ids, pair.mask, static_cache=True, **kwargs), dynamic)
 
 
+def test_a_lagged_stop_check_gives_the_same_tokens(pair, monkeypatch):
+    """CUDA reads the "every row finished" flag one step late; forced on the CPU, the tokens are the same."""
+    free = pair.sw.generate(pair.ids, pair.mask, **_resolve(pair, {"eos_token_id": "never"}))  # no row ends
+    eos = sorted(set(free[:, 3].tolist()))  # now every row ends by its third token, some sooner
+
+    def run(**kwargs):
+        return pair.sw.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=eos,
+                                generator=torch.Generator().manual_seed(2), **kwargs)
+
+    cases = ({}, {"do_sample": True, "top_k": 0})
+    expected = [run(**kwargs) for kwargs in cases]
+    assert expected[0].shape[1] <= 4  # the search stopped early: the late flag has a step to discard
+    init = search._StopCheck.__init__
+    monkeypatch.setattr(search._StopCheck, "__init__", lambda self, device, lagged=None: init(self, device, True))
+    for kwargs, want in zip(cases, expected, strict=True):
+        for static in (False, True):  # the eager loop, and the decode graph that picks the tokens itself
+            assert_same(run(static_cache=static, **kwargs), want)
+
+
+@pytest.mark.parametrize("case", ["plain", "warpers"])
+def test_sampling_inside_the_decode_graph_draws_what_the_eager_path_draws(pair, case):
+    """The static path samples inside its step (noise drawn per step): same tokens, same generator state after."""
+    kwargs = _resolve(pair, {**SAMPLE_CASES[case], "num_return_sequences": 2})
+    eager, graphed = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    graphs.clear_graphs(pair.sw)
+    dynamic = pair.sw.generate(pair.ids, pair.mask, generator=eager, **kwargs)
+    static = pair.sw.generate(pair.ids, pair.mask, static_cache=True, generator=graphed, **kwargs)
+    (graph,) = graphs.kept_graphs(pair.sw)
+    assert graph.bucket.kind == "sample"
+    if static.shape[1] > 2:  # steps after the first ran inside the graph (eagerly, on the CPU)
+        assert graph.noise is not None
+    assert_same(static, dynamic)
+    assert torch.equal(graphed.get_state(), eager.get_state())
+    streamed = list(pair.sw.generate_stream(pair.ids, pair.mask, static_cache=True,
+                                            generator=torch.Generator().manual_seed(7), **kwargs))
+    assert_same(torch.cat([static[:, :1], torch.stack(streamed, dim=1)], dim=1), dynamic)
+
+
 def test_unpadded_sources_without_a_mask(pair):
     ids = pair.ids[:, :3]  # no row is padded in its first 3 positions
     kwargs = _resolve(pair, {"num_beams": 2})
@@ -218,6 +258,15 @@ def test_a_large_vocabulary_matches_transformers(decoder, tmp_path):
         with torch.no_grad():
             theirs = hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
         assert_same(model.generate(ids, mask, **kwargs), theirs)
+    # sampling 2 sequences per source: 6 rows, 8 in the static path's bucket, where the noise of the
+    # first 6 is drawn as torch.multinomial draws it (a draw over 8 rows would take other numbers)
+    kwargs = {"max_new_tokens": MAX_NEW, "eos_token_id": eos, "do_sample": True, "top_k": 0, "num_return_sequences": 2}
+    torch.manual_seed(4)
+    with torch.no_grad():
+        theirs = hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    for static in (False, True):
+        ours = model.generate(ids, mask, static_cache=static, generator=torch.Generator().manual_seed(4), **kwargs)
+        assert_same(ours, theirs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ import seqweave as sw
 import torch
 from seqweave import generation
 from seqweave.generation.step import kept_graphs
-from test_generation import MAX_NEW, Pair, _resolve, assert_same, pair  # noqa: F401  (pair is a fixture)
+from test_generation import (  # noqa: F401  (pair is a fixture)
+    MAX_NEW,
+    SAMPLE_CASES,
+    Pair,
+    _resolve,
+    assert_same,
+    pair,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -104,6 +111,23 @@ def test_streaming_and_sampling_on_cuda(cuda_pair):
     a = p.sw.generate(p.ids, p.mask, do_sample=True, generator=g.manual_seed(3), **kwargs)
     b = p.sw.generate(p.ids, p.mask, do_sample=True, generator=g.manual_seed(3), **kwargs)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["plain", "warpers", "return2"])
+def test_sampling_in_a_cuda_graph_matches_transformers_with_the_same_seed(cuda_pair, case):
+    """The graph samples inside its step from noise drawn before each replay: transformers' draws."""
+    p = cuda_pair
+    kwargs = _resolve(p, SAMPLE_CASES[case])
+    torch.manual_seed(11)  # transformers draws from the global CUDA generator
+    with torch.no_grad():
+        theirs = p.hf.generate(input_ids=p.ids, attention_mask=p.mask, **kwargs)
+    ours = p.sw.generate(p.ids, p.mask, generator=torch.Generator("cuda").manual_seed(11), **kwargs)
+    (graph,) = kept_graphs(p.sw)
+    assert graph.bucket.kind == ("logits" if "repetition_penalty" in kwargs else "sample")
+    assert_same(ours.cpu(), theirs.cpu())
+    eager = p.sw.generate(p.ids, p.mask, generator=torch.Generator("cuda").manual_seed(11), cuda_graph=False,
+                          static_cache=True, **kwargs)
+    assert_same(eager.cpu(), theirs.cpu())
 
 
 def test_bfloat16_runs_on_cuda(cuda_pair):

@@ -390,6 +390,11 @@ class StaticCache(Cache):
             return buffer_bias(self.write_index, self._slots, dtype)
         return buffer_mask(self.write_index, self._slots, attention_mask)
 
+    @property
+    def position(self) -> torch.Tensor:
+        """The position the next forward writes at, on the device (0-d; :attr:`length` on the host)."""
+        return self._position
+
     def advance(self, n: int) -> None:
         if self.host_counts:
             self.length += n

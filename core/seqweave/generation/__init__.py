@@ -261,18 +261,22 @@ def _prepare(
     procs = logits_processors(settings, prompt_length=prompt_length, device=device)
     graph = None
     if static:  # the bucket's graph, kept across calls (see step.py)
-        # An output object holds the cache: that call's graph is its own. Greedy search picks its
-        # tokens inside the graph unless something needs each step's scores.
+        # An output object holds the cache: that call's graph is its own. Greedy search and sampling
+        # pick their tokens inside the graph unless something needs each step's scores or a
+        # processor reads more than the scores (the tokens so far, the step).
         as_dict = settings.return_dict_in_generate and not return_scores
         keep_graph = not as_dict
         wants_scores = return_scores or (as_dict and (settings.output_scores or settings.output_logits))
-        greedy = (not wants_scores and settings.num_beams == 1 and not settings.do_sample and not procs)
+        warpers = step_module.warpers_of(procs) if settings.do_sample else (None if procs else ())
+        picks = not wants_scores and settings.num_beams == 1 and warpers is not None
+        kind = ("sample" if settings.do_sample else "greedy") if picks else "logits"
         eos = settings.eos_ids or []
-        bucket = Bucket.of("greedy" if greedy else "logits", b, rows // b, settings.max_length,
-                           ids_or_states.shape[1], len(eos) if greedy else 0, padding=mask is not None,
-                           encodes=encodes, source_padding=step_module.source_padding(model) if encodes else None)
+        bucket = Bucket.of(kind, b, rows // b, settings.max_length, ids_or_states.shape[1],
+                           len(eos) if picks else 0, padding=mask is not None, encodes=encodes,
+                           source_padding=step_module.source_padding(model) if encodes else None,
+                           warpers=(warpers or ()) if picks else ())
         graph = checkout(model, decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
-        step: DecodeStep = GraphStep(decoder, ids_or_states, mask, graph, rows)
+        step: DecodeStep = GraphStep(decoder, ids_or_states, mask, graph, rows, generator)
         cache = graph.cache
     else:
         cache = Cache(decoder.num_layers, settings.max_length)
@@ -357,7 +361,8 @@ def _last_hidden_state(encoder_outputs: Any) -> torch.Tensor:
 
 
 def _run(p: _Prepared, scores: torch.Tensor | None, step_scores: list[torch.Tensor] | None = None,
-         step_logits: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
+         step_logits: list[torch.Tensor] | None = None, *,
+         each_column: bool = True) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
     s = p.settings
     assert s.max_length is not None, "resolved settings carry max_length"
     out = torch.full(
@@ -373,7 +378,8 @@ def _run(p: _Prepared, scores: torch.Tensor | None, step_scores: list[torch.Tens
         prompt_length = p.prompt.shape[1]
         out[:, :prompt_length] = p.prompt.repeat_interleave(p.rows // p.batch_size, dim=0)
     steps = greedy_search(p.step, out, s, p.processors, scores, generator=p.generator,
-                          prompt_length=prompt_length, step_scores=step_scores, step_logits=step_logits)
+                          prompt_length=prompt_length, step_scores=step_scores, step_logits=step_logits,
+                          each_column=each_column)
     return out, steps
 
 
@@ -449,7 +455,7 @@ def _generate(
             )
         return Generated(sequences, beam_scores) if return_scores else sequences
     scores = torch.zeros(p.rows, device=p.device) if return_scores else None
-    out, steps = _run(p, scores, step_scores, step_logits)
+    out, steps = _run(p, scores, step_scores, step_logits, each_column=streamer is not None)
     n = 0
     for tokens in steps:
         n += 1

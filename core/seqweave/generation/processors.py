@@ -15,6 +15,7 @@ import torch
 from ..config import GenerationSettings
 
 __all__ = [
+    "SCORE_ONLY",
     "Processor",
     "bad_words",
     "forced_token",
@@ -117,6 +118,11 @@ def top_p(tokens: torch.Tensor, scores: torch.Tensor, *, p: float, keep: int) ->
     remove = cumulative <= (1 - p)
     remove[..., -keep:] = 0
     return scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
+
+
+#: The processors that read the scores alone (neither the tokens so far nor the step): the same
+#: kernels every step, so a decode graph runs them inside its recorded step (see generation/step.py).
+SCORE_ONLY = (temperature, top_k, top_p)
 
 
 def logits_processors(

@@ -10,6 +10,7 @@ CPU versions of torch's, same results.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +50,17 @@ class _StopCheck:
             self.event.synchronize()
         return bool(self.host)
 
-    def finished(self, unfinished: torch.Tensor) -> bool:
-        """Whether no row is left (immediate mode); lagged mode records the flag and returns False."""
+    def finished(self, unfinished: torch.Tensor | None, done: torch.Tensor | None = None) -> bool:
+        """Whether no row is left (immediate mode); lagged mode records the flag and returns False.
+
+        ``done``: that flag, when the step computed it already (``~unfinished.any()``).
+        """
+        if done is None:
+            assert unfinished is not None
+            done = ~unfinished.any()
         if not self.lagged:
-            return not bool(unfinished.any())
-        self.host.copy_(~unfinished.any(), non_blocking=True)
+            return bool(done)
+        self.host.copy_(done, non_blocking=True)
         if self.event is not None:
             self.event.record()
         self.pending = True
@@ -71,6 +78,7 @@ def greedy_search(
     prompt_length: int = 1,
     step_scores: list[torch.Tensor] | None = None,
     step_logits: list[torch.Tensor] | None = None,
+    each_column: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Greedy search or sampling; yields each step's new tokens [B] as they are chosen.
 
@@ -88,6 +96,9 @@ def greedy_search(
         step_scores, step_logits: if given, each step's processed scores [B, V] (what the
             token was chosen from) and raw logits [B, V] (float32) are appended, as
             transformers' ``output_scores`` / ``output_logits`` give them.
+        each_column: whether ``out`` must hold each yielded column when it is yielded (a
+            stream). False: a step that picks its tokens inside a decode graph leaves them
+            there, and ``out`` is filled when the iterator ends, with one copy.
     """
     rows, length = out.shape
     device = out.device
@@ -98,18 +109,10 @@ def greedy_search(
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     stop = _StopCheck(device)
     lagged = stop.lagged
-    # A graph step that picks greedy tokens itself (GraphStep.picks_tokens) runs every step after
-    # the first as one call: the decoder, argmax, padding of finished rows and their flags.
+    # A graph step that picks its tokens itself (GraphStep.picks_tokens) runs every step after the
+    # first as one call (see _picked).
     picks = getattr(step, "picks_tokens", False)
     for cur in range(prompt_length, length):
-        if picks and cur > prompt_length:
-            out.select(1, cur).copy_(step.next_tokens())  # type: ignore[attr-defined]
-            if lagged and stop.finished_before():
-                return
-            yield out[:, cur]
-            if eos is not None and stop.finished(step.unfinished):  # type: ignore[attr-defined]
-                return
-            continue
         stepped = step(out[:, cur - 1 : cur] if cur > prompt_length else out[:, :cur]).float()
         logits = stepped
         raw = logits.clone() if step_logits is not None else None
@@ -127,8 +130,6 @@ def greedy_search(
             tokens = torch.where(unfinished, tokens, pad)  # finished rows get padding
             unfinished &= (tokens != eos) if len(eos) == 1 else ~torch.isin(tokens, eos)
         out.select(1, cur).copy_(tokens)
-        if picks:
-            step.graph.prime(tokens, unfinished, eos_ids, pad_id if pad_id is not None else 0)  # type: ignore[attr-defined]
         if lagged and stop.finished_before():
             return  # lagged check: the previous step finished every row, so this one is discarded
         if step_scores is not None:
@@ -140,6 +141,37 @@ def greedy_search(
         yield tokens
         if eos is not None and stop.finished(unfinished):
             return
+        if picks:
+            step.prime(tokens, unfinished, eos_ids, pad_id if pad_id is not None else 0,  # type: ignore[attr-defined]
+                       logits.shape[-1])
+            yield from _picked(step, out, cur + 1, stop, eos is not None, each_column)
+            return
+
+
+def _picked(step: Any, out: torch.Tensor, start: int, stop: _StopCheck, has_eos: bool,
+            each_column: bool) -> Iterator[torch.Tensor]:
+    """:func:`greedy_search` from column ``start`` on, over a graph step that picks the tokens (``GraphStep``).
+
+    Each step is one call (on CUDA one replay): the decoder, the pick, the padding of finished
+    rows and their flags, the token written into the graph's output and its "every row
+    finished" flag, which is all the host reads (one step late on CUDA). ``out`` gets each
+    column as it is yielded (``each_column``), or all of them, in one copy, at the end.
+    """
+    end = start  # out[:, :end] is the result so far
+    try:
+        for cur in range(start, out.shape[1]):
+            tokens = step.next_tokens()
+            if each_column:
+                out.select(1, cur).copy_(tokens)
+            if stop.lagged and stop.finished_before():
+                return  # the previous step finished every row: this one is discarded
+            end = cur + 1
+            yield out[:, cur] if each_column else tokens
+            if has_eos and stop.finished(None, step.done):
+                return
+    finally:
+        if not each_column and end > start:
+            out[:, start:end].copy_(step.columns(start, end))
 
 
 def beam_search(

@@ -12,9 +12,18 @@ length to a multiple of :data:`BUCKET_MULTIPLE`. Padded source positions are mas
 padded rows decode padding and are dropped. A source that needs no mask (no padding, and
 a length that is already a multiple) gets a graph without one, so attention runs the
 kernel it runs without a bucket. The bucket is also keyed by what the step returns
-(``"logits"``, or ``"greedy"``: the token each row picks, chosen inside the graph, so a
-greedy step is one replay), the number of rows decoded per source and whether the first
-step runs the encoder.
+(``"logits"``; or the token each row picks, chosen inside the graph: ``"greedy"`` or
+``"sample"``, with the sampling warpers it applies), the number of rows decoded per source
+and whether the first step runs the encoder.
+
+Picking steps. A ``"greedy"`` or ``"sample"`` step picks every row's token, pads finished
+rows, updates their flags, writes the token where the next step reads it and into the
+graph's output buffer, and sets the "every row finished" flag: one token is one replay,
+and the host only copies that flag (read one step late) and, when a call streams, the
+token. Sampling draws exactly what ``torch.multinomial`` draws for one sample: it divides
+the probabilities by exponential noise and takes the argmax, with the noise drawn (one
+kernel, from the call's generator) before each replay, so a graph records no random
+number generator and the draws are those of the eager path, bit for bit.
 
 Reuse. :func:`checkout` keeps up to :data:`MAX_GRAPHS` buckets per model (least recently
 used first out), in the model's ``__dict__`` (collected with it; a copy or a pickle of
@@ -32,15 +41,18 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from ..cache import Cache, StaticCache
 from ..fast import argmax
 from ..protocols import Decoder
+from .processors import SCORE_ONLY, Processor
 
 __all__ = [
     "BUCKET_MULTIPLE",
@@ -57,6 +69,7 @@ __all__ = [
     "release",
     "releasing",
     "source_padding",
+    "warpers_of",
 ]
 
 #: Decoder positions and source lengths are padded up to a multiple of this.
@@ -70,6 +83,25 @@ ENCODE_IN_GRAPH = True
 #: The ``torch.compile`` modes ``compile=`` takes besides True (``"default"``): the ones that
 #: leave CUDA graphs to the caller, since a decode graph records its own.
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+Kind = Literal["logits", "greedy", "sample"]
+#: A processor as a bucket keeps it: its function's name and its keyword arguments.
+Warper = tuple[str, tuple[tuple[str, Any], ...]]
+_SCORE_ONLY = {f.__name__: f for f in SCORE_ONLY}
+
+
+def warpers_of(processors: Sequence[Processor]) -> tuple[Warper, ...] | None:
+    """``processors`` as a bucket keeps them, or None when one of them cannot run inside a graph.
+
+    Only :data:`~seqweave.generation.processors.SCORE_ONLY` processors (the sampling
+    warpers) can: the others read the tokens so far or the step number.
+    """
+    kept = []
+    for p in processors:
+        if not (isinstance(p, partial) and not p.args and _SCORE_ONLY.get(p.func.__name__) is p.func):
+            return None
+        kept.append((p.func.__name__, tuple(sorted(p.keywords.items()))))
+    return tuple(kept)
 
 
 class DecodeStep:
@@ -116,8 +148,9 @@ class Bucket:
     """The shapes one decode graph serves.
 
     Attributes:
-        kind: ``"logits"`` (the step returns the logits [rows, V]) or ``"greedy"`` (it also
-            picks each row's token, pads finished rows and updates the unfinished flags).
+        kind: ``"logits"`` (the step returns the logits [rows, V]), ``"greedy"`` or
+            ``"sample"`` (it also picks each row's token, pads finished rows and updates the
+            unfinished flags).
         sources: source rows (a power of two).
         per_source: decoder rows per source (beams, or sequences returned per source).
         capacity: decoder positions (a multiple of :data:`BUCKET_MULTIPLE`).
@@ -126,9 +159,10 @@ class Bucket:
         masked: whether cross-attention reads a source mask (False: no padding to mask).
         encodes: whether the graph's first step also runs the encoder (on the padded source ids).
         source_pad: the id padded source positions get when the graph encodes (the encoder's pad id).
+        warpers: ``"sample"``: the processors the step applies before it samples (:func:`warpers_of`).
     """
 
-    kind: Literal["logits", "greedy"]
+    kind: Kind
     sources: int
     per_source: int
     capacity: int
@@ -137,6 +171,12 @@ class Bucket:
     masked: bool = True
     encodes: bool = False
     source_pad: int = 0
+    warpers: tuple[Warper, ...] = ()
+
+    @property
+    def picks(self) -> bool:
+        """Whether the step picks the tokens itself (greedy search or sampling inside the graph)."""
+        return self.kind != "logits"
 
     @property
     def rows(self) -> int:
@@ -145,7 +185,7 @@ class Bucket:
     @classmethod
     def of(
         cls,
-        kind: Literal["logits", "greedy"],
+        kind: Kind,
         sources: int,
         per_source: int,
         max_length: int,
@@ -154,6 +194,7 @@ class Bucket:
         padding: bool = True,
         encodes: bool = False,
         source_padding: tuple[int, int] | None = None,
+        warpers: tuple[Warper, ...] = (),
     ) -> Bucket:
         """The bucket for a call: ``sources`` and its lengths padded up (``padding``: the source has some).
 
@@ -167,7 +208,7 @@ class Bucket:
             pad, longest = source_padding if source_padding is not None else (0, source_length)
             length = max(source_length, min(length, longest))
         return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE), length, eos,
-                   masked=padding or length != source_length, encodes=encodes, source_pad=pad)
+                   masked=padding or length != source_length, encodes=encodes, source_pad=pad, warpers=warpers)
 
 
 class DecodeGraph:
@@ -209,10 +250,16 @@ class DecodeGraph:
         self.source_mask = torch.ones(shape, dtype=torch.bool, device=device) if bucket.masked else None
         self.ids = torch.zeros(shape, dtype=torch.long, device=device) if bucket.encodes else None
         self.ids_mask = torch.zeros(shape, dtype=torch.long, device=device) if bucket.encodes and bucket.masked else None
-        # greedy: filled by prime() each call; the step reads and updates them
+        # a picking step: filled by prime() each call; the step reads and updates them
         self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.eos = torch.full((bucket.eos,), -1, dtype=torch.long, device=device)
         self.pad = torch.zeros((), dtype=torch.long, device=device)
+        # ... and writes these: each step's tokens at their position, whether every row has finished
+        self.out = torch.zeros((rows, bucket.capacity) if bucket.picks else (0, 0), dtype=torch.long, device=device)
+        self.done = torch.zeros((), dtype=torch.bool, device=device)
+        # sampling: the exponential noise [rows, V] each step divides the probabilities by (see draw())
+        self.noise: torch.Tensor | None = None
+        self.warpers = [partial(_SCORE_ONLY[name], **dict(kw)) for name, kw in bucket.warpers]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.prefill_graph: torch.cuda.CUDAGraph | None = None
         self.cuda_graph_prefill = True  # False once recording the first step failed
@@ -299,18 +346,31 @@ class DecodeGraph:
         return out
 
     def _step(self) -> torch.Tensor:
-        """The recorded step: the decoder on :attr:`tokens`; greedy also picks the next tokens."""
+        """The recorded step: the decoder on :attr:`tokens`; a picking step also picks the next tokens."""
         logits = self.decoder(self.tokens, cache=self.cache).logits[:, -1]
         if self.bucket.kind == "logits":
             return logits
         # what greedy_search does with a step's logits, on every row at once
-        tokens = torch.where(self.unfinished, argmax(logits.float()), self.pad)
+        scores = logits.float()
+        if self.bucket.kind == "sample":
+            for warp in self.warpers:
+                scores = warp(self.tokens, scores)
+            assert self.noise is not None, "prime() makes the noise buffer"
+            # torch.multinomial(probs, 1)'s own draw: argmax(probs / q), q ~ Exp(1) (see draw())
+            scores = F.softmax(scores, dim=-1) / self.noise
+        tokens = torch.where(self.unfinished, argmax(scores), self.pad)
         self.unfinished &= ~(tokens[:, None] == self.eos).any(dim=-1)
         self.tokens.copy_(tokens[:, None])  # the next step's input
+        self.out.index_copy_(1, self.cache.position.view(1), tokens[:, None])  # the decoder moved it to this column
+        self.done.copy_(~self.unfinished.any())
         return tokens
 
-    def prime(self, tokens: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int) -> None:
-        """Greedy: load a call's state after its first step (rows past ``tokens``' are padding)."""
+    def prime(self, tokens: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
+              vocab: int = 0) -> None:
+        """A picking step: load a call's state after its first step (rows past ``tokens``' are padding).
+
+        ``vocab``: the width of the logits, which sampling's noise takes.
+        """
         n = tokens.shape[0]
         self.tokens[:n, 0].copy_(tokens)
         self.tokens[n:] = pad
@@ -319,6 +379,19 @@ class DecodeGraph:
         if eos:
             self.eos.copy_(torch.tensor(eos, dtype=torch.long))
         self.pad.fill_(pad)
+        if self.bucket.kind == "sample" and (self.noise is None or self.noise.shape[1] != vocab):
+            self.noise = torch.ones(self.bucket.rows, vocab, device=self.tokens.device)
+
+    def draw(self, rows: int, generator: torch.Generator | None) -> None:
+        """Sampling, before each step: the noise of the first ``rows`` rows, drawn from ``generator``.
+
+        ``torch.multinomial(probs, 1, generator=generator)`` draws ``q ~ Exp(1)`` into a new
+        tensor shaped like ``probs`` ([rows, V]) and returns ``argmax(probs / q)``; this draws
+        the same numbers into the same shape (the first rows of the buffer, contiguous), so the
+        step's token is the eager path's (tested on the CPU) and the generator ends where it would.
+        """
+        assert self.noise is not None, "prime() makes the noise buffer"
+        self.noise[:rows].exponential_(1.0, generator=generator)
 
     def run(self) -> torch.Tensor:
         """One step on :attr:`tokens` (the cache one position on); the logits, or greedy's tokens [rows]."""
@@ -337,10 +410,11 @@ class DecodeGraph:
         # Warm up on a side stream (this runs the step for real: Triton autotuning, cuBLAS
         # workspaces, the allocator), put back what it changed, record the step, then replay
         # it: the replay writes the same keys/values at the same position again.
-        saved = [t.clone() for t in (self.tokens, self.unfinished)]
+        state = (self.tokens, self.unfinished)
+        saved = [t.clone() for t in state]
         _warm_up(self._fn)
         self.cache.rewind(1)
-        for t, s in zip((self.tokens, self.unfinished), saved, strict=True):
+        for t, s in zip(state, saved, strict=True):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         pool = None if self.prefill_graph is None else self.prefill_graph.pool()
@@ -382,7 +456,8 @@ class GraphStep(DecodeStep):
     the prompt's keys/values into the graph's cache: :meth:`DecodeGraph.prefill` for a
     one-token prompt (a replay on CUDA), eagerly for a longer one (``decoder_input_ids``).
     Every later call runs the graph's decode step (a replay on CUDA). Results are the first
-    ``rows`` rows.
+    ``rows`` rows. ``generator``: what a sampling graph's noise is drawn from (None: the
+    global one).
     """
 
     def __init__(
@@ -392,16 +467,18 @@ class GraphStep(DecodeStep):
         source_mask: torch.Tensor | None,
         graph: DecodeGraph,
         rows: int,
+        generator: torch.Generator | None = None,
     ) -> None:
         graph.load_source(source, source_mask)
         super().__init__(decoder, source, graph.source_mask, graph.cache)
         self.graph = graph
         self.rows = rows
+        self.generator = generator
 
     @property
     def picks_tokens(self) -> bool:
-        """Whether :meth:`next_tokens` is available: the graph picks greedy tokens itself."""
-        return self.graph.bucket.kind == "greedy"
+        """Whether :meth:`next_tokens` is available: the graph picks the tokens itself (greedy search, sampling)."""
+        return self.graph.bucket.picks
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         graph, n, t = self.graph, self.rows, tokens.shape[1]
@@ -420,14 +497,29 @@ class GraphStep(DecodeStep):
         self.cache.advance_after_replay(t)  # reset() put it at 0
         return logits[:n]
 
+    def prime(self, tokens: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
+              vocab: int) -> None:
+        """After the first step: see :meth:`DecodeGraph.prime`."""
+        self.graph.prime(tokens, unfinished, eos, pad, vocab)
+
     def next_tokens(self) -> torch.Tensor:
-        """Greedy, after :meth:`DecodeGraph.prime`: one step, the rows' new tokens [rows] (pad when finished)."""
-        return self.graph.run()[: self.rows]
+        """After :meth:`prime`: one step, the rows' new tokens [rows] (pad when finished).
+
+        They are also in :meth:`columns` and the graph's :attr:`~DecodeGraph.done` flag is set.
+        """
+        graph = self.graph
+        if graph.bucket.kind == "sample":
+            graph.draw(self.rows, self.generator)
+        return graph.run()[: self.rows]
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        """The tokens the steps wrote at output positions ``start:stop`` [rows, stop - start]."""
+        return self.graph.out[: self.rows, start:stop]
 
     @property
-    def unfinished(self) -> torch.Tensor:
-        """Greedy: the rows still running [rows], as the graph keeps them."""
-        return self.graph.unfinished[: self.rows]
+    def done(self) -> torch.Tensor:
+        """Whether every row had finished after the last step (a 0-d bool tensor the step writes)."""
+        return self.graph.done
 
 
 class _Store:
