@@ -321,22 +321,8 @@ class DecodeGraph:
         if not (self.cuda_graph and self.cuda_graph_prefill):
             out = self._prefill()
         elif self.prefill_graph is None:
-            _warm_up(self._prefill)
-            cache.reset()  # record the same step from the same state, and replay it
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
-                    self.prefill_output = self._prefill()
-            except RuntimeError as e:  # a part reads the device while it runs (a host sync): eager then
-                warnings.warn(f"the first decoding step cannot be recorded in a CUDA graph ({e}); it runs eagerly",
-                              stacklevel=2)
-                self.cuda_graph_prefill = False
-                cache.reset()
-                out = self._prefill()
-            else:
-                graph.replay()
-                self.prefill_graph = graph
-                out = self.prefill_output
+            with _RECORDING:
+                out = self._record_prefill()
         else:
             self.prefill_graph.replay()
             cache.source_written()
@@ -344,6 +330,24 @@ class DecodeGraph:
         cache.advance_after_replay(1)  # reset() put it at 0
         assert out is not None
         return out
+
+    def _record_prefill(self) -> torch.Tensor:
+        side = _side_stream(self.tokens.device)
+        _warm_up(self._prefill, side)
+        self.cache.reset()  # record the same step from the same state, and replay it
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=side):
+                self.prefill_output = self._prefill()
+        except RuntimeError as e:  # a part reads the device while it runs (a host sync): eager then
+            warnings.warn(f"the first decoding step cannot be recorded in a CUDA graph ({e}); it runs eagerly",
+                          stacklevel=3)
+            self.cuda_graph_prefill = False
+            self.cache.reset()
+            return self._prefill()
+        graph.replay()
+        self.prefill_graph = graph
+        return self.prefill_output
 
     def _step(self) -> torch.Tensor:
         """The recorded step: the decoder on :attr:`tokens`; a picking step also picks the next tokens."""
@@ -398,7 +402,8 @@ class DecodeGraph:
         if not self.cuda_graph:
             self.output = self._fn()
         elif self.graph is None:
-            self._capture()
+            with _RECORDING:
+                self._capture()
         else:
             self.graph.replay()
             self.replays += 1
@@ -412,13 +417,14 @@ class DecodeGraph:
         # it: the replay writes the same keys/values at the same position again.
         state = (self.tokens, self.unfinished)
         saved = [t.clone() for t in state]
-        _warm_up(self._fn)
+        side = _side_stream(self.tokens.device)
+        _warm_up(self._fn, side)
         self.cache.rewind(1)
         for t, s in zip(state, saved, strict=True):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         pool = None if self.prefill_graph is None else self.prefill_graph.pool()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, stream=side):
             self.output = self._fn()
         graph.replay()
         self.graph = graph
@@ -440,9 +446,29 @@ def source_padding(model: Any) -> tuple[int, int] | None:
     return (0 if pad is None else int(pad)), longest
 
 
-def _warm_up(fn: Callable[[], Any]) -> None:
-    """Run ``fn`` once on a side stream, as CUDA-graph capture asks (lazy initialisation happens there)."""
-    side = torch.cuda.Stream()
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+#: Held while a graph warms up and is recorded: threads share the side stream, and a recording
+#: must not take in another thread's kernels.
+_RECORDING = threading.Lock()
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one stream decode graphs warm up and are recorded on, per device.
+
+    cuBLAS keeps a workspace for every stream it runs on (PyTorch's default on Hopper: 32 MiB),
+    which stays allocated: a new stream for each warm-up (as ``torch.cuda.Stream()`` gives,
+    from a pool of 32) and torch's own capture stream would leave up to three behind for the
+    first bucket, and more for later ones. One stream for all of it holds one.
+    """
+    device = torch.device("cuda", torch.cuda.current_device()) if device.index is None else device
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
+
+
+def _warm_up(fn: Callable[[], Any], side: torch.cuda.Stream) -> None:
+    """Run ``fn`` once on the side stream, as CUDA-graph capture asks (lazy initialisation happens there)."""
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()
