@@ -5,7 +5,7 @@
 #           sampling and bfloat16 on CUDA; finite bf16 gradients with fully masked rows per SDPA
 #           backend. Generation parity on CUDA runs on the 8 pairings matching bert2gpt2, roberta2roberta
 #           or bert2bert (all of them on the CPU).
-#   decode  issue 12's table (benchmarks/gpu_decode.py): transformers dynamic / static cache vs
+#   decode  issue 12's table (benchmarks/gpu_decode.py, with a batch-1 sampling row): transformers dynamic / static cache vs
 #           seqweave and seqweave compile=True, bf16 and fp32, ms per step, tokens equal, memory,
 #           fixed cost per call, and a profile of one decode step.
 #   train   `seqweave train` under torchrun with FSDP2 and bf16 (the demo's task, generation in

@@ -398,7 +398,7 @@ class DecodeGraph:
         self.noise[:rows].exponential_(1.0, generator=generator)
 
     def run(self) -> torch.Tensor:
-        """One step on :attr:`tokens` (the cache one position on); the logits, or greedy's tokens [rows]."""
+        """One step on :attr:`tokens` (the cache one position on); the logits, or the picked tokens [rows]."""
         if not self.cuda_graph:
             self.output = self._fn()
         elif self.graph is None:
@@ -415,12 +415,11 @@ class DecodeGraph:
         # Warm up on a side stream (this runs the step for real: Triton autotuning, cuBLAS
         # workspaces, the allocator), put back what it changed, record the step, then replay
         # it: the replay writes the same keys/values at the same position again.
-        state = (self.tokens, self.unfinished)
-        saved = [t.clone() for t in state]
+        saved = [t.clone() for t in (self.tokens, self.unfinished)]
         side = _side_stream(self.tokens.device)
         _warm_up(self._fn, side)
         self.cache.rewind(1)
-        for t, s in zip(state, saved, strict=True):
+        for t, s in zip((self.tokens, self.unfinished), saved, strict=True):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         pool = None if self.prefill_graph is None else self.prefill_graph.pool()
