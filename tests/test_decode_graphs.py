@@ -105,11 +105,12 @@ def test_a_later_call_in_the_same_bucket_reuses_the_graph_and_its_buffers(model)
     ("kwargs", "kind", "per_source"),
     [
         ({}, "greedy", 1),
-        ({"repetition_penalty": 1.3}, "logits", 1),  # a processor: tokens picked outside the step
-        ({"num_beams": 3}, "logits", 3),
+        ({"repetition_penalty": 1.3}, "greedy", 1),  # processors run inside the step too
+        ({"no_repeat_ngram_size": 2, "min_new_tokens": 3, "bad_words_ids": [[5], [7, 9]]}, "greedy", 1),
+        ({"num_beams": 3}, "logits", 3),  # beam search chooses outside the step
         ({"do_sample": True, "num_return_sequences": 2, "top_k": 0}, "sample", 2),
-        ({"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9}, "sample", 1),  # warpers: in the step
-        ({"do_sample": True, "top_k": 0, "repetition_penalty": 1.2}, "logits", 1),  # reads the tokens so far
+        ({"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9}, "sample", 1),
+        ({"do_sample": True, "top_k": 0, "repetition_penalty": 1.2}, "sample", 1),
     ],
 )
 def test_the_bucket_follows_the_search(model, kwargs, kind, per_source):
@@ -121,6 +122,21 @@ def test_the_bucket_follows_the_search(model, kwargs, kind, per_source):
     if generator is not None:
         torch.manual_seed(3)
     assert torch.equal(ours, reference(model, ids, mask, max_new_tokens=MAX_NEW, **kwargs))
+
+
+def test_the_bucket_keeps_the_processors_by_value():
+    from seqweave.generation.processors import logits_processors
+
+    def key(**options):
+        settings = sw.GenerationSettings(max_length=12, eos_token_id=3, pad_token_id=0, decoder_start_token_id=1,
+                                         **options)
+        return graphs.processors_key(logits_processors(settings, prompt_length=1, device=torch.device("cpu")))
+
+    words = {"bad_words_ids": [[5], [7, 9]], "repetition_penalty": 1.2, "min_length": 4}
+    assert key(**words) == key(**words) and hash(key(**words)) == hash(key(**words))  # new tensors, same key
+    assert key(**words) != key(**{**words, "bad_words_ids": [[5], [7, 8]]})  # a tensor's values count
+    assert key() == ()
+    assert graphs.processors_key([lambda tokens, scores: scores]) is None  # unknown: picked outside the graph
 
 
 def test_padded_rows_and_positions_do_not_change_the_tokens(model):
@@ -365,11 +381,12 @@ def test_compile_needs_the_static_path(model):
 
 @pytest.mark.slow
 def test_a_compiled_step_gives_the_same_tokens(model):
-    """compile=True on the CPU (inductor's C++ backend): the compiled static step, greedy, sampling and beams."""
+    """compile=True on the CPU (inductor's C++ backend): the compiled static step, greedy (with processors), sampling, beams."""
     torch._dynamo.reset()
     ids, mask = batch(model, 2, 6)
     try:
-        for kwargs in ({}, {"do_sample": True, "top_k": 4, "temperature": 0.8}, {"num_beams": 2}):
+        for kwargs in ({}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3},
+                       {"do_sample": True, "top_k": 4, "temperature": 0.8}, {"num_beams": 2}):
             generator = torch.Generator().manual_seed(5)
             compiled = model.generate(ids, mask, compile=True, max_new_tokens=MAX_NEW, generator=generator, **kwargs)
             torch.manual_seed(5)

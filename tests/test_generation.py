@@ -149,8 +149,11 @@ def _resolve(p: Pair, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", list(GREEDY_CASES), ids=list(GREEDY_CASES))
 def test_greedy_matches_transformers(pair, case):
+    """Eagerly, and on the static path, whose graph step applies the processors and picks the tokens."""
     kwargs = _resolve(pair, GREEDY_CASES[case])
-    assert_same(pair.sw.generate(pair.ids, pair.mask, **kwargs), hf_generate(pair, **kwargs))
+    theirs = hf_generate(pair, **kwargs)
+    assert_same(pair.sw.generate(pair.ids, pair.mask, **kwargs), theirs)
+    assert_same(pair.sw.generate(pair.ids, pair.mask, static_cache=True, **kwargs), theirs)
 
 
 @pytest.mark.parametrize("case", list(BEAM_CASES), ids=list(BEAM_CASES))
@@ -182,12 +185,14 @@ SAMPLE_CASES = {
 
 @pytest.mark.parametrize("case", list(SAMPLE_CASES), ids=list(SAMPLE_CASES))
 def test_sampling_matches_transformers_with_the_same_seed(pair, case):
-    """Same seed in our generator as in transformers' global one: the same draws."""
+    """Same seed in our generator as in transformers' global one: the same draws (eagerly and on the static path)."""
     kwargs = _resolve(pair, SAMPLE_CASES[case])
     torch.manual_seed(11)
     theirs = hf_generate(pair, **kwargs)
-    ours = pair.sw.generate(pair.ids, pair.mask, generator=torch.Generator().manual_seed(11), **kwargs)
-    assert_same(ours, theirs)
+    for static in (False, True):
+        ours = pair.sw.generate(pair.ids, pair.mask, generator=torch.Generator().manual_seed(11),
+                                static_cache=static, **kwargs)
+        assert_same(ours, theirs)
 
 
 def test_static_cache_gives_the_same_tokens(pair):

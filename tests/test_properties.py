@@ -114,4 +114,6 @@ def test_batch_equals_rows_one_by_one(data):
         batch = model(ids, attention_mask=mask, decoder_input_ids=dec).logits
         for i, n in enumerate(lengths):
             row = model(ids[i : i + 1, :n], decoder_input_ids=dec[i : i + 1]).logits
-            torch.testing.assert_close(batch[i : i + 1], row, atol=1e-5, rtol=1e-5)
+            # float32 rounding differs between the padded batch (masked attention) and the row alone;
+            # drawn models reached 1.5e-5 (relative 7.5e-5). A masking bug moves logits by far more.
+            torch.testing.assert_close(batch[i : i + 1], row, atol=1e-4, rtol=1e-4)

@@ -262,19 +262,22 @@ def _prepare(
     graph = None
     if static:  # the bucket's graph, kept across calls (see step.py)
         # An output object holds the cache: that call's graph is its own. Greedy search and sampling
-        # pick their tokens inside the graph unless something needs each step's scores or a
-        # processor reads more than the scores (the tokens so far, the step).
+        # pick their tokens inside the graph, processors included, unless something needs each
+        # step's scores. The bucket keeps the processors by value: made on the CPU, where reading
+        # their tensors back waits for nothing.
         as_dict = settings.return_dict_in_generate and not return_scores
         keep_graph = not as_dict
         wants_scores = return_scores or (as_dict and (settings.output_scores or settings.output_logits))
-        warpers = step_module.warpers_of(procs) if settings.do_sample else (None if procs else ())
-        picks = not wants_scores and settings.num_beams == 1 and warpers is not None
+        key = step_module.processors_key(
+            logits_processors(settings, prompt_length=prompt_length, device=torch.device("cpu")) if procs else ()
+        )
+        picks = not wants_scores and settings.num_beams == 1 and key is not None
         kind = ("sample" if settings.do_sample else "greedy") if picks else "logits"
         eos = settings.eos_ids or []
         bucket = Bucket.of(kind, b, rows // b, settings.max_length, ids_or_states.shape[1],
                            len(eos) if picks else 0, padding=mask is not None, encodes=encodes,
                            source_padding=step_module.source_padding(model) if encodes else None,
-                           warpers=(warpers or ()) if picks else ())
+                           processors=(key or ()) if picks else ())
         graph = checkout(model, decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
         step: DecodeStep = GraphStep(decoder, ids_or_states, mask, graph, rows, generator)
         cache = graph.cache

@@ -3,6 +3,14 @@
 :func:`logits_processors` chooses and orders them from the settings exactly as transformers
 orders its processors and warpers. Beam search applies them to log-probabilities, greedy
 search and sampling to logits, as transformers does.
+
+Inside a decode graph every step must run the same kernels on the same shapes, so each
+processor also takes ``length=``: then ``tokens`` is the whole fixed buffer [B, T] and
+``length`` a 0-d device tensor, the number of its positions that hold tokens so far. The
+processors that read the tokens or the step mask by it instead of slicing (a position past
+``length``, or a window that does not fit, points at an extra score column that is dropped)
+and choose with ``torch.where`` instead of returning early: the result is the sliced
+version's, bit for bit (tested against transformers on the static path).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import torch
 from ..config import GenerationSettings
 
 __all__ = [
-    "SCORE_ONLY",
+    "IN_GRAPH",
     "Processor",
     "bad_words",
     "forced_token",
@@ -29,24 +37,44 @@ __all__ = [
     "top_p",
 ]
 
-Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Processor = Callable[..., torch.Tensor]  # (tokens, scores, *, length=None) -> scores
 
 
-def repetition_penalty(tokens: torch.Tensor, scores: torch.Tensor, *, penalty: float) -> torch.Tensor:
+def _held(tokens: torch.Tensor, length: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``tokens`` [B, T] with every position at or past ``length`` replaced by ``vocab`` (no token)."""
+    return tokens.masked_fill(torch.arange(tokens.shape[1], device=tokens.device) >= length, vocab)
+
+
+def _last(tokens: torch.Tensor, length: torch.Tensor, k: int) -> torch.Tensor:
+    """The last ``k`` tokens so far [B, k] (clamped to position 0 while fewer are held)."""
+    return tokens.index_select(1, (length - k + torch.arange(k, device=tokens.device)).clamp(min=0))
+
+
+def repetition_penalty(tokens: torch.Tensor, scores: torch.Tensor, *, penalty: float,
+                       length: torch.Tensor | None = None) -> torch.Tensor:
     """CTRL's penalty on every token already in ``tokens``: negative scores times ``penalty``, positive ones divided."""
+    vocab = scores.shape[-1]
+    if length is not None:  # positions past length point at an extra column, dropped at the end
+        tokens, scores = _held(tokens, length, vocab), torch.nn.functional.pad(scores, (0, 1))
     seen = scores.gather(1, tokens)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, tokens, seen)
+    return scores.scatter(1, tokens, seen)[:, :vocab]
 
 
-def no_repeat_ngram(tokens: torch.Tensor, scores: torch.Tensor, *, n: int) -> torch.Tensor:
+def no_repeat_ngram(tokens: torch.Tensor, scores: torch.Tensor, *, n: int,
+                    length: torch.Tensor | None = None) -> torch.Tensor:
     """Forbid (score -inf) every token that would complete an n-gram already in ``tokens``."""
     t = tokens.shape[1]
     if t < n:
         return scores
-    prefix = tokens[:, t + 1 - n :]  # [B, n-1]: the n-gram being started
-    windows = tokens.unfold(1, n, 1)  # [B, t-n+1, n]: every n-gram so far
-    matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
+    windows = tokens.unfold(1, n, 1)  # [B, t-n+1, n]: every n-gram (with a length: in the buffer)
+    if length is None:
+        prefix = tokens[:, t + 1 - n :]  # [B, n-1]: the n-gram being started
+        matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
+    else:  # the windows that end before length; none while fewer than n tokens are held
+        prefix = _last(tokens, length, n - 1)
+        fits = torch.arange(t - n + 1, device=tokens.device) <= length - n
+        matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1) & fits
     vocab = scores.shape[-1]
     banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
     # Non-matching windows point at the extra column vocab, which is dropped.
@@ -55,22 +83,22 @@ def no_repeat_ngram(tokens: torch.Tensor, scores: torch.Tensor, *, n: int) -> to
 
 
 def min_new_tokens(
-    tokens: torch.Tensor, scores: torch.Tensor, *, eos: torch.Tensor, prompt_length: int, minimum: int
+    tokens: torch.Tensor, scores: torch.Tensor, *, eos: torch.Tensor, prompt_length: int, minimum: int,
+    length: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forbid the eos token(s) ``eos`` [n] until ``minimum`` tokens follow the ``prompt_length`` start tokens."""
-    if tokens.shape[1] - prompt_length >= minimum:
-        return scores
-    return scores.index_fill(1, eos, -float("inf"))
+    return min_length(tokens, scores, eos=eos, minimum=prompt_length + minimum, length=length)
 
 
 def bad_words(tokens: torch.Tensor, scores: torch.Tensor, *, single: torch.Tensor,
-              groups: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+              groups: list[tuple[torch.Tensor, torch.Tensor]], length: torch.Tensor | None = None) -> torch.Tensor:
     """Forbid the last token of every bad word whose other tokens end ``tokens``.
 
     ``single`` [n]: the one-token bad words, always forbidden; ``groups``: per prefix length
     ``k``, the prefixes [m, k] and the last tokens [m] of the longer ones (transformers'
     ``NoBadWordsLogitsProcessor``, which matches the prefix against the start token too).
     """
+    vocab = scores.shape[-1]
     banned = torch.zeros_like(scores, dtype=torch.bool)
     if len(single):
         banned[:, single] = True
@@ -78,40 +106,51 @@ def bad_words(tokens: torch.Tensor, scores: torch.Tensor, *, single: torch.Tenso
         k = prefixes.shape[1]
         if k > tokens.shape[1]:
             continue
-        matching = (tokens[:, None, -k:] == prefixes).all(dim=-1)  # [B, m]
-        rows, which = matching.nonzero(as_tuple=True)
-        banned[rows, last[which]] = True
+        if length is None:
+            matching = (tokens[:, None, -k:] == prefixes).all(dim=-1)  # [B, m]
+            rows, which = matching.nonzero(as_tuple=True)
+            banned[rows, last[which]] = True
+        else:  # no nonzero() (it reads the device): unmatched words point at an extra column
+            matching = (_last(tokens, length, k)[:, None] == prefixes).all(dim=-1) & (length >= k)
+            hits = banned.new_zeros(banned.shape[0], vocab + 1).scatter_(1, torch.where(matching, last, vocab), True)
+            banned |= hits[:, :vocab]
     return scores.masked_fill(banned, -float("inf"))
 
 
-def min_length(tokens: torch.Tensor, scores: torch.Tensor, *, eos: torch.Tensor, minimum: int) -> torch.Tensor:
+def min_length(tokens: torch.Tensor, scores: torch.Tensor, *, eos: torch.Tensor, minimum: int,
+               length: torch.Tensor | None = None) -> torch.Tensor:
     """Forbid the eos token(s) ``eos`` [n] while the sequence (start token and prompt included) is shorter than ``minimum``."""
+    if length is not None:
+        return torch.where(length < minimum, scores.index_fill(1, eos, -float("inf")), scores)
     if tokens.shape[1] >= minimum:
         return scores
     return scores.index_fill(1, eos, -float("inf"))
 
 
-def forced_token(tokens: torch.Tensor, scores: torch.Tensor, *, ids: torch.Tensor, at: int) -> torch.Tensor:
+def forced_token(tokens: torch.Tensor, scores: torch.Tensor, *, ids: torch.Tensor, at: int,
+                 length: torch.Tensor | None = None) -> torch.Tensor:
     """At sequence length ``at``: only ``ids`` are allowed (score 0), everything else -inf."""
-    if tokens.shape[1] != at:
+    if length is None and tokens.shape[1] != at:
         return scores
     forced = torch.full_like(scores, -float("inf"))
     forced[:, ids] = 0
-    return forced
+    return forced if length is None else torch.where(length == at, forced, scores)
 
 
-def temperature(tokens: torch.Tensor, scores: torch.Tensor, *, value: float) -> torch.Tensor:
+def temperature(tokens: torch.Tensor, scores: torch.Tensor, *, value: float,
+                length: torch.Tensor | None = None) -> torch.Tensor:
     """Divide by the temperature (sampling only)."""
     return scores / value
 
 
-def top_k(tokens: torch.Tensor, scores: torch.Tensor, *, k: int) -> torch.Tensor:
+def top_k(tokens: torch.Tensor, scores: torch.Tensor, *, k: int, length: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the ``k`` highest scores (ties with the k-th included); the rest become -inf."""
     k = min(k, scores.shape[-1])
     return scores.masked_fill(scores < torch.topk(scores, k)[0][..., -1, None], -float("inf"))
 
 
-def top_p(tokens: torch.Tensor, scores: torch.Tensor, *, p: float, keep: int) -> torch.Tensor:
+def top_p(tokens: torch.Tensor, scores: torch.Tensor, *, p: float, keep: int,
+          length: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches ``p`` (at least ``keep`` tokens)."""
     ordered, order = torch.sort(scores, descending=False)
     cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
@@ -120,9 +159,10 @@ def top_p(tokens: torch.Tensor, scores: torch.Tensor, *, p: float, keep: int) ->
     return scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
 
 
-#: The processors that read the scores alone (neither the tokens so far nor the step): the same
-#: kernels every step, so a decode graph runs them inside its recorded step (see generation/step.py).
-SCORE_ONLY = (temperature, top_k, top_p)
+#: Every processor :func:`logits_processors` makes: each takes ``length=`` (see the module
+#: docstring), so a decode graph runs them inside its recorded step (see generation/step.py).
+IN_GRAPH = (repetition_penalty, no_repeat_ngram, bad_words, min_length, min_new_tokens, forced_token,
+            temperature, top_k, top_p)
 
 
 def logits_processors(

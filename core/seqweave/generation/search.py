@@ -142,8 +142,8 @@ def greedy_search(
         if eos is not None and stop.finished(unfinished):
             return
         if picks:
-            step.prime(tokens, unfinished, eos_ids, pad_id if pad_id is not None else 0,  # type: ignore[attr-defined]
-                       logits.shape[-1])
+            step.prime(out[:, : cur + 1], unfinished, eos_ids, pad_id if pad_id is not None else 0,  # type: ignore[attr-defined]
+                       logits.shape[-1], processors)
             yield from _picked(step, out, cur + 1, stop, eos is not None, each_column)
             return
 

@@ -13,14 +13,15 @@ padded rows decode padding and are dropped. A source that needs no mask (no padd
 a length that is already a multiple) gets a graph without one, so attention runs the
 kernel it runs without a bucket. The bucket is also keyed by what the step returns
 (``"logits"``; or the token each row picks, chosen inside the graph: ``"greedy"`` or
-``"sample"``, with the sampling warpers it applies), the number of rows decoded per source
-and whether the first step runs the encoder.
+``"sample"``, with the logits processors it applies, by value), the number of rows decoded
+per source and whether the first step runs the encoder.
 
-Picking steps. A ``"greedy"`` or ``"sample"`` step picks every row's token, pads finished
-rows, updates their flags, writes the token where the next step reads it and into the
-graph's output buffer, and sets the "every row finished" flag: one token is one replay,
-and the host only copies that flag (read one step late) and, when a call streams, the
-token. Sampling draws exactly what ``torch.multinomial`` draws for one sample: it divides
+Picking steps. A ``"greedy"`` or ``"sample"`` step applies the logits processors (each in
+its fixed-shape form, over the graph's token buffer and the device position: see
+generation/processors.py), picks every row's token, pads finished rows, updates their
+flags, writes the token where the next step reads it and into the token buffer, and sets
+the "every row finished" flag: one token is one replay, and the host only copies that
+flag (read one step late) and, when a call streams, the token. Sampling draws exactly what ``torch.multinomial`` draws for one sample: it divides
 the probabilities by exponential noise and takes the argmax, with the noise drawn (one
 kernel, from the call's generator) before each replay, so a graph records no random
 number generator and the draws are those of the eager path, bit for bit.
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 from ..cache import Cache, StaticCache
 from ..fast import argmax
 from ..protocols import Decoder
-from .processors import SCORE_ONLY, Processor
+from .processors import IN_GRAPH, Processor
 
 __all__ = [
     "BUCKET_MULTIPLE",
@@ -68,8 +69,8 @@ __all__ = [
     "kept_graphs",
     "release",
     "releasing",
+    "processors_key",
     "source_padding",
-    "warpers_of",
 ]
 
 #: Decoder positions and source lengths are padded up to a multiple of this.
@@ -85,22 +86,31 @@ ENCODE_IN_GRAPH = True
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 Kind = Literal["logits", "greedy", "sample"]
-#: A processor as a bucket keeps it: its function's name and its keyword arguments.
-Warper = tuple[str, tuple[tuple[str, Any], ...]]
-_SCORE_ONLY = {f.__name__: f for f in SCORE_ONLY}
+#: A processor as a bucket keeps it: its function's name and its keyword arguments (tensors as tuples).
+ProcessorKey = tuple[str, tuple[tuple[str, Any], ...]]
+_IN_GRAPH = {f.__name__: f for f in IN_GRAPH}
 
 
-def warpers_of(processors: Sequence[Processor]) -> tuple[Warper, ...] | None:
-    """``processors`` as a bucket keeps them, or None when one of them cannot run inside a graph.
+def _frozen(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype), tuple(value.shape), tuple(value.flatten().tolist()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
 
-    Only :data:`~seqweave.generation.processors.SCORE_ONLY` processors (the sampling
-    warpers) can: the others read the tokens so far or the step number.
+
+def processors_key(processors: Sequence[Processor]) -> tuple[ProcessorKey, ...] | None:
+    """``processors`` by value, as a bucket keeps them; None when one of them cannot run inside a graph.
+
+    The processors of :func:`~seqweave.generation.processors.logits_processors` all can
+    (:data:`~seqweave.generation.processors.IN_GRAPH`). Make them on the CPU for this:
+    their tensors are read back.
     """
     kept = []
     for p in processors:
-        if not (isinstance(p, partial) and not p.args and _SCORE_ONLY.get(p.func.__name__) is p.func):
+        if not (isinstance(p, partial) and not p.args and _IN_GRAPH.get(p.func.__name__) is p.func):
             return None
-        kept.append((p.func.__name__, tuple(sorted(p.keywords.items()))))
+        kept.append((p.func.__name__, tuple(sorted((k, _frozen(v)) for k, v in p.keywords.items()))))
     return tuple(kept)
 
 
@@ -159,7 +169,7 @@ class Bucket:
         masked: whether cross-attention reads a source mask (False: no padding to mask).
         encodes: whether the graph's first step also runs the encoder (on the padded source ids).
         source_pad: the id padded source positions get when the graph encodes (the encoder's pad id).
-        warpers: ``"sample"``: the processors the step applies before it samples (:func:`warpers_of`).
+        processors: a picking step: the logits processors it applies, by value (:func:`processors_key`).
     """
 
     kind: Kind
@@ -171,7 +181,7 @@ class Bucket:
     masked: bool = True
     encodes: bool = False
     source_pad: int = 0
-    warpers: tuple[Warper, ...] = ()
+    processors: tuple[ProcessorKey, ...] = ()
 
     @property
     def picks(self) -> bool:
@@ -194,7 +204,7 @@ class Bucket:
         padding: bool = True,
         encodes: bool = False,
         source_padding: tuple[int, int] | None = None,
-        warpers: tuple[Warper, ...] = (),
+        processors: tuple[ProcessorKey, ...] = (),
     ) -> Bucket:
         """The bucket for a call: ``sources`` and its lengths padded up (``padding``: the source has some).
 
@@ -208,7 +218,8 @@ class Bucket:
             pad, longest = source_padding if source_padding is not None else (0, source_length)
             length = max(source_length, min(length, longest))
         return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE), length, eos,
-                   masked=padding or length != source_length, encodes=encodes, source_pad=pad, warpers=warpers)
+                   masked=padding or length != source_length, encodes=encodes, source_pad=pad,
+                   processors=processors)
 
 
 class DecodeGraph:
@@ -254,12 +265,15 @@ class DecodeGraph:
         self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.eos = torch.full((bucket.eos,), -1, dtype=torch.long, device=device)
         self.pad = torch.zeros((), dtype=torch.long, device=device)
-        # ... and writes these: each step's tokens at their position, whether every row has finished
+        # ... and writes these: the tokens so far (the call's prompt and first token copied in by
+        # prime(), each step's at its position), whether every row has finished
         self.out = torch.zeros((rows, bucket.capacity) if bucket.picks else (0, 0), dtype=torch.long, device=device)
         self.done = torch.zeros((), dtype=torch.bool, device=device)
         # sampling: the exponential noise [rows, V] each step divides the probabilities by (see draw())
         self.noise: torch.Tensor | None = None
-        self.warpers = [partial(_SCORE_ONLY[name], **dict(kw)) for name, kw in bucket.warpers]
+        # the first call's processors (a later call's are equal by value: the bucket's key); a
+        # recorded step reads their tensors
+        self.processors: list[Processor] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.prefill_graph: torch.cuda.CUDAGraph | None = None
         self.cuda_graph_prefill = True  # False once recording the first step failed
@@ -356,9 +370,10 @@ class DecodeGraph:
             return logits
         # what greedy_search does with a step's logits, on every row at once
         scores = logits.float()
+        assert self.processors is not None, "prime() sets the processors"
+        for process in self.processors:  # over the tokens so far: the buffer up to the position
+            scores = process(self.out, scores, length=self.cache.position)
         if self.bucket.kind == "sample":
-            for warp in self.warpers:
-                scores = warp(self.tokens, scores)
             assert self.noise is not None, "prime() makes the noise buffer"
             # torch.multinomial(probs, 1)'s own draw: argmax(probs / q), q ~ Exp(1) (see draw())
             scores = F.softmax(scores, dim=-1) / self.noise
@@ -369,13 +384,19 @@ class DecodeGraph:
         self.done.copy_(~self.unfinished.any())
         return tokens
 
-    def prime(self, tokens: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
-              vocab: int = 0) -> None:
-        """A picking step: load a call's state after its first step (rows past ``tokens``' are padding).
+    def prime(self, history: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
+              vocab: int = 0, processors: Sequence[Processor] = ()) -> None:
+        """A picking step: load a call's state after its first step (rows past ``history``'s are padding).
 
-        ``vocab``: the width of the logits, which sampling's noise takes.
+        ``history`` [n, t]: the call's tokens so far (the prompt and the first step's token);
+        ``vocab``: the width of the logits, which sampling's noise takes; ``processors``: the
+        call's, equal by value to those the bucket was made for.
         """
-        n = tokens.shape[0]
+        n, t = history.shape
+        tokens = history[:, -1]
+        self.out[:n, :t].copy_(history)
+        if self.processors is None:
+            self.processors = list(processors)
         self.tokens[:n, 0].copy_(tokens)
         self.tokens[n:] = pad
         self.unfinished[:n].copy_(unfinished)
@@ -522,10 +543,10 @@ class GraphStep(DecodeStep):
         self.cache.advance_after_replay(t)  # reset() put it at 0
         return logits[:n]
 
-    def prime(self, tokens: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
-              vocab: int) -> None:
+    def prime(self, history: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
+              vocab: int, processors: Sequence[Processor] = ()) -> None:
         """After the first step: see :meth:`DecodeGraph.prime`."""
-        self.graph.prime(tokens, unfinished, eos, pad, vocab)
+        self.graph.prime(history, unfinished, eos, pad, vocab, processors)
 
     def next_tokens(self) -> torch.Tensor:
         """After :meth:`prime`: one step, the rows' new tokens [rows] (pad when finished).
