@@ -107,7 +107,8 @@ def test_a_later_call_in_the_same_bucket_reuses_the_graph_and_its_buffers(model)
         ({}, "greedy", 1),
         ({"repetition_penalty": 1.3}, "greedy", 1),  # processors run inside the step too
         ({"no_repeat_ngram_size": 2, "min_new_tokens": 3, "bad_words_ids": [[5], [7, 9]]}, "greedy", 1),
-        ({"num_beams": 3}, "logits", 3),  # beam search chooses outside the step
+        ({"num_beams": 3}, "beam", 3),  # beam search's bookkeeping runs in the step too
+        ({"num_beams": 2, "do_sample": True, "top_k": 0}, "logits", 2),  # beam sampling: outside it
         ({"do_sample": True, "num_return_sequences": 2, "top_k": 0}, "sample", 2),
         ({"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9}, "sample", 1),
         ({"do_sample": True, "top_k": 0, "repetition_penalty": 1.2}, "sample", 1),
@@ -221,7 +222,7 @@ def test_the_least_recently_used_bucket_goes_first(model, monkeypatch):
     for beams in (1, 2, 3, 2):
         model.generate(ids, mask, static_cache=True, max_new_tokens=4, num_beams=beams)
     kept = [(g.bucket.kind, g.bucket.per_source) for g in graphs.kept_graphs(model)]
-    assert kept == [("logits", 3), ("logits", 2)]
+    assert kept == [("beam", 3), ("beam", 2)]
 
 
 def test_moved_weights_drop_the_kept_graphs(model):

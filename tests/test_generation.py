@@ -157,9 +157,9 @@ def test_greedy_matches_transformers(pair, case):
 
 
 @pytest.mark.parametrize("case", list(BEAM_CASES), ids=list(BEAM_CASES))
-def test_beam_search_matches_transformers(pair, case):
+def test_beam_search_matches_transformers(pair, case, monkeypatch):
+    """Eagerly, and on the static path, whose graph step does the bookkeeping (GraphBeams)."""
     kwargs = _resolve(pair, BEAM_CASES[case])
-    ours = pair.sw.generate_with_scores(pair.ids, pair.mask, **kwargs)
     theirs = pair.hf.generate(
         input_ids=pair.ids,
         attention_mask=pair.mask,
@@ -167,8 +167,15 @@ def test_beam_search_matches_transformers(pair, case):
         return_dict_in_generate=True,
         **kwargs,
     )
-    assert_same(ours.sequences, theirs.sequences)
-    torch.testing.assert_close(ours.scores, theirs.sequences_scores, rtol=1e-5, atol=1e-5)
+    eager = pair.sw.generate_with_scores(pair.ids, pair.mask, **kwargs)
+    static = pair.sw.generate_with_scores(pair.ids, pair.mask, static_cache=True, **kwargs)
+    for ours in (eager, static):
+        assert_same(ours.sequences, theirs.sequences)
+        torch.testing.assert_close(ours.scores, theirs.sequences_scores, rtol=1e-5, atol=1e-5)
+    # the same static step with the bookkeeping outside it: the graph's arithmetic is beam_search's, bit for bit
+    monkeypatch.setattr(graphs, "BEAMS_IN_GRAPH", False)
+    outside = pair.sw.generate_with_scores(pair.ids, pair.mask, static_cache=True, **kwargs)
+    assert torch.equal(static.sequences, outside.sequences) and torch.equal(static.scores, outside.scores)
 
 
 # top_k=0 is "no top-k filter" on both sides; transformers' default when sampling would be 50.
@@ -211,13 +218,13 @@ def test_a_lagged_stop_check_gives_the_same_tokens(pair, monkeypatch):
         return pair.sw.generate(pair.ids, pair.mask, max_new_tokens=MAX_NEW, eos_token_id=eos,
                                 generator=torch.Generator().manual_seed(2), **kwargs)
 
-    cases = ({}, {"do_sample": True, "top_k": 0})
+    cases = ({}, {"do_sample": True, "top_k": 0}, {"num_beams": 3}, {"num_beams": 2, "early_stopping": True})
     expected = [run(**kwargs) for kwargs in cases]
     assert expected[0].shape[1] <= 4  # the search stopped early: the late flag has a step to discard
     init = search._StopCheck.__init__
     monkeypatch.setattr(search._StopCheck, "__init__", lambda self, device, lagged=None: init(self, device, True))
     for kwargs, want in zip(cases, expected, strict=True):
-        for static in (False, True):  # the eager loop, and the decode graph that picks the tokens itself
+        for static in (False, True):  # the eager loop, and the decode graph that picks the tokens (or beams) itself
             assert_same(run(static_cache=static, **kwargs), want)
 
 

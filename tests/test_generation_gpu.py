@@ -11,6 +11,7 @@ import pytest
 import seqweave as sw
 import torch
 from seqweave import generation
+from seqweave.generation import step as step_module
 from seqweave.generation.step import kept_graphs
 from test_generation import (  # noqa: F401  (pair is a fixture)
     MAX_NEW,
@@ -128,6 +129,20 @@ def test_sampling_in_a_cuda_graph_matches_transformers_with_the_same_seed(cuda_p
     eager = p.sw.generate(p.ids, p.mask, generator=torch.Generator("cuda").manual_seed(11), cuda_graph=False,
                           static_cache=True, **kwargs)
     assert_same(eager.cpu(), theirs.cpu())
+
+
+@pytest.mark.parametrize("case", ["beam3", "beam4_return2", "processors_beams"])
+def test_beam_bookkeeping_in_the_graph_equals_it_outside(cuda_pair, case, monkeypatch):
+    """The "beam" bucket's step divides as CUDA divides by a Python number (a float32 reciprocal): the
+    sequences and their scores are bit for bit those of beam_search after each replay."""
+    p = cuda_pair
+    kwargs = _resolve(p, {**CASES, "processors_beams": {"num_beams": 3, "no_repeat_ngram_size": 2,
+                                                        "length_penalty": 0.7}}[case])
+    inside = p.sw.generate_with_scores(p.ids, p.mask, **kwargs)
+    assert [g.bucket.kind for g in kept_graphs(p.sw)] == ["beam"]
+    monkeypatch.setattr(step_module, "BEAMS_IN_GRAPH", False)
+    outside = p.sw.generate_with_scores(p.ids, p.mask, **kwargs)
+    assert torch.equal(inside.sequences, outside.sequences) and torch.equal(inside.scores, outside.scores)
 
 
 def test_bfloat16_runs_on_cuda(cuda_pair):

@@ -270,7 +270,7 @@ class Cache:
         """Move the position past ``n`` newly written positions (once per forward, after every layer)."""
         self.length += n
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, *, whole: bool = False) -> None:
         """Reorder the rows of the self-attention buffers in place (beam search).
 
         Every layer's keys and values are views of one buffer [layers, 2, rows, h, capacity,
@@ -285,11 +285,13 @@ class Cache:
         Args:
             index: [b*g] for each new row, the row it continues (a row of the same source).
                 Cross-attention keys/values are equal across a source's rows and stay as they are.
+            whole: reorder every position the buffers hold, not only the :attr:`length` written
+                so far, and always: the same work at every step, as a recorded step needs.
         """
-        n, r = self.length, index.shape[0]  # r < rows when a decode graph pads the batch
+        n, r = (self.capacity if whole else self.length), index.shape[0]  # r < rows when a decode graph pads the batch
         joint = self._joint
         if index.device.type == "cpu" and not _JOINT_REORDER_ON_CPU:
-            if torch.equal(index, torch.arange(r)):
+            if not whole and torch.equal(index, torch.arange(r)):  # (a recorded step reads no data)
                 return
         elif joint is not None and all(layer._joint is joint for layer in self.layers):
             for part in joint[:, :, :r, :, :n].split(REORDER_LAYERS):  # [<= REORDER_LAYERS, 2, r, h, n, hd]
@@ -299,6 +301,15 @@ class Cache:
             if layer.k is not None:
                 layer.k[:r, :, :n] = layer.k[:r, :, :n].index_select(0, index)
                 layer.v[:r, :, :n] = layer.v[:r, :, :n].index_select(0, index)
+
+    def self_attention_buffers(self) -> list[torch.Tensor]:
+        """The tensors that hold the self-attention keys/values: the joint buffer, or each layer's own."""
+        found: dict[int, torch.Tensor] = {}
+        for layer in self.layers:
+            for t in (layer._joint,) if layer._joint is not None else (layer.k, layer.v):
+                if t is not None:
+                    found.setdefault(id(t), t)
+        return list(found.values())
 
     def _joint_buffer(self, like: torch.Tensor, capacity: int) -> torch.Tensor | None:
         """The buffer [layers, 2, b, h, capacity, hd] a layer writing ``like`` [b, h, t, hd] takes views of.

@@ -60,7 +60,7 @@ from .processors import (
     top_k,
     top_p,
 )
-from .search import argmax, beam_search, greedy_search, topk
+from .search import argmax, beam_search, graph_beam_search, greedy_search, topk
 from . import step as step_module
 from .step import (
     BUCKET_MULTIPLE,
@@ -272,12 +272,16 @@ def _prepare(
             logits_processors(settings, prompt_length=prompt_length, device=torch.device("cpu")) if procs else ()
         )
         picks = not wants_scores and settings.num_beams == 1 and key is not None
-        kind = ("sample" if settings.do_sample else "greedy") if picks else "logits"
+        # beam search's bookkeeping runs in the step where it divides as eager code does (CPU, CUDA)
+        beams = (step_module.BEAMS_IN_GRAPH and settings.num_beams > 1 and not settings.do_sample and not as_dict
+                 and key is not None and device.type in ("cpu", "cuda"))
+        kind = "beam" if beams else ("sample" if settings.do_sample else "greedy") if picks else "logits"
         eos = settings.eos_ids or []
         bucket = Bucket.of(kind, b, rows // b, settings.max_length, ids_or_states.shape[1],
-                           len(eos) if picks else 0, padding=mask is not None, encodes=encodes,
+                           len(eos) if picks or beams else 0, padding=mask is not None, encodes=encodes,
                            source_padding=step_module.source_padding(model) if encodes else None,
-                           processors=(key or ()) if picks else ())
+                           processors=(key or ()) if picks or beams else (),
+                           early_stopping=settings.early_stopping if beams else False)
         graph = checkout(model, decoder, bucket, device, cuda_graph=cuda_graph, compile=compile, keep=keep_graph)
         step: DecodeStep = GraphStep(decoder, ids_or_states, mask, graph, rows, generator)
         cache = graph.cache
@@ -443,10 +447,13 @@ def _generate(
                 "generate(): streamer works with greedy search and sampling, not with num_beams > 1"
             )
         indices: list[torch.Tensor] | None = [] if as_dict else None
-        sequences, beam_scores = beam_search(
-            p.step, p.cache, p.batch_size, s, p.processors, p.device, generator=p.generator,
-            prompt=p.prompt, step_scores=step_scores, step_logits=step_logits, beam_indices=indices,
-        )
+        if p.graph is not None and p.graph.bucket.kind == "beam":  # the bookkeeping is in the graph's step
+            sequences, beam_scores = graph_beam_search(p.step, s, p.processors, p.batch_size, p.prompt)
+        else:
+            sequences, beam_scores = beam_search(
+                p.step, p.cache, p.batch_size, s, p.processors, p.device, generator=p.generator,
+                prompt=p.prompt, step_scores=step_scores, step_logits=step_logits, beam_indices=indices,
+            )
         if as_dict:
             return GenerateBeamEncoderDecoderOutput(
                 sequences=sequences,

@@ -20,7 +20,7 @@ from ..config import GenerationSettings
 from ..fast import argmax, topk  # block-wise CPU searches
 from .processors import Processor
 
-__all__ = ["argmax", "beam_search", "greedy_search", "topk"]
+__all__ = ["GraphBeams", "argmax", "beam_search", "graph_beam_search", "greedy_search", "topk"]
 
 
 class _StopCheck:
@@ -369,3 +369,184 @@ def beam_search(
         beam_indices.append(done_beams[:, :r, : longest - prompt].reshape(b * r, longest - prompt))
     return sequences[:, :r, :longest].reshape(b * r, longest), beam_scores[:, :r].reshape(b * r)
 
+
+
+class GraphBeams:
+    """Beam search's state inside a decode graph: fixed shapes, updated in place by :meth:`advance`.
+
+    :func:`beam_search` keeps its state in tensors it replaces every step, and reads Python
+    numbers (the step, the length penalty's divisor) into its arithmetic. A recorded step
+    cannot: here every tensor has the bucket's shape (``sources`` padded, ``capacity``
+    positions) and lives in one place, and the step's numbers come from the device position
+    and from tables made per call. :meth:`advance` is the same arithmetic as
+    :func:`beam_search`'s loop, as its lagged mode does it (the merge of finished
+    hypotheses on every step), so the results are the same bit for bit (tested against
+    transformers on the CPU's static path), with two differences in form:
+
+    * a Python number ``d`` divides a float32 tensor as ``x / d``, which CUDA computes as
+      ``x * (1 / float32(d))`` (``div_true_kernel_cuda``: a multiplication by the float32
+      reciprocal of a CPU scalar) and the CPU as ``x / float32(d)``; the tables hold
+      ``float32(d)`` and that reciprocal, and :meth:`advance` does what the device would;
+    * a step after the search ended (the host reads the stop flag one step late) changes
+      nothing: every update is taken only while :attr:`done` was False.
+    """
+
+    def __init__(self, sources: int, beams: int, capacity: int, eos: int, early_stopping: bool | str,
+                 device: torch.device) -> None:
+        s, n, c = sources, beams, capacity
+        self.sources, self.beams, self.capacity = s, n, c
+        self.keep = max(2, 1 + eos) * n
+        self.early_stopping = early_stopping
+        long, f32 = dict(dtype=torch.long, device=device), dict(dtype=torch.float32, device=device)
+        self.running = torch.zeros(s, n, c, **long)
+        self.sequences = torch.zeros(s, n, c, **long)
+        self.running_scores = torch.zeros(s, n, **f32)
+        self.beam_scores = torch.zeros(s, n, **f32)
+        self.finished = torch.zeros(s, n, dtype=torch.bool, device=device)
+        self.new_tokens = torch.zeros(s, n, **long)
+        self.improvable = torch.ones(s, 1, dtype=torch.bool, device=device)
+        self.real = torch.zeros(s, 1, dtype=torch.bool, device=device)  # the call's sources (not padding)
+        self.eos = torch.full((eos,), -1, **long)
+        self.length = torch.zeros((), **long)  # the call's max_length
+        self.prompt = torch.zeros((), **long)
+        # per position c: the divisor of a hypothesis finished there and of the best running beam
+        self.done_div, self.done_inv = torch.ones(c, **f32), torch.ones(c, **f32)
+        self.run_div, self.run_inv = torch.ones(c, **f32), torch.ones(c, **f32)
+        self.done = torch.zeros((), dtype=torch.bool, device=device)
+        self.top_n = torch.arange(self.keep, device=device) < n
+        self.row_offset = torch.arange(s, device=device)[:, None] * n
+
+    def load(self, settings: GenerationSettings, batch_size: int, prompt: torch.Tensor | None) -> None:
+        """A call's starting state: ``batch_size`` sources, the decoder prompt [b, P] (None: the start token)."""
+        s, eos_ids = settings, settings.eos_ids
+        assert s.max_length is not None and s.decoder_start_token_id is not None, "resolved settings"
+        length, p = s.max_length, 1 if prompt is None else prompt.shape[1]
+        fill = (s.pad_token_id or eos_ids[0]) if eos_ids is not None else -1
+        self.running.fill_(fill)
+        if prompt is None:
+            self.running[:, :, 0] = s.decoder_start_token_id
+        else:
+            self.running[:batch_size, :, :p] = prompt[:, None, :]
+        self.sequences.copy_(self.running)
+        self.running_scores.zero_()
+        self.running_scores[:, 1:] = -1e9
+        self.beam_scores.fill_(-1e9)
+        self.finished.zero_()
+        self.new_tokens.zero_()
+        self.improvable.fill_(True)
+        self.real.zero_()
+        self.real[:batch_size] = True
+        if eos_ids:
+            self.eos.copy_(torch.tensor(eos_ids, dtype=torch.long))
+        self.length.fill_(length)
+        self.prompt.fill_(p)
+        self.done.zero_()
+        lp, es = s.length_penalty, s.early_stopping
+        done_div, run_div = [1.0] * self.capacity, [1.0] * self.capacity
+        for c in range(p, length):  # the positions beam search generates at
+            done_div[c] = float((c + 1 - p) ** lp)
+            run_div[c] = float(((length - p) if es == "never" and lp > 0.0 else (c + 1 - p)) ** lp)
+        for div, inv, values in ((self.done_div, self.done_inv, done_div), (self.run_div, self.run_inv, run_div)):
+            as_float = torch.tensor(values, dtype=torch.float32)  # float32(d), as a kernel reads a scalar
+            div.copy_(as_float)
+            inv.copy_(1.0 / as_float)  # in float32, as div_true_kernel_cuda's reciprocal
+
+    def _divide(self, x: torch.Tensor, div: torch.Tensor, inv: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``x / d`` as the device divides by a Python number ``d`` (see the class docstring)."""
+        at = at.view(1)  # index_select: indexing with a 0-d tensor could read it back to the host
+        return x * inv.index_select(0, at) if x.device.type == "cuda" else x / div.index_select(0, at)
+
+    def advance(self, logits: torch.Tensor, cur: torch.Tensor, processors: Sequence[Processor]) -> torch.Tensor:
+        """One step of beam search on ``logits`` [sources * beams, V] generating position ``cur`` (0-d).
+
+        Updates the state in place and returns the cache's reorder index [sources * beams].
+        """
+        s, n, keep, c = self.sources, self.beams, self.keep, self.capacity
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        history = self.running.view(s * n, c)
+        for process in processors:
+            log_probs = process(history, log_probs, length=cur)
+        vocab = log_probs.shape[-1]
+        accumulated = (log_probs.view(s, n, vocab) + self.running_scores[:, :, None]).view(s, n * vocab)
+        top_scores, picked = topk(accumulated, keep)
+        parent = picked // vocab
+        token = picked % vocab
+        candidates = self.running.gather(1, parent[:, :, None].expand(s, keep, c))
+        candidates.index_copy_(2, cur.view(1), token[:, :, None])
+        last = cur + 1 >= self.length
+        hits = (token[..., None] == self.eos).any(dim=-1) | last  # isin's sorting path would read the device
+
+        running_candidates = top_scores + hits.to(torch.float32) * -1.0e9
+        chosen = torch.topk(running_candidates, k=n)[1]
+        running = candidates.gather(1, chosen[:, :, None].expand(s, n, c))
+        running_scores = running_candidates.gather(1, chosen)
+        index = (parent.gather(1, chosen) + self.row_offset).view(-1)
+
+        just_finished = hits & self.top_n
+        done_scores = self._divide(top_scores, self.done_div, self.done_inv, cur)
+        full = self.finished.all(dim=-1, keepdim=True) & (self.early_stopping is True)
+        done_scores += full.to(torch.float32) * -1.0e9
+        done_scores += (~self.improvable).to(torch.float32) * -1.0e9
+        done_scores += (~just_finished) * -1.0e9
+        merged_scores = torch.cat((self.beam_scores, done_scores), dim=1)
+        best = torch.topk(merged_scores, k=n)[1]
+        sequences = torch.cat((self.sequences, candidates), dim=1).gather(1, best[:, :, None].expand(s, n, c))
+        beam_scores = merged_scores.gather(1, best)
+        generated = (cur + 1 - self.prompt).expand(s, keep)
+        new_tokens = torch.cat((self.new_tokens, generated), 1).gather(1, best)
+        finished = torch.cat((self.finished, just_finished), dim=1).gather(1, best)
+
+        # Can a running beam still beat the worst finished hypothesis (-1e9 while there is none)?
+        best_running = self._divide(running_scores[:, :1], self.run_div, self.run_inv, cur)
+        worst_finished = torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], -1.0e9)
+        improvable = self.improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
+        going = (improvable & self.real).any()  # padded sources count for nothing
+        if self.early_stopping is True:
+            going = going & ~(finished | ~self.real).all()
+        ended = self.done | ~going | last
+
+        keep_old = self.done  # a step after the end changes nothing
+        for old, new in ((self.running, running), (self.running_scores, running_scores), (self.sequences, sequences),
+                         (self.beam_scores, beam_scores), (self.new_tokens, new_tokens), (self.finished, finished),
+                         (self.improvable, improvable)):
+            old.copy_(torch.where(keep_old, old, new))
+        self.done.copy_(ended)
+        return index
+
+    def result(self, batch_size: int, returned: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best ``returned`` hypotheses of each of the call's sources and their scores (as :func:`beam_search`)."""
+        b, r = batch_size, returned
+        longest = int(self.prompt) + int(self.new_tokens[:b, :r].max())
+        return (self.sequences[:b, :r, :longest].reshape(b * r, longest).clone(),
+                self.beam_scores[:b, :r].reshape(b * r).clone())
+
+
+def graph_beam_search(step: Any, settings: GenerationSettings, processors: Sequence[Processor], batch_size: int,
+                      prompt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`beam_search` over a decode graph whose step also does the bookkeeping (a ``"beam"`` bucket).
+
+    The first step (the decoder prompt) runs as the graph's first step, then its bookkeeping
+    eagerly (:meth:`GraphBeams.advance`, the code the recorded step runs); every later step
+    is one call of the graph (on CUDA one replay), and the host reads only the stop flag,
+    one step late on CUDA. Same arguments and results as :func:`beam_search` (without
+    per-step scores or beam indices).
+    """
+    graph, s = step.graph, settings
+    assert s.max_length is not None, "resolved settings carry max_length"
+    graph.prime_beams(s, batch_size, prompt, processors)
+    beams: GraphBeams = graph.beams
+    p = 1 if prompt is None else prompt.shape[1]
+    first = step(beams.running[:batch_size].reshape(batch_size * s.num_beams, -1)[:, :p])
+    padded = first.new_zeros(graph.bucket.rows, first.shape[-1])
+    padded[: first.shape[0]] = first  # padded sources' rows decode nothing that is kept
+    graph.beam_update(padded)
+    stop = _StopCheck(beams.done.device)
+    ended = stop.finished(None, beams.done)
+    for _ in range(p + 1, s.max_length):
+        if ended:
+            break
+        graph.run()
+        if stop.lagged and stop.finished_before():
+            break  # the step before ended the search: this one changed nothing (see GraphBeams)
+        ended = stop.finished(None, beams.done)
+    return beams.result(batch_size, s.num_return_sequences)

@@ -54,8 +54,10 @@ from ..cache import Cache, StaticCache
 from ..fast import argmax
 from ..protocols import Decoder
 from .processors import IN_GRAPH, Processor
+from .search import GraphBeams
 
 __all__ = [
+    "BEAMS_IN_GRAPH",
     "BUCKET_MULTIPLE",
     "COMPILE_MODES",
     "ENCODE_IN_GRAPH",
@@ -81,11 +83,15 @@ MAX_GRAPHS = 4
 #: (when generate gets ids alone: no ``encoder_outputs``, no ``token_type_ids``). On CUDA that
 #: makes the encoder part of the recorded first step: one replay instead of its eager launches.
 ENCODE_IN_GRAPH = True
+#: Whether beam search's bookkeeping (choosing the beams, the finished hypotheses, the stop test)
+#: runs inside the decode step (a ``"beam"`` bucket, :class:`~.search.GraphBeams`); False: eagerly
+#: after each step, by :func:`~.search.beam_search` (a ``"logits"`` bucket).
+BEAMS_IN_GRAPH = True
 #: The ``torch.compile`` modes ``compile=`` takes besides True (``"default"``): the ones that
 #: leave CUDA graphs to the caller, since a decode graph records its own.
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
-Kind = Literal["logits", "greedy", "sample"]
+Kind = Literal["logits", "greedy", "sample", "beam"]
 #: A processor as a bucket keeps it: its function's name and its keyword arguments (tensors as tuples).
 ProcessorKey = tuple[str, tuple[tuple[str, Any], ...]]
 _IN_GRAPH = {f.__name__: f for f in IN_GRAPH}
@@ -170,6 +176,7 @@ class Bucket:
         encodes: whether the graph's first step also runs the encoder (on the padded source ids).
         source_pad: the id padded source positions get when the graph encodes (the encoder's pad id).
         processors: a picking step: the logits processors it applies, by value (:func:`processors_key`).
+        early_stopping: ``"beam"``: the setting (its stop test is part of the step).
     """
 
     kind: Kind
@@ -182,6 +189,7 @@ class Bucket:
     encodes: bool = False
     source_pad: int = 0
     processors: tuple[ProcessorKey, ...] = ()
+    early_stopping: bool | str = False
 
     @property
     def picks(self) -> bool:
@@ -205,6 +213,7 @@ class Bucket:
         encodes: bool = False,
         source_padding: tuple[int, int] | None = None,
         processors: tuple[ProcessorKey, ...] = (),
+        early_stopping: bool | str = False,
     ) -> Bucket:
         """The bucket for a call: ``sources`` and its lengths padded up (``padding``: the source has some).
 
@@ -219,7 +228,7 @@ class Bucket:
             length = max(source_length, min(length, longest))
         return cls(kind, padded, per_source, _round_up(max_length, BUCKET_MULTIPLE), length, eos,
                    masked=padding or length != source_length, encodes=encodes, source_pad=pad,
-                   processors=processors)
+                   processors=processors, early_stopping=early_stopping)
 
 
 class DecodeGraph:
@@ -274,6 +283,9 @@ class DecodeGraph:
         # the first call's processors (a later call's are equal by value: the bucket's key); a
         # recorded step reads their tensors
         self.processors: list[Processor] | None = None
+        # beam search inside the step: its state (loaded per call by prime_beams())
+        self.beams = (GraphBeams(bucket.sources, bucket.per_source, bucket.capacity, bucket.eos,
+                                 bucket.early_stopping, device) if bucket.kind == "beam" else None)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.prefill_graph: torch.cuda.CUDAGraph | None = None
         self.cuda_graph_prefill = True  # False once recording the first step failed
@@ -368,6 +380,8 @@ class DecodeGraph:
         logits = self.decoder(self.tokens, cache=self.cache).logits[:, -1]
         if self.bucket.kind == "logits":
             return logits
+        if self.bucket.kind == "beam":
+            return self.beam_update(logits)
         # what greedy_search does with a step's logits, on every row at once
         scores = logits.float()
         assert self.processors is not None, "prime() sets the processors"
@@ -407,6 +421,33 @@ class DecodeGraph:
         if self.bucket.kind == "sample" and (self.noise is None or self.noise.shape[1] != vocab):
             self.noise = torch.ones(self.bucket.rows, vocab, device=self.tokens.device)
 
+    def prime_beams(self, settings: Any, batch_size: int, prompt: torch.Tensor | None,
+                    processors: Sequence[Processor]) -> None:
+        """Beam search: load a call's starting state (see :meth:`GraphBeams.load`) before its first step."""
+        assert self.beams is not None
+        self.beams.load(settings, batch_size, prompt)
+        if self.processors is None:
+            self.processors = list(processors)
+
+    def beam_update(self, logits: torch.Tensor) -> torch.Tensor:
+        """Beam search's bookkeeping after a step's ``logits`` [rows, V]: in the recorded step, and
+        eagerly after the first one. Chooses the beams, reorders the cache, sets the next tokens."""
+        assert self.beams is not None and self.processors is not None, "prime_beams() comes first"
+        position = self.cache.position  # the position this step generates (the decoder moved it there)
+        index = self.beams.advance(logits, position, self.processors)
+        self.cache.reorder(index, whole=True)
+        self.tokens.copy_(self.beams.running.view(self.bucket.rows, -1).index_select(1, position.view(1)))
+        return self.beams.done
+
+    def _mutable(self) -> list[torch.Tensor]:
+        """What a step changes besides the cache position and the new keys/values (see _capture)."""
+        state = [self.tokens, self.unfinished, self.out, self.done]
+        if self.beams is not None:  # and it reorders every cached key/value
+            b = self.beams
+            state += [b.running, b.sequences, b.running_scores, b.beam_scores, b.finished, b.new_tokens,
+                      b.improvable, b.done, *self.cache.self_attention_buffers()]
+        return state
+
     def draw(self, rows: int, generator: torch.Generator | None) -> None:
         """Sampling, before each step: the noise of the first ``rows`` rows, drawn from ``generator``.
 
@@ -436,11 +477,12 @@ class DecodeGraph:
         # Warm up on a side stream (this runs the step for real: Triton autotuning, cuBLAS
         # workspaces, the allocator), put back what it changed, record the step, then replay
         # it: the replay writes the same keys/values at the same position again.
-        saved = [t.clone() for t in (self.tokens, self.unfinished)]
+        state = self._mutable()
+        saved = [t.clone() for t in state]
         side = _side_stream(self.tokens.device)
         _warm_up(self._fn, side)
         self.cache.rewind(1)
-        for t, s in zip((self.tokens, self.unfinished), saved, strict=True):
+        for t, s in zip(state, saved, strict=True):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         pool = None if self.prefill_graph is None else self.prefill_graph.pool()
