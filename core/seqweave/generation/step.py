@@ -13,8 +13,9 @@ padded rows decode padding and are dropped. A source that needs no mask (no padd
 a length that is already a multiple) gets a graph without one, so attention runs the
 kernel it runs without a bucket. The bucket is also keyed by what the step returns
 (``"logits"``; or the token each row picks, chosen inside the graph: ``"greedy"`` or
-``"sample"``, with the logits processors it applies, by value), the number of rows decoded
-per source and whether the first step runs the encoder.
+``"sample"``, with the logits processors it applies, by value; or ``"beam"``: beam
+search's bookkeeping inside the step, :class:`~.search.GraphBeams`), the number of rows
+decoded per source and whether the first step runs the encoder.
 
 Picking steps. A ``"greedy"`` or ``"sample"`` step applies the logits processors (each in
 its fixed-shape form, over the graph's token buffer and the device position: see
