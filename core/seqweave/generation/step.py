@@ -240,9 +240,10 @@ class DecodeGraph:
     (the padded encoder states), which writes the source's cross-attention keys/values into
     the cache. With ``cuda_graph`` (on CUDA) the first run of each captures it (after a
     warm-up run, as capture requires) and every later run, in this call or a later one,
-    replays it; otherwise they run eagerly. With ``compile=True`` the decode step is
+    replays it; otherwise they run eagerly. With ``compile=True`` the decoder's step is
     compiled with ``torch.compile`` (inductor, whole graph) before it is captured: it fuses
-    the norms, residuals and elementwise work into fewer kernels.
+    the norms, residuals and elementwise work into fewer kernels (what follows the logits
+    stays eager).
     """
 
     def __init__(
@@ -295,7 +296,11 @@ class DecodeGraph:
         self.replays = 0
         self.busy = False
         mode = compile if isinstance(compile, str) else None
-        self._fn = torch.compile(self._step, fullgraph=True, dynamic=False, mode=mode) if compile else self._step
+        # Only the decoder is compiled: what the step does with its logits (processors, the pick,
+        # beam search's bookkeeping) stays eager PyTorch inside the graph, the kernels and the
+        # rounding of the eager path.
+        self._decode = torch.compile(self._decoder_step, fullgraph=True, dynamic=False, mode=mode) if compile \
+            else self._decoder_step
 
     def load_source(self, source: torch.Tensor, source_mask: torch.Tensor | None) -> None:
         """Copy a call's encoder states [b, s, d] (or source ids [b, s]) and mask [b, s] (or None) in.
@@ -376,9 +381,12 @@ class DecodeGraph:
         self.prefill_graph = graph
         return self.prefill_output
 
+    def _decoder_step(self) -> torch.Tensor:
+        return self.decoder(self.tokens, cache=self.cache).logits[:, -1]
+
     def _step(self) -> torch.Tensor:
         """The recorded step: the decoder on :attr:`tokens`; a picking step also picks the next tokens."""
-        logits = self.decoder(self.tokens, cache=self.cache).logits[:, -1]
+        logits = self._decode()
         if self.bucket.kind == "logits":
             return logits
         if self.bucket.kind == "beam":
@@ -463,7 +471,7 @@ class DecodeGraph:
     def run(self) -> torch.Tensor:
         """One step on :attr:`tokens` (the cache one position on); the logits, or the picked tokens [rows]."""
         if not self.cuda_graph:
-            self.output = self._fn()
+            self.output = self._step()
         elif self.graph is None:
             with _RECORDING:
                 self._capture()
@@ -481,14 +489,14 @@ class DecodeGraph:
         state = self._mutable()
         saved = [t.clone() for t in state]
         side = _side_stream(self.tokens.device)
-        _warm_up(self._fn, side)
+        _warm_up(self._step, side)
         self.cache.rewind(1)
         for t, s in zip(state, saved, strict=True):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         pool = None if self.prefill_graph is None else self.prefill_graph.pool()
         with torch.cuda.graph(graph, pool=pool, stream=side):
-            self.output = self._fn()
+            self.output = self._step()
         graph.replay()
         self.graph = graph
 
