@@ -145,6 +145,28 @@ def test_beam_bookkeeping_in_the_graph_equals_it_outside(cuda_pair, case, monkey
     assert torch.equal(inside.sequences, outside.sequences) and torch.equal(inside.scores, outside.scores)
 
 
+@pytest.mark.parametrize("part", ["_prefill", "_step"])
+def test_a_step_that_cannot_be_recorded_runs_eagerly_with_a_warning(cuda_pair, part, monkeypatch):
+    """A part that reads the device (here an .item() added to it) makes recording fail: a warning, the same tokens."""
+    p = cuda_pair
+    kwargs = _resolve(p, CASES["beam3"])
+    expected = p.sw.generate(p.ids, p.mask, **kwargs)
+    generation.clear_graphs()
+    original = getattr(step_module.DecodeGraph, part)
+
+    def reads_the_device(self):
+        out = original(self)
+        out.sum().item()  # not allowed while a stream is being recorded
+        return out
+
+    monkeypatch.setattr(step_module.DecodeGraph, part, reads_the_device)
+    with pytest.warns(UserWarning, match="cannot be recorded in a CUDA graph"):
+        got = p.sw.generate(p.ids, p.mask, **kwargs)
+    assert_same(got.cpu(), expected.cpu())
+    again = p.sw.generate(p.ids, p.mask, **kwargs)  # the same graph, eagerly, without a new attempt
+    assert_same(again.cpu(), expected.cpu())
+
+
 def test_bfloat16_runs_on_cuda(cuda_pair):
     # a copy: converting the shared model to bfloat16 and back would round its weights, and the
     # float32 parity tests after this one (same module-scoped pair) would compare rounded weights

@@ -291,6 +291,7 @@ class DecodeGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.prefill_graph: torch.cuda.CUDAGraph | None = None
         self.cuda_graph_prefill = True  # False once recording the first step failed
+        self.cuda_graph_step = True  # False once recording the decode step failed
         self.output: torch.Tensor | None = None
         self.prefill_output: torch.Tensor | None = None
         self.replays = 0
@@ -470,7 +471,7 @@ class DecodeGraph:
 
     def run(self) -> torch.Tensor:
         """One step on :attr:`tokens` (the cache one position on); the logits, or the picked tokens [rows]."""
-        if not self.cuda_graph:
+        if not (self.cuda_graph and self.cuda_graph_step):
             self.output = self._step()
         elif self.graph is None:
             with _RECORDING:
@@ -495,8 +496,15 @@ class DecodeGraph:
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         pool = None if self.prefill_graph is None else self.prefill_graph.pool()
-        with torch.cuda.graph(graph, pool=pool, stream=side):
+        try:
+            with torch.cuda.graph(graph, pool=pool, stream=side):
+                self.output = self._step()
+        except RuntimeError as e:  # a part reads the device while it runs: this graph's steps run eagerly
+            # (recording ran no kernel, so the state is the restored one)
+            warnings.warn(f"the decode step cannot be recorded in a CUDA graph ({e}); it runs eagerly", stacklevel=4)
+            self.cuda_graph_step = False
             self.output = self._step()
+            return
         graph.replay()
         self.graph = graph
 
