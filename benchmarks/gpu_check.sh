@@ -36,7 +36,7 @@ for section in $sections; do
         echo "== GPU tests"
         timeout 300 "$py" -m pytest -q -p no:cacheprovider -m gpu -rs tests/ --ignore=tests/test_generation_gpu.py \
             2>&1 | tee "$out/gpu_tests.log" | tail -15 || status=1
-        timeout 300 "$py" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_generation_gpu.py \
+        timeout 360 "$py" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_generation_gpu.py \
             -k "bert2gpt2 or roberta2roberta or bert2bert or torch_compile" 2>&1 | tee "$out/gpu_generation_tests.log" | tail -15 \
             || status=1
         ;;
