@@ -22,10 +22,11 @@ its fixed-shape form, over the graph's token buffer and the device position: see
 generation/processors.py), picks every row's token, pads finished rows, updates their
 flags, writes the token where the next step reads it and into the token buffer, and sets
 the "every row finished" flag: one token is one replay, and the host only copies that
-flag (read one step late) and, when a call streams, the token. Sampling draws exactly what ``torch.multinomial`` draws for one sample: it divides
-the probabilities by exponential noise and takes the argmax, with the noise drawn (one
-kernel, from the call's generator) before each replay, so a graph records no random
-number generator and the draws are those of the eager path, bit for bit.
+flag (read one step late) and, when a call streams, the token. Sampling draws exactly what
+``torch.multinomial`` draws for one sample: it divides the probabilities by exponential
+noise and takes the argmax, with the noise drawn (one kernel, from the call's generator)
+before each replay, so a graph records no random number generator and the draws are
+those of the eager path, bit for bit.
 
 Reuse. :func:`checkout` keeps up to :data:`MAX_GRAPHS` buckets per model (least recently
 used first out), in the model's ``__dict__`` (collected with it; a copy or a pickle of
@@ -70,9 +71,9 @@ __all__ = [
     "checkout",
     "clear_graphs",
     "kept_graphs",
+    "processors_key",
     "release",
     "releasing",
-    "processors_key",
     "source_padding",
 ]
 
@@ -409,7 +410,7 @@ class DecodeGraph:
         return tokens
 
     def prime(self, history: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
-              vocab: int = 0, processors: Sequence[Processor] = ()) -> None:
+              vocab: int, processors: Sequence[Processor]) -> None:
         """A picking step: load a call's state after its first step (rows past ``history``'s are padding).
 
         ``history`` [n, t]: the call's tokens so far (the prompt and the first step's token);
@@ -603,7 +604,7 @@ class GraphStep(DecodeStep):
         return logits[:n]
 
     def prime(self, history: torch.Tensor, unfinished: torch.Tensor, eos: list[int] | None, pad: int,
-              vocab: int, processors: Sequence[Processor] = ()) -> None:
+              vocab: int, processors: Sequence[Processor]) -> None:
         """After the first step: see :meth:`DecodeGraph.prime`."""
         self.graph.prime(history, unfinished, eos, pad, vocab, processors)
 
